@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs libtorch 2.11.0 (PyPI's torch==2.11.0 wheel) into .venv and writes .cargo/config.toml
+# so that tch builds against it. Idempotent: a second run only checks.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="$root/.venv"
+want="2.11.0"
+py="$venv/bin/python"
+
+have_torch() {
+  "$py" -c "import torch,sys; sys.exit(0 if torch.__version__.split('+')[0]=='$want' else 1)" 2>/dev/null
+}
+
+if [ ! -x "$py" ]; then
+  echo "setup: creating $venv" >&2
+  python3 -m venv "$venv"
+fi
+if ! have_torch; then
+  echo "setup: installing torch==$want and numpy from PyPI into .venv (one time, about 4 GB)" >&2
+  "$py" -m pip install --quiet --disable-pip-version-check "torch==$want" numpy
+fi
+have_torch || { echo "setup: torch $want is not importable from $py" >&2; exit 1; }
+
+torch_dir="$("$py" -c 'import torch,os;print(os.path.dirname(torch.__file__))')"
+abi="$("$py" -c 'import torch;print(int(torch._C._GLIBCXX_USE_CXX11_ABI))')"
+mkdir -p "$root/.cargo"
+config="$root/.cargo/config.toml"
+content="# Written by scripts/setup.sh: tch builds against the PyPI torch==$want in .venv.
+[env]
+LIBTORCH = \"$torch_dir\"
+LIBTORCH_CXX11_ABI = \"$abi\"
+"
+if [ ! -f "$config" ] || [ "$(cat "$config")" != "$(printf '%s' "$content")" ]; then
+  printf '%s' "$content" > "$config.tmp" && mv "$config.tmp" "$config"
+  echo "setup: wrote .cargo/config.toml (LIBTORCH=$torch_dir)" >&2
+fi

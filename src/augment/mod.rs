@@ -1,0 +1,246 @@
+//! Augmentation on whole batches of tensors. Every random choice is drawn on the host from a
+//! seeded generator and then applied with tensor ops on whatever device holds the batch, so CPU
+//! and GPU runs see identical augmentations and a seed reproduces them.
+//!
+//! Order of application (fixed, whatever order the recipe lists them in): geometry (crop, flip,
+//! random-resized-crop), colour (jitter, grayscale), normalisation, cutout (so cut-out pixels
+//! equal the data set's mean colour).
+
+mod colour;
+mod geometry;
+
+pub use colour::{ColourJitter, apply_grayscale, apply_jitter, to_gray};
+pub use geometry::{CropPlan, ResizedCropBox, crop_flip_gather, resized_crop, sample_resized_crop};
+
+use rand::{Rng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+/// One augmentation, written in recipes as a short string (see `FromStr`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Aug {
+    /// Random translation: pad by `pad` (zeros or reflection) and crop back to size.
+    Crop { pad: i64, reflect: bool },
+    /// Horizontal flip with probability 0.5.
+    Flip,
+    /// One square of side `size` set to the mean colour (DeVries and Taylor 2017).
+    Cutout { size: i64 },
+    /// torchvision's RandomResizedCrop back to the input size.
+    ResizedCrop { scale: (f64, f64), ratio: (f64, f64) },
+    Jitter(ColourJitter),
+    Grayscale { p: f64 },
+}
+
+impl std::str::FromStr for Aug {
+    type Err = String;
+    /// `crop:4`, `crop:4:reflect`, `flip`, `cutout:8`, `rrc`, `rrc:0.2-1.0`,
+    /// `jitter:0.4,0.4,0.4,0.1:0.8`, `gray:0.2`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let num = |i: usize, default: f64| -> Result<f64, String> {
+            parts.get(i).map_or(Ok(default), |p| {
+                p.parse::<f64>().map_err(|_| format!("augmentation '{s}': '{p}' is not a number"))
+            })
+        };
+        let aug = match parts[0] {
+            "crop" => Aug::Crop {
+                pad: num(1, 4.0)? as i64,
+                reflect: parts.get(2) == Some(&"reflect"),
+            },
+            "flip" => Aug::Flip,
+            "cutout" => Aug::Cutout {
+                size: num(1, 8.0)? as i64,
+            },
+            "rrc" => {
+                let scale = match parts.get(1) {
+                    None => (0.08, 1.0),
+                    Some(r) => parse_range(r).ok_or(format!("augmentation '{s}': bad scale range"))?,
+                };
+                Aug::ResizedCrop {
+                    scale,
+                    ratio: (3.0 / 4.0, 4.0 / 3.0),
+                }
+            }
+            "jitter" => {
+                let f: Vec<f64> = match parts.get(1) {
+                    None => vec![0.4, 0.4, 0.4, 0.1],
+                    Some(list) => list
+                        .split(',')
+                        .map(|v| v.parse::<f64>().map_err(|_| format!("augmentation '{s}': bad factor '{v}'")))
+                        .collect::<Result<_, _>>()?,
+                };
+                if f.len() != 4 {
+                    return Err(format!("augmentation '{s}': jitter needs 4 factors b,c,s,h"));
+                }
+                Aug::Jitter(ColourJitter {
+                    brightness: f[0],
+                    contrast: f[1],
+                    saturation: f[2],
+                    hue: f[3],
+                    p: num(2, 1.0)?,
+                })
+            }
+            "gray" | "grayscale" => Aug::Grayscale { p: num(1, 0.2)? },
+            other => {
+                return Err(format!(
+                    "unknown augmentation '{other}' (known: crop, flip, cutout, rrc, jitter, gray)"
+                ));
+            }
+        };
+        Ok(aug)
+    }
+}
+
+fn parse_range(s: &str) -> Option<(f64, f64)> {
+    let (a, b) = s.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+impl std::fmt::Display for Aug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Aug::Crop { pad, reflect } => {
+                write!(f, "crop:{pad}{}", if *reflect { ":reflect" } else { "" })
+            }
+            Aug::Flip => write!(f, "flip"),
+            Aug::Cutout { size } => write!(f, "cutout:{size}"),
+            Aug::ResizedCrop { scale, .. } => write!(f, "rrc:{}-{}", scale.0, scale.1),
+            Aug::Jitter(j) => write!(
+                f,
+                "jitter:{},{},{},{}:{}",
+                j.brightness, j.contrast, j.saturation, j.hue, j.p
+            ),
+            Aug::Grayscale { p } => write!(f, "gray:{p}"),
+        }
+    }
+}
+
+impl TryFrom<String> for Aug {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Aug> for String {
+    fn from(a: Aug) -> String {
+        a.to_string()
+    }
+}
+
+/// A recipe's augmentation list plus the data set's normalisation.
+#[derive(Debug)]
+pub struct Augmenter {
+    pub augs: Vec<Aug>,
+    mean: Tensor,
+    std: Tensor,
+}
+
+impl Augmenter {
+    pub fn new(augs: Vec<Aug>, mean: &[f64], std: &[f64], device: Device) -> Self {
+        let c = mean.len() as i64;
+        let as_tensor = |v: &[f64]| {
+            Tensor::from_slice(v)
+                .to_kind(Kind::Float)
+                .reshape([1, c, 1, 1])
+                .to_device(device)
+        };
+        Augmenter {
+            augs,
+            mean: as_tensor(mean),
+            std: as_tensor(std),
+        }
+    }
+
+    /// u8 NHWC -> normalised float NCHW, without augmentation (evaluation).
+    pub fn eval_batch(&self, images: &Tensor) -> Tensor {
+        self.normalise(&to_float_nchw(images))
+    }
+
+    /// u8 NHWC -> augmented, normalised float NCHW.
+    pub fn train_batch(&self, images: &Tensor, rng: &mut StdRng) -> Tensor {
+        let s = images.size();
+        let (b, h, w) = (s[0], s[1], s[2]);
+        let mut plan = CropPlan::identity(b, h, w);
+        let mut any_gather = false;
+        for aug in &self.augs {
+            match aug {
+                Aug::Crop { pad, reflect } => {
+                    plan.random_translate(*pad, *reflect, rng);
+                    any_gather = true;
+                }
+                Aug::Flip => {
+                    plan.random_flip(0.5, rng);
+                    any_gather = true;
+                }
+                _ => {}
+            }
+        }
+        let gathered = if any_gather {
+            crop_flip_gather(images, &plan)
+        } else {
+            images.shallow_clone()
+        };
+        let mut x = to_float_nchw(&gathered);
+        for aug in &self.augs {
+            if let Aug::ResizedCrop { scale, ratio } = aug {
+                let boxes: Vec<ResizedCropBox> = (0..b)
+                    .map(|_| sample_resized_crop(h, w, *scale, *ratio, rng))
+                    .collect();
+                x = resized_crop(&x, &boxes);
+            }
+        }
+        for aug in &self.augs {
+            match aug {
+                Aug::Jitter(j) => x = apply_jitter(&x, &j.sample(b, rng)),
+                Aug::Grayscale { p } => {
+                    let mask: Vec<bool> = (0..b).map(|_| rng.random_bool(*p)).collect();
+                    x = apply_grayscale(&x, &mask);
+                }
+                _ => {}
+            }
+        }
+        x = self.normalise(&x);
+        for aug in &self.augs {
+            if let Aug::Cutout { size } = aug {
+                let centres: Vec<(i64, i64)> = (0..b)
+                    .map(|_| (rng.random_range(0..h), rng.random_range(0..w)))
+                    .collect();
+                x = cutout(&x, &centres, *size);
+            }
+        }
+        x
+    }
+
+    pub fn normalise(&self, x: &Tensor) -> Tensor {
+        (x - &self.mean) / &self.std
+    }
+}
+
+/// u8 NHWC -> float NCHW in [0, 1]. The permute keeps channels-last memory, which convolutions
+/// handle as well as or better than NCHW.
+pub fn to_float_nchw(images: &Tensor) -> Tensor {
+    (images.to_kind(Kind::Float) / 255.0).permute([0, 3, 1, 2])
+}
+
+/// Sets a `size` x `size` square (clipped at the borders) centred at each `(row, col)` to zero.
+pub fn cutout(x: &Tensor, centres: &[(i64, i64)], size: i64) -> Tensor {
+    let s = x.size();
+    let (b, h, w) = (s[0], s[2], s[3]);
+    let dev = x.device();
+    let half = size / 2;
+    let starts = |f: fn(&(i64, i64)) -> i64| {
+        Tensor::from_slice(&centres.iter().map(|c| f(c) - half).collect::<Vec<_>>())
+            .to_device(dev)
+            .reshape([b, 1, 1, 1])
+    };
+    let (r0, c0) = (starts(|c| c.0), starts(|c| c.1));
+    let opts = (Kind::Int64, dev);
+    let rows = Tensor::arange(h, opts).reshape([1, 1, h, 1]);
+    let cols = Tensor::arange(w, opts).reshape([1, 1, 1, w]);
+    let in_rows = rows.ge_tensor(&r0).logical_and(&rows.lt_tensor(&(&r0 + size)));
+    let in_cols = cols.ge_tensor(&c0).logical_and(&cols.lt_tensor(&(&c0 + size)));
+    let hole = in_rows.logical_and(&in_cols);
+    x.masked_fill(&hole, 0.0)
+}

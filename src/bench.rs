@@ -1,0 +1,121 @@
+//! `convkit bench`: training and inference images/s of a model, and the loader's images/s on
+//! its own, measured after warm-up. `bench/pytorch_reference.py` runs the same measurement in
+//! PyTorch and `bench/compare-cpu.sh` puts the two side by side.
+
+use crate::augment::{Aug, Augmenter};
+use crate::data::loader::{self, DeviceSplit};
+use crate::data::Split;
+use crate::models::{self, Ctx, ModelSpec};
+use crate::optim::{OptimConfig, Optimizer};
+use rand::{SeedableRng, rngs::StdRng};
+use serde::Serialize;
+use std::time::Instant;
+use tch::{Device, Kind, Reduction, Tensor};
+
+#[derive(Debug, Clone)]
+pub struct BenchSpec {
+    pub model: String,
+    pub batch: i64,
+    pub infer_batch: i64,
+    pub steps: usize,
+    pub warmup: usize,
+    pub size: i64,
+    pub classes: i64,
+    pub device: Device,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub model: String,
+    pub device: String,
+    pub threads: i32,
+    pub batch: i64,
+    pub train_images_per_second: f64,
+    pub infer_images_per_second: f64,
+    pub loader_images_per_second: f64,
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+fn timed(device: Device, warmup: usize, steps: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..warmup {
+        f();
+    }
+    sync(device);
+    let t = Instant::now();
+    for _ in 0..steps {
+        f();
+    }
+    sync(device);
+    t.elapsed().as_secs_f64()
+}
+
+/// Forward + cross-entropy + backward + SGD-momentum step, as the PyTorch reference does.
+pub fn train_rate(s: &BenchSpec) -> f64 {
+    tch::manual_seed(0);
+    let model = models::build(&ModelSpec::new(&s.model, s.classes), s.device).expect("bench model builds");
+    let cfg = OptimConfig {
+        nesterov: false,
+        ..Default::default()
+    };
+    let mut opt = Optimizer::new(&model.vs, &cfg).expect("sgd");
+    let x = Tensor::randn([s.batch, 3, s.size, s.size], (Kind::Float, s.device));
+    let y = Tensor::randint(s.classes, [s.batch], (Kind::Int64, s.device));
+    let secs = timed(s.device, s.warmup, s.steps, || {
+        let loss = model
+            .forward(&x, &Ctx::train())
+            .cross_entropy_loss(&y, None::<Tensor>, Reduction::Mean, -100, 0.0);
+        opt.zero_grad();
+        loss.backward();
+        opt.step(0.01);
+    });
+    (s.batch as usize * s.steps) as f64 / secs
+}
+
+pub fn infer_rate(s: &BenchSpec) -> f64 {
+    let model = models::build(&ModelSpec::new(&s.model, s.classes), s.device).expect("bench model builds");
+    let x = Tensor::randn([s.infer_batch, 3, s.size, s.size], (Kind::Float, s.device));
+    let secs = timed(s.device, s.warmup, s.steps, || {
+        tch::no_grad(|| {
+            let _ = model.forward(&x, &Ctx::eval());
+        });
+    });
+    (s.infer_batch as usize * s.steps) as f64 / secs
+}
+
+/// The training input pipeline alone: shuffle, gather, crop + flip, normalise.
+pub fn loader_rate(s: &BenchSpec) -> f64 {
+    let n = 10_000;
+    let split = Split {
+        images: Tensor::randint(256, [n, s.size, s.size, 3], (Kind::Uint8, Device::Cpu)),
+        labels: Tensor::randint(s.classes, [n], (Kind::Int64, Device::Cpu)),
+    };
+    let data = DeviceSplit::new(&split, s.device);
+    let aug = Augmenter::new(vec![Aug::Crop { pad: 4, reflect: false }, Aug::Flip], &[0.5; 3], &[0.25; 3], s.device);
+    let order = loader::epoch_order(n as usize, 0, 0);
+    let batches = loader::batches(&order, s.batch as usize, true);
+    let mut rng = StdRng::seed_from_u64(0);
+    let mut i = 0;
+    let secs = timed(s.device, s.warmup, s.steps, || {
+        let (images, _) = data.batch(batches[i % batches.len()]);
+        let _ = aug.train_batch(&images, &mut rng);
+        i += 1;
+    });
+    (s.batch as usize * s.steps) as f64 / secs
+}
+
+pub fn run(s: &BenchSpec) -> BenchResult {
+    BenchResult {
+        model: s.model.clone(),
+        device: format!("{:?}", s.device),
+        threads: tch::get_num_threads(),
+        batch: s.batch,
+        train_images_per_second: train_rate(s),
+        infer_images_per_second: infer_rate(s),
+        loader_images_per_second: loader_rate(s),
+    }
+}

@@ -1,0 +1,49 @@
+//! The command line: argument structures and a thin layer over the library.
+
+mod predict;
+mod tools;
+mod train;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "convkit", version, about = "Image classification with convolutional networks: train, evaluate, inspect")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train a small ResNet for a few minutes (CIFAR-10 if cached or downloadable, else synthetic data)
+    Quickstart(train::QuickstartArgs),
+    /// Train a model from a recipe, with any field overridden
+    Train(train::TrainArgs),
+    /// Evaluate a run or checkpoint on its test data (or on --data)
+    Eval(predict::EvalArgs),
+    /// Classify image files with a checkpoint
+    Predict(predict::PredictArgs),
+    /// Layer-by-layer output shapes, parameters and FLOPs of a model
+    Summary(tools::SummaryArgs),
+    /// Download data sets or decode a source into the cache
+    Data(tools::DataArgs),
+    /// Training, inference and loader images/s
+    Bench(tools::BenchArgs),
+    /// List the shipped recipes and registered models
+    List,
+}
+
+/// Parses the command line and runs it; errors reach the user as one clear message.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Quickstart(a) => train::quickstart(a),
+        Command::Train(a) => train::train(a),
+        Command::Eval(a) => predict::eval(a),
+        Command::Predict(a) => predict::predict(a),
+        Command::Summary(a) => tools::summary(a),
+        Command::Data(a) => tools::data(a),
+        Command::Bench(a) => tools::bench(a),
+        Command::List => tools::list(),
+    }
+}

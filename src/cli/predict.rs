@@ -1,0 +1,140 @@
+//! `convkit eval` and `convkit predict`.
+
+use crate::augment::Augmenter;
+use crate::data::loader::DeviceSplit;
+use crate::data::folder::load_image;
+use crate::train::evaluate::predict_logits;
+use crate::train::{self, Config, checkpoint, metrics};
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde::Serialize;
+use std::path::PathBuf;
+use tch::Kind;
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// A run folder or a checkpoint file
+    run: PathBuf,
+    /// Evaluate on this data instead of the run's own
+    #[arg(long)]
+    data: Option<String>,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Write summary.json here
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct EvalSummary {
+    checkpoint: String,
+    dataset: String,
+    test_images: usize,
+    test_accuracy: f64,
+    test_top5: f64,
+    test_loss: f64,
+    per_class_accuracy: Vec<(String, f64)>,
+}
+
+pub fn eval(a: EvalArgs) -> Result<()> {
+    let device = train::parse_device(&a.device)?;
+    let ck = checkpoint::read(&a.run)?;
+    let model = ck.build_model(device)?;
+    let mut cfg: Config = toml::from_str(&ck.meta.config).context("checkpoint config")?;
+    if let Some(d) = &a.data {
+        cfg.data.source = d.clone();
+        cfg.data.format = None;
+    }
+    cfg.data.train_limit = Some(1);
+    let data = train::load_data(&cfg, ck.meta.image_size)?;
+    if data.classes.len() != ck.meta.classes.len() {
+        bail!(
+            "{}: the model knows {} classes, the data {} has {}",
+            ck.path.display(),
+            ck.meta.classes.len(),
+            cfg.data.source,
+            data.classes.len()
+        );
+    }
+    let aug = Augmenter::new(vec![], &ck.meta.mean, &ck.meta.std, device);
+    let test = DeviceSplit::new(&data.test, device);
+    let r = train::evaluate(&model, &test, &aug, cfg.train.eval_batch_size, cfg.train.tta_flip, false);
+    println!("test accuracy {:.2}%  top-5 {:.2}%  loss {:.4}  ({} images)", 100.0 * r.accuracy, 100.0 * r.top5, r.loss, test.len());
+    let per_class: Vec<(String, f64)> = ck.meta.classes.iter().cloned().zip(r.confusion.per_class_accuracy()).collect();
+    for (c, acc) in &per_class {
+        println!("  {c:<16} {:.1}%", 100.0 * acc);
+    }
+    if let Some(out) = a.out {
+        std::fs::create_dir_all(&out)?;
+        let s = EvalSummary {
+            checkpoint: ck.path.display().to_string(),
+            dataset: data.name.clone(),
+            test_images: test.len(),
+            test_accuracy: r.accuracy,
+            test_top5: r.top5,
+            test_loss: r.loss,
+            per_class_accuracy: per_class,
+        };
+        metrics::write_json(&out.join("summary.json"), &s)?;
+        metrics::write_json(&out.join("confusion.json"), &r.confusion)?;
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// A run folder or a checkpoint file
+    checkpoint: PathBuf,
+    /// Image files (jpg, png)
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    #[arg(long, default_value_t = 3)]
+    top_k: usize,
+    /// Print JSON instead of text
+    #[arg(long)]
+    json: bool,
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+#[derive(Serialize)]
+struct Prediction {
+    image: String,
+    top: Vec<(String, f64)>,
+}
+
+pub fn predict(a: PredictArgs) -> Result<()> {
+    let device = train::parse_device(&a.device)?;
+    let ck = checkpoint::read(&a.checkpoint)?;
+    let model = ck.build_model(device)?;
+    let aug = Augmenter::new(vec![], &ck.meta.mean, &ck.meta.std, device);
+    let size = ck.meta.image_size as u32;
+    let channels = ck.meta.spec.in_channels;
+    let mut out = Vec::new();
+    for path in &a.images {
+        let mut img = load_image(path, size)?;
+        if channels == 1 {
+            img = img.to_kind(Kind::Float).mean_dim(3, true, Kind::Float).round().to_kind(Kind::Uint8);
+        }
+        let logits = predict_logits(&model, &aug.eval_batch(&img.to_device(device)), false, false);
+        let probs = logits.softmax(1, Kind::Float).squeeze_dim(0);
+        let k = a.top_k.min(ck.meta.classes.len()) as i64;
+        let (p, i) = probs.topk(k, 0, true, true);
+        let p = Vec::<f64>::try_from(p.to_kind(Kind::Double).to_device(tch::Device::Cpu))?;
+        let i = Vec::<i64>::try_from(i.to_device(tch::Device::Cpu))?;
+        let top = i.iter().zip(p).map(|(&c, p)| (ck.meta.classes[c as usize].clone(), p)).collect();
+        out.push(Prediction {
+            image: path.display().to_string(),
+            top,
+        });
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        for p in &out {
+            let items: Vec<String> = p.top.iter().map(|(c, v)| format!("{c} {:.1}%", 100.0 * v)).collect();
+            println!("{}: {}", p.image, items.join(", "));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! `convkit summary`, `convkit data`, `convkit bench`, `convkit list`.
+
+use crate::bench::{self, BenchSpec};
+use crate::data::{self, DataSpec, download};
+use crate::models::{self, ModelSpec, Stem, summary};
+use crate::train::{self, config, metrics};
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct SummaryArgs {
+    /// Model name (see `convkit list`)
+    model: String,
+    #[arg(long, default_value_t = 10)]
+    classes: i64,
+    /// CxHxW; default 3x224x224 for ImageNet-stem ResNets, else 3x32x32
+    #[arg(long)]
+    input: Option<String>,
+    /// imagenet or cifar (ResNet-18/34/50)
+    #[arg(long)]
+    stem: Option<Stem>,
+}
+
+fn parse_input(s: &str) -> Result<[i64; 3]> {
+    let v: Vec<i64> = s.split('x').map(|p| p.trim().parse::<i64>()).collect::<Result<_, _>>()?;
+    match v.as_slice() {
+        [c, h, w] if *c > 0 && *h > 0 && *w > 0 => Ok([*c, *h, *w]),
+        _ => bail!("--input '{s}': expected CxHxW, for example 3x32x32"),
+    }
+}
+
+pub fn summary(a: SummaryArgs) -> Result<()> {
+    let mut spec = ModelSpec::new(&a.model, a.classes);
+    spec.stem = a.stem;
+    let input = match &a.input {
+        Some(s) => parse_input(s)?,
+        None => {
+            let n = spec.default_input_size();
+            [3, n, n]
+        }
+    };
+    spec.in_channels = input[0];
+    let model = models::build(&spec, tch::Device::Cpu)?;
+    print!("{}", summary::summarise(&model, input).render(&a.model));
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct DataArgs {
+    #[command(subcommand)]
+    command: DataCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum DataCommand {
+    /// Fetch cifar10 or cifar100 into the data cache ($CONVKIT_DATA or ~/.cache/convkit)
+    Download { name: String },
+    /// Decode a source (into the cache) and print what it holds
+    Info {
+        source: String,
+        #[arg(long)]
+        format: Option<String>,
+        #[arg(long, default_value_t = 32)]
+        image_size: u32,
+    },
+}
+
+pub fn data(a: DataArgs) -> Result<()> {
+    match a.command {
+        DataCommand::Download { name } => {
+            let Some(remote) = download::cifar_remote(&name) else {
+                bail!("unknown data set '{name}' (cifar10 or cifar100)");
+            };
+            let path = download::fetch(&remote, &data::data_dir(), train::progress::wanted())?;
+            println!("{name}: {} (checksum verified)", path.display());
+        }
+        DataCommand::Info {
+            source,
+            format,
+            image_size,
+        } => {
+            let mut spec = DataSpec::new(&source);
+            spec.format = format.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg)?;
+            spec.image_size = image_size;
+            let t = Instant::now();
+            let ds = data::load(&spec)?;
+            let s = ds.train.image_shape();
+            println!("{}: {} train, {} test images of {}x{}x{}, {} classes ({:.2} s)", ds.name, ds.train.len(), ds.test.len(), s[0], s[1], s[2], ds.classes.len(), t.elapsed().as_secs_f64());
+            println!("classes: {}", ds.classes.join(", "));
+            println!("mean {:?}\nstd  {:?}", ds.mean, ds.std);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long, default_value = "net8")]
+    model: String,
+    #[arg(long, default_value_t = 128)]
+    batch: i64,
+    #[arg(long, default_value_t = 256)]
+    infer_batch: i64,
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Write summary.json here
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn bench(a: BenchArgs) -> Result<()> {
+    let spec = BenchSpec {
+        model: a.model,
+        batch: a.batch,
+        infer_batch: a.infer_batch,
+        steps: a.steps,
+        warmup: a.warmup,
+        size: 32,
+        classes: 10,
+        device: train::parse_device(&a.device)?,
+    };
+    let r = bench::run(&spec);
+    println!("model {} on {} ({} threads), batch {}", r.model, r.device, r.threads, r.batch);
+    println!("train: {:.1} img/s", r.train_images_per_second);
+    println!("infer: {:.1} img/s", r.infer_images_per_second);
+    println!("loader: {:.1} img/s ({:.1}x training)", r.loader_images_per_second, r.loader_images_per_second / r.train_images_per_second);
+    if let Some(out) = a.out {
+        std::fs::create_dir_all(&out)?;
+        metrics::write_json(&out.join("summary.json"), &r)?;
+    }
+    Ok(())
+}
+
+pub fn list() -> Result<()> {
+    println!("recipes (--config NAME):");
+    for (name, text) in config::RECIPES {
+        let first = text.lines().next().unwrap_or("").trim_start_matches('#').trim();
+        println!("  {name:<20} {first}");
+    }
+    println!("models:");
+    for (name, what) in models::REGISTRY {
+        println!("  {name:<20} {what}");
+    }
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! `convkit train` and `convkit quickstart`.
+
+use crate::data::{data_dir, download};
+use crate::train::{self, RunOptions, config};
+use anyhow::Result;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// A shipped recipe (see `convkit list`) or a TOML file
+    #[arg(long)]
+    config: Option<String>,
+    /// Data: a CIFAR folder or .tar.gz, an image folder, an IDX folder, `synthetic`, `cifar10`
+    #[arg(long)]
+    data: Option<String>,
+    /// Force the data format: cifar-binary, folder, idx, synthetic
+    #[arg(long)]
+    format: Option<String>,
+    /// Model name (see `convkit list`)
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// auto, cpu, cuda, cuda:N
+    #[arg(long)]
+    device: Option<String>,
+    /// Use only the first N training images
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// Held-out fraction for a single image folder
+    #[arg(long)]
+    val_split: Option<f64>,
+    /// Any config field: --set optim.momentum=0.85 --set 'augment=["flip"]' (repeatable)
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Run folder
+    #[arg(long, default_value = "runs/train")]
+    out: PathBuf,
+    /// Continue the run in --out from its last checkpoint
+    #[arg(long)]
+    resume: bool,
+}
+
+fn quoted(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+impl TrainArgs {
+    fn overrides(&self) -> Vec<String> {
+        let mut o = Vec::new();
+        let mut push = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                o.push(format!("{k}={v}"));
+            }
+        };
+        push("data.source", self.data.as_deref().map(quoted));
+        push("data.format", self.format.as_deref().map(quoted));
+        push("model.name", self.model.as_deref().map(quoted));
+        push("train.epochs", self.epochs.map(|v| v.to_string()));
+        push("train.batch_size", self.batch_size.map(|v| v.to_string()));
+        push("optim.lr", self.lr.map(|v| format!("{v:?}")));
+        push("train.seed", self.seed.map(|v| v.to_string()));
+        push("train.device", self.device.as_deref().map(quoted));
+        push("data.train_limit", self.train_limit.map(|v| v.to_string()));
+        push("data.val_split", self.val_split.map(|v| format!("{v:?}")));
+        o.extend(self.sets.iter().cloned());
+        o
+    }
+}
+
+pub fn train(a: TrainArgs) -> Result<()> {
+    let cfg = config::load(a.config.as_deref(), &a.overrides())?;
+    let opts = RunOptions {
+        resume: a.resume,
+        progress: train::progress::wanted(),
+        stop_after: None,
+    };
+    train::run(cfg, &a.out, &opts)?;
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct QuickstartArgs {
+    #[arg(long, default_value = "runs/quickstart")]
+    out: PathBuf,
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Do not try to download CIFAR-10
+    #[arg(long)]
+    offline: bool,
+}
+
+/// CIFAR-10 from the cache or a download; otherwise the synthetic set, said in one line.
+fn quickstart_source(offline: bool) -> String {
+    if download::cached_archive("cifar10").is_some() {
+        return "cifar10".into();
+    }
+    if !offline {
+        let remote = download::cifar_remote("cifar10").expect("cifar10 is known");
+        match download::fetch(&remote, &data_dir(), train::progress::wanted()) {
+            Ok(_) => return "cifar10".into(),
+            Err(e) => {
+                let first = e.to_string().lines().next().unwrap_or_default().to_string();
+                eprintln!("CIFAR-10 is not in the data cache and could not be downloaded ({first}); using the built-in synthetic data set.");
+            }
+        }
+    }
+    "synthetic".into()
+}
+
+pub fn quickstart(a: QuickstartArgs) -> Result<()> {
+    let source = quickstart_source(a.offline);
+    let mut overrides = vec![format!("data.source={}", quoted(&source))];
+    if let Some(e) = a.epochs {
+        overrides.push(format!("train.epochs={e}"));
+    }
+    let cfg = config::load(Some("quickstart"), &overrides)?;
+    let opts = RunOptions {
+        progress: train::progress::wanted(),
+        ..Default::default()
+    };
+    train::run(cfg, &a.out, &opts)?;
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! On-disk cache of decoded data sets, keyed by the source's file list (path, size, mtime) and
+//! the decode settings, so a second run skips decoding and starts in seconds.
+
+use super::{DataError, DataSpec, Dataset, Result, Split};
+use crate::util::{atomic_write, bytes_tensor, fnv1a, tensor_bytes};
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+/// Returns the cached decode of `source` if it is current, else runs `decode` and caches it.
+pub fn cached<F>(spec: &DataSpec, source: &Path, decode: F) -> Result<Dataset>
+where
+    F: FnOnce() -> Result<Dataset>,
+{
+    if !spec.use_cache {
+        return decode();
+    }
+    let file = cache_file(spec, source)?;
+    if file.exists() {
+        match read(&file) {
+            Ok(ds) => return Ok(ds),
+            Err(e) => eprintln!("cache {} unreadable ({e}); decoding again", file.display()),
+        }
+    }
+    let ds = decode()?;
+    if let Err(e) = write(&file, &ds) {
+        eprintln!("warning: could not write the decode cache {}: {e}", file.display());
+    }
+    Ok(ds)
+}
+
+/// The cache file for a source: `<data dir>/decoded/<name>-<key>.safetensors`.
+pub fn cache_file(spec: &DataSpec, source: &Path) -> Result<PathBuf> {
+    let mut listing = format!("v1 {} {} ", spec.image_size, spec.val_split);
+    append_listing(source, &mut listing)?;
+    let key = fnv1a(listing.as_bytes());
+    let name = source
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
+        .unwrap_or_else(|| "data".into());
+    Ok(super::data_dir()
+        .join("decoded")
+        .join(format!("{name}-{key:016x}.safetensors")))
+}
+
+fn append_listing(path: &Path, out: &mut String) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
+    if meta.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| DataError::io(path, e))?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        for entry in entries {
+            append_listing(&entry, out)?;
+        }
+    } else {
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        out.push_str(&format!("{}|{}|{}\n", path.display(), meta.len(), mtime));
+    }
+    Ok(())
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CacheMeta {
+    name: String,
+    classes: Vec<String>,
+    mean: Vec<f64>,
+    std: Vec<f64>,
+}
+
+pub fn write(file: &Path, ds: &Dataset) -> Result<()> {
+    let meta = CacheMeta {
+        name: ds.name.clone(),
+        classes: ds.classes.clone(),
+        mean: ds.mean.clone(),
+        std: ds.std.clone(),
+    };
+    let meta = bytes_tensor(&serde_json::to_vec(&meta).expect("metadata serialises"));
+    let tensors = [
+        ("meta", &meta),
+        ("train_images", &ds.train.images),
+        ("train_labels", &ds.train.labels),
+        ("test_images", &ds.test.images),
+        ("test_labels", &ds.test.labels),
+    ];
+    atomic_write(file, |tmp| {
+        Tensor::write_safetensors(&tensors, tmp)
+            .map_err(|e| DataError::format(file, format!("cannot write cache: {e}")))
+    })
+}
+
+pub fn read(file: &Path) -> Result<Dataset> {
+    let tensors = Tensor::read_safetensors(file)
+        .map_err(|e| DataError::format(file, format!("cannot read cache: {e}")))?;
+    let get = |name: &str| {
+        tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.shallow_clone())
+            .ok_or_else(|| DataError::format(file, format!("cache lacks tensor '{name}'")))
+    };
+    let meta: CacheMeta = serde_json::from_slice(&tensor_bytes(&get("meta")?))
+        .map_err(|e| DataError::format(file, format!("bad cache metadata: {e}")))?;
+    Ok(Dataset {
+        name: meta.name,
+        classes: meta.classes,
+        train: Split {
+            images: get("train_images")?,
+            labels: get("train_labels")?,
+        },
+        test: Split {
+            images: get("test_images")?,
+            labels: get("test_labels")?,
+        },
+        mean: meta.mean,
+        std: meta.std,
+    })
+}

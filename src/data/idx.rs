@@ -1,0 +1,120 @@
+//! MNIST / Fashion-MNIST IDX files (`train-images-idx3-ubyte[.gz]` and friends), gzip or not.
+
+use super::{DataError, Dataset, Result, Split};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+const IMAGES_MAGIC: u32 = 0x0000_0803;
+const LABELS_MAGIC: u32 = 0x0000_0801;
+const FASHION_CLASSES: [&str; 10] = [
+    "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+    "ankle-boot",
+];
+
+/// The four files of an IDX data set: train images, train labels, test images, test labels.
+pub struct IdxFiles {
+    pub train_images: PathBuf,
+    pub train_labels: PathBuf,
+    pub test_images: PathBuf,
+    pub test_labels: PathBuf,
+}
+
+pub fn find_files(dir: &Path) -> Result<IdxFiles> {
+    let find = |stem: &str| {
+        [stem.to_string(), format!("{stem}.gz")]
+            .into_iter()
+            .map(|n| dir.join(n))
+            .find(|p| p.exists())
+            .ok_or_else(|| DataError::format(dir, format!("missing IDX file {stem}[.gz]")))
+    };
+    Ok(IdxFiles {
+        train_images: find("train-images-idx3-ubyte")?,
+        train_labels: find("train-labels-idx1-ubyte")?,
+        test_images: find("t10k-images-idx3-ubyte")?,
+        test_labels: find("t10k-labels-idx1-ubyte")?,
+    })
+}
+
+pub fn load(dir: &Path) -> Result<Dataset> {
+    let f = find_files(dir)?;
+    let train = read_split(&f.train_images, &f.train_labels)?;
+    let test = read_split(&f.test_images, &f.test_labels)?;
+    let fashion = dir.to_string_lossy().to_lowercase().contains("fashion");
+    let classes: Vec<String> = if fashion {
+        FASHION_CLASSES.iter().map(|s| s.to_string()).collect()
+    } else {
+        (0..10).map(|d| d.to_string()).collect()
+    };
+    let name = if fashion { "fashion-mnist" } else { "mnist" };
+    Dataset::new(name, classes, train, test, dir)
+}
+
+fn read_split(images: &Path, labels: &Path) -> Result<Split> {
+    let (dims, pixels) = read_idx(images, IMAGES_MAGIC)?;
+    let (ldims, label_bytes) = read_idx(labels, LABELS_MAGIC)?;
+    if ldims[0] != dims[0] {
+        return Err(DataError::format(
+            labels,
+            format!("{} labels for {} images in {}", ldims[0], dims[0], images.display()),
+        ));
+    }
+    let labels: Vec<i64> = label_bytes.iter().map(|&l| l as i64).collect();
+    Ok(Split {
+        images: Tensor::from_slice(&pixels).reshape([dims[0], dims[1], dims[2], 1]),
+        labels: Tensor::from_slice(&labels),
+    })
+}
+
+/// Reads an IDX file of u8 data, checking the magic number and that the size matches the header.
+pub fn read_idx(path: &Path, magic: u32) -> Result<(Vec<i64>, Vec<u8>)> {
+    let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| DataError::format(path, format!("bad gzip data: {e}")))?;
+        out
+    } else {
+        raw
+    };
+    if bytes.len() < 4 {
+        return Err(DataError::format(path, "too short for an IDX header"));
+    }
+    let found = u32::from_be_bytes(bytes[0..4].try_into().unwrap());
+    if found != magic {
+        return Err(DataError::format(
+            path,
+            format!("wrong IDX magic number 0x{found:08x} (expected 0x{magic:08x})"),
+        ));
+    }
+    let ndim = (magic & 0xff) as usize;
+    let header = 4 + 4 * ndim;
+    if bytes.len() < header {
+        return Err(DataError::format(path, "truncated IDX header"));
+    }
+    let dims: Vec<i64> = (0..ndim)
+        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as i64)
+        .collect();
+    let expected = dims.iter().product::<i64>() as usize;
+    if bytes.len() - header != expected {
+        return Err(DataError::format(
+            path,
+            format!(
+                "header promises {expected} data bytes ({dims:?}) but the file holds {}",
+                bytes.len() - header
+            ),
+        ));
+    }
+    Ok((dims, bytes[header..].to_vec()))
+}
+
+/// Encodes u8 data as an IDX file (for tests and tools).
+pub fn encode(dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0, 0, 0x08, dims.len() as u8];
+    for d in dims {
+        out.extend_from_slice(&d.to_be_bytes());
+    }
+    out.extend_from_slice(data);
+    out
+}

@@ -1,0 +1,59 @@
+//! Batching: a seeded permutation per epoch, batches of indices, and the images moved to the
+//! device once as u8 so that each step only gathers and augments on the device.
+
+use super::Split;
+use crate::util::mix_seed;
+use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
+use tch::{Device, Tensor};
+
+/// A split held on the training device: u8 NHWC images and i64 labels.
+pub struct DeviceSplit {
+    pub images: Tensor,
+    pub labels: Tensor,
+}
+
+impl DeviceSplit {
+    pub fn new(split: &Split, device: Device) -> Self {
+        DeviceSplit {
+            images: split.images.to_device(device),
+            labels: split.labels.to_device(device),
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.images.size()[0] as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Gathers the images and labels of one batch of indices.
+    pub fn batch(&self, index: &[i64]) -> (Tensor, Tensor) {
+        let idx = Tensor::from_slice(index).to_device(self.images.device());
+        (self.images.index_select(0, &idx), self.labels.index_select(0, &idx))
+    }
+}
+
+/// The order of the training images in `epoch`: a permutation that depends only on (seed, epoch),
+/// so a resumed run sees exactly the batches an uninterrupted run would.
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<i64> {
+    let mut order: Vec<i64> = (0..n as i64).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(mix_seed(seed, epoch as u64)));
+    order
+}
+
+/// Splits an order into batches; with `drop_last` a final short batch is left out (BatchNorm
+/// statistics of a tiny last batch are noisy).
+pub fn batches(order: &[i64], batch_size: usize, drop_last: bool) -> Vec<&[i64]> {
+    order
+        .chunks(batch_size)
+        .filter(|b| !drop_last || b.len() == batch_size || order.len() < batch_size)
+        .collect()
+}
+
+/// Steps per epoch for `n` images.
+pub fn steps_per_epoch(n: usize, batch_size: usize, drop_last: bool) -> usize {
+    if drop_last && n >= batch_size {
+        n / batch_size
+    } else {
+        n.div_ceil(batch_size)
+    }
+}

@@ -1,0 +1,319 @@
+//! Data sets: every source (CIFAR binary, image folders, IDX, synthetic) becomes the same
+//! in-memory form, u8 images `[N, H, W, C]` plus i64 labels and class names, decoded once and
+//! cached on disk.
+
+pub mod cache;
+pub mod cifar;
+pub mod download;
+pub mod folder;
+pub mod idx;
+pub mod loader;
+pub mod synthetic;
+
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+
+/// Everything that can go wrong while reading data; every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {problem}")]
+    Format { path: PathBuf, problem: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<std::io::Error> for DataError {
+    fn from(e: std::io::Error) -> Self {
+        DataError::Other(e.to_string())
+    }
+}
+
+impl DataError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+    pub fn format(path: &Path, problem: impl Into<String>) -> Self {
+        DataError::Format {
+            path: path.to_path_buf(),
+            problem: problem.into(),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, DataError>;
+
+/// One split of a data set, kept on the host as u8 so that a whole CIFAR fits in 180 MB.
+#[derive(Debug)]
+pub struct Split {
+    /// u8 `[N, H, W, C]`.
+    pub images: Tensor,
+    /// i64 `[N]`, each in `0..classes.len()`.
+    pub labels: Tensor,
+}
+
+impl Split {
+    pub fn len(&self) -> usize {
+        self.images.size()[0] as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// `[C, H, W]` of one image.
+    pub fn image_shape(&self) -> [i64; 3] {
+        let s = self.images.size();
+        [s[3], s[1], s[2]]
+    }
+    /// The first `n` images (or all of them): deterministic subsets for quick runs.
+    pub fn take(&self, n: usize) -> Split {
+        let n = n.min(self.len()) as i64;
+        Split {
+            images: self.images.narrow(0, 0, n),
+            labels: self.labels.narrow(0, 0, n),
+        }
+    }
+    /// The images whose index is listed.
+    pub fn select(&self, index: &[i64]) -> Split {
+        let idx = Tensor::from_slice(index);
+        Split {
+            images: self.images.index_select(0, &idx),
+            labels: self.labels.index_select(0, &idx),
+        }
+    }
+    pub fn labels_vec(&self) -> Vec<i64> {
+        Vec::<i64>::try_from(&self.labels).unwrap_or_default()
+    }
+}
+
+/// A data set with train and test splits, class names and normalisation statistics.
+#[derive(Debug)]
+pub struct Dataset {
+    pub name: String,
+    pub classes: Vec<String>,
+    pub train: Split,
+    pub test: Split,
+    /// Per-channel mean and std of the training images, in [0, 1] units.
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+impl Dataset {
+    /// Builds a data set, checking labels and computing the channel statistics.
+    pub fn new(
+        name: &str,
+        classes: Vec<String>,
+        train: Split,
+        test: Split,
+        source: &Path,
+    ) -> Result<Self> {
+        for (split, what) in [(&train, "train"), (&test, "test")] {
+            check_labels(split, classes.len(), source, what)?;
+        }
+        if train.is_empty() {
+            return Err(DataError::format(source, "the training split holds no images"));
+        }
+        let (mean, std) = channel_stats(&train.images);
+        Ok(Dataset {
+            name: name.to_string(),
+            classes,
+            train,
+            test,
+            mean,
+            std,
+        })
+    }
+
+    pub fn channels(&self) -> i64 {
+        self.train.image_shape()[0]
+    }
+
+    /// Repeats a grayscale set to 3 channels (for models with an RGB stem).
+    pub fn to_rgb(mut self) -> Self {
+        if self.channels() == 1 {
+            self.train.images = self.train.images.repeat([1, 1, 1, 3]);
+            self.test.images = self.test.images.repeat([1, 1, 1, 3]);
+            self.mean = vec![self.mean[0]; 3];
+            self.std = vec![self.std[0]; 3];
+        }
+        self
+    }
+
+    /// Keeps the first `n` training images (the order is already shuffled per source).
+    pub fn limit_train(mut self, n: Option<usize>) -> Self {
+        if let Some(n) = n {
+            self.train = self.train.take(n);
+        }
+        self
+    }
+}
+
+fn check_labels(split: &Split, classes: usize, source: &Path, what: &str) -> Result<()> {
+    if split.is_empty() {
+        return Ok(());
+    }
+    let max = split.labels.max().int64_value(&[]);
+    let min = split.labels.min().int64_value(&[]);
+    if min < 0 || max >= classes as i64 {
+        return Err(DataError::format(
+            source,
+            format!(
+                "{what} split has label {} outside the class range 0..{}",
+                if min < 0 { min } else { max },
+                classes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Per-channel mean and standard deviation of u8 NHWC images, in [0, 1] units.
+pub fn channel_stats(images: &Tensor) -> (Vec<f64>, Vec<f64>) {
+    let c = images.size()[3];
+    let flat = images.reshape([-1, c]).to_kind(Kind::Double) / 255.0;
+    let mean = Vec::<f64>::try_from(flat.mean_dim(0, false, Kind::Double)).unwrap_or_default();
+    let std = Vec::<f64>::try_from(flat.std_dim(0, false, false)).unwrap_or_default();
+    (mean, std)
+}
+
+/// Which reader a path needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    CifarBinary,
+    Folder,
+    Idx,
+    Synthetic,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cifar" | "cifar-binary" | "cifar10" | "cifar100" => Ok(Format::CifarBinary),
+            "folder" | "images" => Ok(Format::Folder),
+            "idx" | "mnist" => Ok(Format::Idx),
+            "synthetic" => Ok(Format::Synthetic),
+            other => Err(format!(
+                "unknown data format '{other}' (expected cifar-binary, folder, idx or synthetic)"
+            )),
+        }
+    }
+}
+
+/// How to read a data source.
+#[derive(Debug, Clone)]
+pub struct DataSpec {
+    /// A path, or `synthetic`, or `cifar10` / `cifar100` (looked up in the data cache).
+    pub source: String,
+    pub format: Option<Format>,
+    /// Side of the square images folders are resized and centre-cropped to.
+    pub image_size: u32,
+    /// For a single image folder without train/test: fraction held out for testing.
+    pub val_split: f64,
+    /// Use the on-disk decode cache (folders and IDX).
+    pub use_cache: bool,
+}
+
+impl DataSpec {
+    pub fn new(source: &str) -> Self {
+        DataSpec {
+            source: source.to_string(),
+            format: None,
+            image_size: 32,
+            val_split: 0.1,
+            use_cache: true,
+        }
+    }
+}
+
+/// The folder for downloads and decode caches: `$CONVKIT_DATA`, else the user's cache directory.
+pub fn data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CONVKIT_DATA") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    base.join("convkit")
+}
+
+/// Resolves a data source to a path and a format.
+pub fn resolve(spec: &DataSpec) -> Result<(PathBuf, Format)> {
+    if spec.source == "synthetic" {
+        return Ok((PathBuf::from("synthetic"), Format::Synthetic));
+    }
+    let path = match spec.source.as_str() {
+        "cifar10" | "cifar100" => download::cached_archive(&spec.source).ok_or_else(|| {
+            DataError::Other(format!(
+                "{} is not in the data cache {}; run `convkit data download {}`",
+                spec.source,
+                data_dir().display(),
+                spec.source
+            ))
+        })?,
+        other => PathBuf::from(other),
+    };
+    if !path.exists() {
+        return Err(DataError::io(
+            &path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
+        ));
+    }
+    let format = match spec.format {
+        Some(f) => f,
+        None => detect_format(&path)?,
+    };
+    Ok((path, format))
+}
+
+/// Guesses the format from the file names a source holds.
+pub fn detect_format(path: &Path) -> Result<Format> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if path.is_file() {
+        if name.ends_with(".tar.gz") || name.ends_with(".tgz") || name.ends_with(".bin") {
+            return Ok(Format::CifarBinary);
+        }
+        return Err(DataError::format(
+            path,
+            "cannot tell the data format of this file (expected a CIFAR .tar.gz or .bin); pass --format",
+        ));
+    }
+    if cifar::find_batches(path).is_some() {
+        return Ok(Format::CifarBinary);
+    }
+    if idx::find_files(path).is_ok() {
+        return Ok(Format::Idx);
+    }
+    let has_subdirs = std::fs::read_dir(path)
+        .map_err(|e| DataError::io(path, e))?
+        .flatten()
+        .any(|e| e.path().is_dir());
+    if has_subdirs {
+        return Ok(Format::Folder);
+    }
+    Err(DataError::format(
+        path,
+        "found no CIFAR batches, IDX files or class folders here; pass --format",
+    ))
+}
+
+/// Loads a data set from any supported source.
+pub fn load(spec: &DataSpec) -> Result<Dataset> {
+    let (path, format) = resolve(spec)?;
+    match format {
+        Format::Synthetic => Ok(synthetic::generate(&synthetic::SyntheticSpec::default())),
+        Format::CifarBinary => cifar::load(&path),
+        Format::Idx => cache::cached(spec, &path, || idx::load(&path)),
+        Format::Folder => cache::cached(spec, &path, || {
+            folder::load(&path, spec.image_size, spec.val_split)
+        }),
+    }
+}

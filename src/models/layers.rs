@@ -1,0 +1,258 @@
+//! Named layers that can report themselves: each forward call may record its output shape,
+//! parameters and FLOPs into the context (for `convkit summary`) and stage outputs can be
+//! captured (for inspection tools). The names are the state-dict keys' prefixes.
+
+use std::cell::RefCell;
+use tch::nn::{self, Module, ModuleT};
+use tch::Tensor;
+
+/// One traced layer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LayerInfo {
+    pub name: String,
+    pub kind: &'static str,
+    pub output: Vec<i64>,
+    pub params: i64,
+    /// Multiply-adds counted as 2 FLOPs.
+    pub flops: i64,
+    /// For convolutions: the parameters a fully connected layer with the same input and output
+    /// sizes would need.
+    pub dense_params: Option<i64>,
+}
+
+/// How a forward pass runs: training or evaluation mode, optionally tracing layers or capturing
+/// the output of every stage.
+#[derive(Default)]
+pub struct Ctx {
+    pub train: bool,
+    trace: Option<RefCell<Vec<LayerInfo>>>,
+    stages: Option<RefCell<Vec<(String, Tensor)>>>,
+}
+
+impl Ctx {
+    pub fn train() -> Self {
+        Ctx {
+            train: true,
+            ..Default::default()
+        }
+    }
+    pub fn eval() -> Self {
+        Ctx::default()
+    }
+    pub fn tracing() -> Self {
+        Ctx {
+            trace: Some(RefCell::new(Vec::new())),
+            ..Default::default()
+        }
+    }
+    pub fn capturing() -> Self {
+        Ctx {
+            stages: Some(RefCell::new(Vec::new())),
+            ..Default::default()
+        }
+    }
+    pub fn record(&self, info: impl FnOnce() -> LayerInfo) {
+        if let Some(t) = &self.trace {
+            t.borrow_mut().push(info());
+        }
+    }
+    /// Marks the output of a stage (stem, layer1, ...); kept only when capturing.
+    pub fn stage(&self, name: &str, x: &Tensor) {
+        if let Some(s) = &self.stages {
+            s.borrow_mut().push((name.to_string(), x.shallow_clone()));
+        }
+    }
+    pub fn take_trace(&self) -> Vec<LayerInfo> {
+        self.trace.as_ref().map(|t| t.take()).unwrap_or_default()
+    }
+    pub fn take_stages(&self) -> Vec<(String, Tensor)> {
+        self.stages.as_ref().map(|t| t.take()).unwrap_or_default()
+    }
+}
+
+fn numel(shape: &[i64]) -> i64 {
+    shape.iter().product()
+}
+
+/// A 2-D convolution with its geometry kept for reporting.
+#[derive(Debug)]
+pub struct Conv {
+    pub name: String,
+    pub inner: nn::Conv2D,
+    pub kernel: i64,
+    pub stride: i64,
+    pub padding: i64,
+}
+
+impl Conv {
+    /// torchvision's initialisation: Kaiming normal, fan-out, ReLU gain.
+    pub fn new(
+        p: &nn::Path,
+        name: &str,
+        (cin, cout): (i64, i64),
+        kernel: i64,
+        stride: i64,
+        padding: i64,
+        bias: bool,
+    ) -> Self {
+        let cfg = nn::ConvConfig {
+            stride,
+            padding,
+            bias,
+            ws_init: nn::Init::Kaiming {
+                dist: nn::init::NormalOrUniform::Normal,
+                fan: nn::init::FanInOut::FanOut,
+                non_linearity: nn::init::NonLinearity::ReLU,
+            },
+            ..Default::default()
+        };
+        Conv {
+            name: p.path(name),
+            inner: nn::conv2d(p / name, cin, cout, kernel, cfg),
+            kernel,
+            stride,
+            padding,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        let y = self.inner.forward(x);
+        ctx.record(|| {
+            let (ins, outs) = (x.size(), y.size());
+            let params = self.inner.ws.numel() as i64
+                + self.inner.bs.as_ref().map_or(0, |b| b.numel() as i64);
+            let w = self.inner.ws.size();
+            let macs = numel(&outs[1..]) * w[1] * w[2] * w[3];
+            let (din, dout) = (numel(&ins[1..]), numel(&outs[1..]));
+            LayerInfo {
+                name: self.name.clone(),
+                kind: "conv",
+                output: outs,
+                params,
+                flops: 2 * macs,
+                dense_params: Some(din * dout + dout),
+            }
+        });
+        y
+    }
+}
+
+/// BatchNorm with PyTorch's defaults (weight 1, bias 0) and torchvision's key names.
+#[derive(Debug)]
+pub struct Bn {
+    pub name: String,
+    pub inner: nn::BatchNorm,
+}
+
+impl Bn {
+    pub fn new(p: &nn::Path, name: &str, c: i64) -> Self {
+        Self::with(p, name, c, 0.1, 1e-5)
+    }
+    /// `momentum` in PyTorch's convention (weight of the new batch statistic).
+    pub fn with(p: &nn::Path, name: &str, c: i64, momentum: f64, eps: f64) -> Self {
+        let cfg = nn::BatchNormConfig {
+            momentum,
+            eps,
+            ws_init: nn::Init::Const(1.0),
+            bs_init: nn::Init::Const(0.0),
+            ..Default::default()
+        };
+        Bn {
+            name: p.path(name),
+            inner: nn::batch_norm2d(p / name, c, cfg),
+        }
+    }
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        let y = self.inner.forward_t(x, ctx.train);
+        ctx.record(|| LayerInfo {
+            name: self.name.clone(),
+            kind: "batchnorm",
+            output: y.size(),
+            params: 2 * x.size()[1],
+            flops: 2 * numel(&y.size()[1..]),
+            dense_params: None,
+        });
+        y
+    }
+}
+
+/// A fully connected layer, optionally followed by a constant scale (airbench's 1/9 head).
+#[derive(Debug)]
+pub struct Fc {
+    pub name: String,
+    pub inner: nn::Linear,
+    pub scale: f64,
+}
+
+impl Fc {
+    pub fn new(p: &nn::Path, name: &str, din: i64, dout: i64, bias: bool) -> Self {
+        let cfg = nn::LinearConfig {
+            bias,
+            ..Default::default()
+        };
+        Fc {
+            name: p.path(name),
+            inner: nn::linear(p / name, din, dout, cfg),
+            scale: 1.0,
+        }
+    }
+    pub fn in_features(&self) -> i64 {
+        self.inner.ws.size()[1]
+    }
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        let mut y = self.inner.forward(x);
+        if self.scale != 1.0 {
+            y = y * self.scale;
+        }
+        ctx.record(|| {
+            let w = self.inner.ws.size();
+            LayerInfo {
+                name: self.name.clone(),
+                kind: "linear",
+                output: y.size(),
+                params: w[0] * w[1] + self.inner.bs.as_ref().map_or(0, |b| b.numel() as i64),
+                flops: 2 * w[0] * w[1],
+                dense_params: None,
+            }
+        });
+        y
+    }
+}
+
+/// Max pooling, recorded for the summary.
+pub fn max_pool(x: &Tensor, k: i64, s: i64, pad: i64, name: &str, ctx: &Ctx) -> Tensor {
+    let y = x.max_pool2d([k, k], [s, s], [pad, pad], [1, 1], false);
+    ctx.record(|| LayerInfo {
+        name: name.to_string(),
+        kind: "maxpool",
+        output: y.size(),
+        params: 0,
+        flops: 0,
+        dense_params: None,
+    });
+    y
+}
+
+/// Global average pooling to a `[B, C]` feature vector.
+pub fn global_avg_pool(x: &Tensor, ctx: &Ctx) -> Tensor {
+    let y = x.mean_dim([2i64, 3].as_slice(), false, x.kind());
+    record_pool(y, "avgpool", ctx)
+}
+
+/// Global max pooling to a `[B, C]` feature vector.
+pub fn global_max_pool(x: &Tensor, ctx: &Ctx) -> Tensor {
+    let y = x.amax([2i64, 3].as_slice(), false);
+    record_pool(y, "maxpool", ctx)
+}
+
+fn record_pool(y: Tensor, name: &str, ctx: &Ctx) -> Tensor {
+    ctx.record(|| LayerInfo {
+        name: name.to_string(),
+        kind: "pool",
+        output: y.size(),
+        params: 0,
+        flops: 0,
+        dense_params: None,
+    });
+    y
+}

@@ -1,0 +1,176 @@
+//! Models built by name from a registry. Every model is a feature extractor (`features`, a
+//! pooled `[B, D]` vector) plus a linear classifier, so heads can be replaced and bodies reused.
+
+pub mod cnn;
+pub mod layers;
+pub mod resnet;
+pub mod summary;
+
+pub use layers::{Ctx, LayerInfo};
+
+use layers::Fc;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Tensor, nn};
+
+/// A network: features, then a classifier.
+pub trait Network: std::fmt::Debug {
+    /// The pooled feature vector `[B, D]` that the classifier reads.
+    fn features(&self, x: &Tensor, ctx: &Ctx) -> Tensor;
+    fn classifier(&self) -> &Fc;
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        self.classifier().forward(&self.features(x, ctx), ctx)
+    }
+}
+
+/// ResNet input stems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stem {
+    /// 7x7 stride 2 + max-pool: for 224 px ImageNet-style input.
+    Imagenet,
+    /// 3x3 stride 1, no pool: for 32 px input.
+    Cifar,
+}
+
+impl std::str::FromStr for Stem {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "imagenet" => Ok(Stem::Imagenet),
+            "cifar" => Ok(Stem::Cifar),
+            _ => Err(format!("unknown stem '{s}' (imagenet or cifar)")),
+        }
+    }
+}
+
+/// Everything needed to rebuild a model; stored in checkpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub name: String,
+    pub classes: i64,
+    #[serde(default = "three")]
+    pub in_channels: i64,
+    /// ResNet-18/34/50 only.
+    #[serde(default)]
+    pub stem: Option<Stem>,
+    /// `cnn` and `airnet` only.
+    #[serde(default)]
+    pub widths: Option<Vec<i64>>,
+}
+
+fn three() -> i64 {
+    3
+}
+
+impl ModelSpec {
+    pub fn new(name: &str, classes: i64) -> Self {
+        ModelSpec {
+            name: name.to_string(),
+            classes,
+            in_channels: 3,
+            stem: None,
+            widths: None,
+        }
+    }
+    /// The input side a model expects by default (224 for ImageNet stems, else 32).
+    pub fn default_input_size(&self) -> i64 {
+        match (self.name.starts_with("resnet"), self.stem_or_default()) {
+            (true, Stem::Imagenet) if self.is_torchvision() => 224,
+            _ => 32,
+        }
+    }
+    fn is_torchvision(&self) -> bool {
+        matches!(self.name.as_str(), "resnet18" | "resnet34" | "resnet50")
+    }
+    fn stem_or_default(&self) -> Stem {
+        self.stem.unwrap_or(Stem::Imagenet)
+    }
+}
+
+/// Registered model names, with a line each for `--help` and error messages.
+pub const REGISTRY: [(&str, &str); 10] = [
+    ("cnn", "plain conv-BN-ReLU-maxpool stack (widths configurable, default 32,64,128)"),
+    ("resnet18", "torchvision ResNet-18 (stem imagenet|cifar)"),
+    ("resnet34", "torchvision ResNet-34 (stem imagenet|cifar)"),
+    ("resnet50", "torchvision ResNet-50, bottleneck v1.5 (stem imagenet|cifar)"),
+    ("resnet20", "CIFAR ResNet-20 of He et al. 2016 (0.27M parameters)"),
+    ("resnet56", "CIFAR ResNet-56 of He et al. 2016 (0.85M parameters)"),
+    ("plain20", "ResNet-20 without shortcuts"),
+    ("plain56", "ResNet-56 without shortcuts"),
+    ("airnet", "airbench-style fast net (widths default 64,256,256)"),
+    ("net8", "the benchmark net of docs/performance.md"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("unknown model '{0}'; known models: {1}")]
+    Unknown(String, String),
+    #[error("model '{0}': {1}")]
+    Invalid(String, String),
+}
+
+/// A built model: its parameters (in a VarStore, whose names are the state-dict keys), the
+/// network and the spec that rebuilds it.
+#[derive(Debug)]
+pub struct Model {
+    pub vs: nn::VarStore,
+    pub net: Box<dyn Network>,
+    pub spec: ModelSpec,
+}
+
+impl Model {
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        self.net.forward(x, ctx)
+    }
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+    /// Learnable parameters (BatchNorm running statistics excluded), as torchvision counts them.
+    pub fn parameter_count(&self) -> i64 {
+        self.vs
+            .variables()
+            .iter()
+            .filter(|(name, _)| !is_buffer(name))
+            .map(|(_, t)| t.numel() as i64)
+            .sum()
+    }
+}
+
+/// BatchNorm statistics: state, not parameters.
+pub fn is_buffer(name: &str) -> bool {
+    name.ends_with("running_mean") || name.ends_with("running_var") || name.ends_with("num_batches_tracked")
+}
+
+pub fn known_names() -> String {
+    REGISTRY.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+}
+
+/// Builds a model by name.
+pub fn build(spec: &ModelSpec, device: Device) -> Result<Model, ModelError> {
+    let vs = nn::VarStore::new(device);
+    let p = vs.root();
+    let (c, k) = (spec.in_channels, spec.classes);
+    if k < 1 {
+        return Err(ModelError::Invalid(spec.name.clone(), format!("{k} classes")));
+    }
+    let widths = |default: &[i64]| spec.widths.clone().unwrap_or_else(|| default.to_vec());
+    let stem = spec.stem.unwrap_or(Stem::Imagenet);
+    let net: Box<dyn Network> = match spec.name.as_str() {
+        "cnn" => Box::new(cnn::plain_cnn(&p, c, k, &widths(&[32, 64, 128]))),
+        "resnet18" => Box::new(resnet::torchvision(&p, 18, c, k, stem)),
+        "resnet34" => Box::new(resnet::torchvision(&p, 34, c, k, stem)),
+        "resnet50" => Box::new(resnet::torchvision(&p, 50, c, k, stem)),
+        "resnet20" => Box::new(resnet::cifar(&p, 20, c, k, true)),
+        "resnet56" => Box::new(resnet::cifar(&p, 56, c, k, true)),
+        "plain20" => Box::new(resnet::cifar(&p, 20, c, k, false)),
+        "plain56" => Box::new(resnet::cifar(&p, 56, c, k, false)),
+        "airnet" => Box::new(cnn::airnet(&p, c, k, &widths(&[64, 256, 256]))),
+        "net8" => Box::new(cnn::net8(&p, c, k)),
+        other => return Err(ModelError::Unknown(other.to_string(), known_names())),
+    };
+    Ok(Model {
+        vs,
+        net,
+        spec: spec.clone(),
+    })
+}

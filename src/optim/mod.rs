@@ -1,0 +1,187 @@
+//! Optimisers written on tensors (so their state can be checkpointed and resumed exactly, and
+//! every parameter can carry its own learning-rate scale), and learning-rate schedules.
+
+pub mod schedule;
+
+pub use schedule::{Schedule, ScheduleKind};
+
+use serde::{Deserialize, Serialize};
+use tch::{Tensor, nn};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimConfig {
+    /// `sgd` or `adamw`.
+    pub name: String,
+    pub lr: f64,
+    pub momentum: f64,
+    pub nesterov: bool,
+    /// SGD: L2 added to the gradient (PyTorch's form); AdamW: decoupled. Never applied to
+    /// 1-D parameters (BatchNorm, biases).
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            name: "sgd".into(),
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 5e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+}
+
+/// One optimised tensor.
+#[derive(Debug)]
+pub struct Param {
+    pub name: String,
+    pub tensor: Tensor,
+    pub decay: bool,
+    /// Multiplies the schedule's learning rate (discriminative rates, frozen = 0).
+    pub lr_scale: f64,
+    /// SGD: [momentum]; AdamW: [m, v].
+    state: Vec<Tensor>,
+}
+
+#[derive(Debug)]
+pub struct Optimizer {
+    pub config: OptimConfig,
+    pub params: Vec<Param>,
+    pub steps: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OptimError {
+    #[error("unknown optimiser '{0}' (sgd or adamw)")]
+    Unknown(String),
+    #[error("optimiser state: {0}")]
+    State(String),
+}
+
+impl Optimizer {
+    /// Optimises every trainable variable of `vs`, sorted by name for a stable order.
+    pub fn new(vs: &nn::VarStore, config: &OptimConfig) -> Result<Self, OptimError> {
+        let slots = match config.name.as_str() {
+            "sgd" => 1,
+            "adamw" => 2,
+            other => return Err(OptimError::Unknown(other.to_string())),
+        };
+        let mut vars: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let params = vars
+            .into_iter()
+            .map(|(name, tensor)| Param {
+                decay: tensor.dim() > 1,
+                state: (0..slots).map(|_| tensor.zeros_like()).collect(),
+                name,
+                tensor,
+                lr_scale: 1.0,
+            })
+            .collect();
+        Ok(Optimizer {
+            config: config.clone(),
+            params,
+            steps: 0,
+        })
+    }
+
+    pub fn zero_grad(&mut self) {
+        for p in &mut self.params {
+            let mut g = p.tensor.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+    }
+
+    /// One update with learning rate `lr` (times each parameter's scale).
+    pub fn step(&mut self, lr: f64) {
+        self.steps += 1;
+        let c = self.config.clone();
+        tch::no_grad(|| {
+            for p in &mut self.params {
+                let grad = p.tensor.grad();
+                if !grad.defined() || p.lr_scale == 0.0 {
+                    continue;
+                }
+                let lr = lr * p.lr_scale;
+                let wd = if p.decay { c.weight_decay } else { 0.0 };
+                match c.name.as_str() {
+                    "adamw" => adamw(p, &grad, lr, wd, &c, self.steps),
+                    _ => sgd(p, &grad, lr, wd, &c),
+                }
+            }
+        });
+    }
+
+    /// State tensors for a checkpoint, named `<param>.<slot>`, plus the step count.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out: Vec<(String, Tensor)> = self
+            .params
+            .iter()
+            .flat_map(|p| {
+                p.state
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, t)| (format!("{}.{i}", p.name), t.to_device(tch::Device::Cpu)))
+            })
+            .collect();
+        out.push(("__steps".into(), Tensor::from_slice(&[self.steps])));
+        out
+    }
+
+    /// Restores state written by `state_tensors`.
+    pub fn load_state(&mut self, tensors: &[(String, Tensor)]) -> Result<(), OptimError> {
+        let find = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t);
+        for p in &mut self.params {
+            for (i, slot) in p.state.iter_mut().enumerate() {
+                let key = format!("{}.{i}", p.name);
+                let t = find(&key).ok_or_else(|| OptimError::State(format!("missing {key}")))?;
+                if t.size() != slot.size() {
+                    return Err(OptimError::State(format!("{key} has shape {:?}, expected {:?}", t.size(), slot.size())));
+                }
+                tch::no_grad(|| slot.copy_(t));
+            }
+        }
+        let steps = find("__steps").ok_or_else(|| OptimError::State("missing __steps".into()))?;
+        self.steps = steps.int64_value(&[0]);
+        Ok(())
+    }
+}
+
+/// PyTorch's SGD: g += wd p; buf = momentum buf + g; step along g + momentum buf (Nesterov)
+/// or buf.
+fn sgd(p: &mut Param, grad: &Tensor, lr: f64, wd: f64, c: &OptimConfig) {
+    let mut g = if wd != 0.0 { grad + &p.tensor * wd } else { grad.shallow_clone() };
+    if c.momentum != 0.0 {
+        let buf = &mut p.state[0];
+        let _ = buf.g_mul_scalar_(c.momentum).g_add_(&g);
+        g = if c.nesterov { g + &*buf * c.momentum } else { buf.shallow_clone() };
+    }
+    let _ = p.tensor.g_add_(&(g * -lr));
+}
+
+/// AdamW (Loshchilov and Hutter): decoupled decay, bias-corrected moments.
+fn adamw(p: &mut Param, grad: &Tensor, lr: f64, wd: f64, c: &OptimConfig, t: i64) {
+    if wd != 0.0 {
+        let _ = p.tensor.g_mul_scalar_(1.0 - lr * wd);
+    }
+    let _ = p.state[0].g_mul_scalar_(c.beta1).g_add_(&(grad * (1.0 - c.beta1)));
+    let _ = p.state[1].g_mul_scalar_(c.beta2).g_add_(&(grad * grad * (1.0 - c.beta2)));
+    let bc1 = 1.0 - c.beta1.powi(t as i32);
+    let bc2 = 1.0 - c.beta2.powi(t as i32);
+    let denom = (&p.state[1] / bc2).sqrt() + c.eps;
+    let _ = p.tensor.g_add_(&(&p.state[0] / denom * (-lr / bc1)));
+}

@@ -1,0 +1,230 @@
+//! PNG charts (plotters, with an embedded DejaVu Sans so no system fonts are needed) and a
+//! one-page HTML report per run.
+
+use crate::analysis::Confusion;
+use crate::train::metrics::EpochMetrics;
+use crate::train::{Config, TrainSummary};
+use plotters::prelude::*;
+use std::path::Path;
+
+static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
+static REGISTER: std::sync::Once = std::sync::Once::new();
+
+fn ensure_font() {
+    REGISTER.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("chart {path}: {problem}")]
+pub struct ChartError {
+    pub path: String,
+    pub problem: String,
+}
+
+impl From<ChartError> for std::io::Error {
+    fn from(e: ChartError) -> Self {
+        std::io::Error::other(e.to_string())
+    }
+}
+
+fn chart_err<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> ChartError + '_ {
+    move |e| ChartError {
+        path: path.display().to_string(),
+        problem: e.to_string(),
+    }
+}
+
+const COLOURS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+/// A line chart of named (x, y) series.
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    (x_label, y_label): (&str, &str),
+    series: &[(&str, Vec<(f64, f64)>)],
+    log_x: bool,
+) -> Result<(), ChartError> {
+    ensure_font();
+    let err = chart_err(path);
+    let pts = series.iter().flat_map(|(_, s)| s.iter()).filter(|p| p.0.is_finite() && p.1.is_finite());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in pts {
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    }
+    if x0 > x1 {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    if x1 - x0 < 1e-12 {
+        x1 = x0 + 1.0;
+    }
+    let pad = ((y1 - y0) * 0.05).max(1e-6);
+    let root = BitMapBackend::new(path, (720, 440)).into_drawing_area();
+    root.fill(&WHITE).map_err(&err)?;
+    let mut builder = ChartBuilder::on(&root);
+    builder
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60);
+    let style = |s: &&(&str, Vec<(f64, f64)>)| s.1.clone();
+    if log_x {
+        let mut chart = builder
+            .build_cartesian_2d((x0.max(1e-12)..x1).log_scale(), (y0 - pad)..(y1 + pad))
+            .map_err(&err)?;
+        chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(&err)?;
+        for (i, s) in series.iter().enumerate() {
+            let c = COLOURS[i % COLOURS.len()];
+            chart
+                .draw_series(LineSeries::new(style(&s), c.stroke_width(2)))
+                .map_err(&err)?
+                .label(s.0)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+        }
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(&err)?;
+    } else {
+        let mut chart = builder.build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad)).map_err(&err)?;
+        chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(&err)?;
+        for (i, s) in series.iter().enumerate() {
+            let c = COLOURS[i % COLOURS.len()];
+            chart
+                .draw_series(LineSeries::new(style(&s), c.stroke_width(2)))
+                .map_err(&err)?
+                .label(s.0)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+        }
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(&err)?;
+    }
+    root.present().map_err(&err)?;
+    Ok(())
+}
+
+/// A confusion-matrix heatmap: rows are true classes, columns predictions, colour the row share.
+pub fn confusion_chart(path: &Path, confusion: &Confusion, classes: &[String]) -> Result<(), ChartError> {
+    ensure_font();
+    let err = chart_err(path);
+    let k = classes.len().max(1);
+    let cell = (560 / k).clamp(8, 48) as i32;
+    let (left, top) = (130, 60);
+    let size = (left as u32 + cell as u32 * k as u32 + 20, top as u32 + cell as u32 * k as u32 + 110);
+    let root = BitMapBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE).map_err(&err)?;
+    let font = ("sans-serif", 13).into_font();
+    root.draw(&Text::new("confusion matrix (rows: true class, columns: predicted)", (10, 15), ("sans-serif", 18)))
+        .map_err(&err)?;
+    for (i, row) in confusion.counts.iter().enumerate() {
+        let total: i64 = row.iter().sum::<i64>().max(1);
+        for (j, &count) in row.iter().enumerate() {
+            let share = count as f64 / total as f64;
+            let shade = (255.0 * (1.0 - share)) as u8;
+            let (x, y) = (left + j as i32 * cell, top + i as i32 * cell);
+            root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], RGBColor(shade, shade, 255).filled()))
+                .map_err(&err)?;
+            if cell >= 28 {
+                let colour = if share > 0.5 { WHITE } else { BLACK };
+                root.draw(&Text::new(count.to_string(), (x + 3, y + cell / 3), font.clone().color(&colour)))
+                    .map_err(&err)?;
+            }
+        }
+        let name = classes.get(i).map(String::as_str).unwrap_or("?");
+        root.draw(&Text::new(name.to_string(), (5, top + i as i32 * cell + cell / 3), font.clone()))
+            .map_err(&err)?;
+    }
+    for (j, name) in classes.iter().enumerate() {
+        let pos = (left + j as i32 * cell + cell / 3, top + k as i32 * cell + 6);
+        let style = font.clone().transform(FontTransform::Rotate90);
+        root.draw(&Text::new(name.clone(), pos, style)).map_err(&err)?;
+    }
+    root.present().map_err(&err)?;
+    Ok(())
+}
+
+/// Writes `plots/{loss,accuracy,lr,confusion}.png` and `report.html` into a run folder.
+pub fn run_report(
+    out: &Path,
+    cfg: &Config,
+    history: &[EpochMetrics],
+    summary: &TrainSummary,
+    confusion: &Confusion,
+    classes: &[String],
+) -> std::io::Result<()> {
+    let plots = out.join("plots");
+    std::fs::create_dir_all(&plots)?;
+    let series = |f: fn(&EpochMetrics) -> f64| history.iter().map(|m| (m.epoch as f64, f(m))).collect::<Vec<_>>();
+    line_chart(
+        &plots.join("loss.png"),
+        "loss",
+        ("epoch", "cross-entropy"),
+        &[("train", series(|m| m.train_loss)), ("test", series(|m| m.test_loss))],
+        false,
+    )?;
+    line_chart(
+        &plots.join("accuracy.png"),
+        "accuracy",
+        ("epoch", "accuracy"),
+        &[("train", series(|m| m.train_accuracy)), ("test", series(|m| m.test_accuracy))],
+        false,
+    )?;
+    line_chart(&plots.join("lr.png"), "learning rate", ("epoch", "lr (end of epoch)"), &[("lr", series(|m| m.lr))], false)?;
+    confusion_chart(&plots.join("confusion.png"), confusion, classes)?;
+    let html = render_html(cfg, history, summary);
+    crate::util::atomic_write_bytes(&out.join("report.html"), html.as_bytes())
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+fn render_html(cfg: &Config, history: &[EpochMetrics], s: &TrainSummary) -> String {
+    let headline = [
+        ("model", format!("{} ({} parameters)", s.model, crate::models::summary::thousands(s.parameters))),
+        ("data", format!("{}: {} train, {} test images", s.dataset, s.train_images, s.test_images)),
+        ("device", s.device.clone()),
+        ("epochs", s.epochs.to_string()),
+        ("test accuracy", format!("{:.2}%", 100.0 * s.test_accuracy)),
+        ("test top-5", format!("{:.2}%", 100.0 * s.test_top5)),
+        ("final train loss", format!("{:.4}", s.final_train_loss)),
+        ("training time", crate::util::fmt_seconds(s.train_seconds)),
+    ];
+    let rows: String = headline
+        .iter()
+        .map(|(k, v)| format!("<tr><th>{k}</th><td>{}</td></tr>", escape(v)))
+        .collect();
+    let per_class: String = s
+        .per_class_accuracy
+        .iter()
+        .map(|(c, a)| format!("<tr><td>{}</td><td>{:.1}%</td></tr>", escape(c), 100.0 * a))
+        .collect();
+    let epochs: String = history
+        .iter()
+        .map(|m| {
+            format!(
+                "<tr><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.2}%</td><td>{:.2}%</td><td>{:.5}</td><td>{:.1}</td><td>{:.0}</td></tr>",
+                m.epoch, m.train_loss, m.test_loss, 100.0 * m.train_accuracy, 100.0 * m.test_accuracy, m.lr, m.epoch_seconds, m.images_per_second
+            )
+        })
+        .collect();
+    format!(
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>convkit run: {model}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}img{{max-width:540px;margin:4px}}pre{{background:#f6f6f6;padding:1em}}</style>
+</head><body><h1>convkit run: {model} on {data}</h1>
+<table>{rows}</table>
+<h2>Curves</h2><img src="plots/loss.png"><img src="plots/accuracy.png"><img src="plots/lr.png">
+<h2>Confusion matrix</h2><img src="plots/confusion.png">
+<h2>Per-class accuracy</h2><table><tr><th>class</th><th>accuracy</th></tr>{per_class}</table>
+<h2>Epochs</h2><table><tr><th>epoch</th><th>train loss</th><th>test loss</th><th>train acc</th><th>test acc</th><th>lr</th><th>seconds</th><th>img/s</th></tr>{epochs}</table>
+<h2>Config</h2><pre>{config}</pre></body></html>"#,
+        model = escape(&s.model),
+        data = escape(&s.dataset),
+        config = escape(&cfg.to_toml()),
+    )
+}

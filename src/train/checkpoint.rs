@@ -1,0 +1,174 @@
+//! Checkpoints: one safetensors file holding the model's variables (`model.<key>`), the
+//! optimiser state (`optim.<key>`) and JSON metadata (`meta`), written atomically so a kill at any
+//! moment leaves the previous checkpoint intact.
+
+use super::metrics::EpochMetrics;
+use crate::models::{self, Model, ModelSpec};
+use crate::util::{atomic_write, bytes_tensor, tensor_bytes};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tch::{Device, Tensor};
+
+pub const FORMAT: &str = "convkit-checkpoint-v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {problem}")]
+    Bad { path: PathBuf, problem: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn bad(path: &Path, problem: impl Into<String>) -> CheckpointError {
+    CheckpointError::Bad {
+        path: path.to_path_buf(),
+        problem: problem.into(),
+    }
+}
+
+/// What a checkpoint says about itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Meta {
+    pub format: String,
+    pub spec: ModelSpec,
+    pub classes: Vec<String>,
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+    pub image_size: i64,
+    /// Epochs completed.
+    pub epoch: usize,
+    pub history: Vec<EpochMetrics>,
+    pub train_seconds: f64,
+    /// The run's effective config (TOML).
+    pub config: String,
+}
+
+/// Writes model, optimiser state and metadata to `path` atomically.
+pub fn save(path: &Path, model: &Model, optim: &[(String, Tensor)], meta: &Meta) -> Result<(), CheckpointError> {
+    let mut tensors: Vec<(String, Tensor)> = model
+        .vs
+        .variables()
+        .into_iter()
+        .map(|(k, v)| (format!("model.{k}"), v.detach().to_device(Device::Cpu)))
+        .collect();
+    tensors.extend(optim.iter().map(|(k, v)| (format!("optim.{k}"), v.shallow_clone())));
+    let json = serde_json::to_vec(meta).expect("meta serialises");
+    tensors.push(("meta".into(), bytes_tensor(&json)));
+    atomic_write(path, |tmp| {
+        Tensor::write_safetensors(&tensors, tmp).map_err(|e| bad(path, e.to_string()))
+    })
+}
+
+/// A loaded checkpoint file.
+pub struct Loaded {
+    pub path: PathBuf,
+    pub meta: Meta,
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+/// Accepts a checkpoint file or a run folder (its `checkpoints/last.safetensors`).
+pub fn resolve(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join("checkpoints").join("last.safetensors")
+    } else {
+        path.to_path_buf()
+    }
+}
+
+pub fn read(path: &Path) -> Result<Loaded, CheckpointError> {
+    let path = resolve(path);
+    if !path.exists() {
+        return Err(bad(&path, "no such checkpoint"));
+    }
+    let tensors = Tensor::read_safetensors(&path)
+        .map_err(|e| bad(&path, format!("not a readable safetensors checkpoint: {e}")))?;
+    let meta_t = tensors
+        .iter()
+        .find(|(n, _)| n == "meta")
+        .ok_or_else(|| bad(&path, "not a convkit checkpoint (no 'meta' entry)"))?;
+    let meta: Meta = serde_json::from_slice(&tensor_bytes(&meta_t.1))
+        .map_err(|e| bad(&path, format!("unreadable checkpoint metadata: {e}")))?;
+    if meta.format != FORMAT {
+        return Err(bad(&path, format!("checkpoint format '{}' is not {FORMAT}", meta.format)));
+    }
+    Ok(Loaded {
+        path,
+        meta,
+        tensors,
+    })
+}
+
+impl Loaded {
+    /// Entries under `prefix.`, with the prefix removed.
+    pub fn section(&self, prefix: &str) -> Vec<(String, Tensor)> {
+        let p = format!("{prefix}.");
+        self.tensors
+            .iter()
+            .filter_map(|(n, t)| n.strip_prefix(&p).map(|k| (k.to_string(), t.shallow_clone())))
+            .collect()
+    }
+
+    /// Builds the checkpoint's own model and loads its weights.
+    pub fn build_model(&self, device: Device) -> Result<Model, CheckpointError> {
+        let mut model = models::build(&self.meta.spec, device).map_err(|e| bad(&self.path, e.to_string()))?;
+        self.load_into(&mut model)?;
+        Ok(model)
+    }
+
+    /// Copies the weights into `model`, which must have the same architecture: every key present
+    /// with the same shape, and no extra keys.
+    pub fn load_into(&self, model: &mut Model) -> Result<(), CheckpointError> {
+        if self.meta.spec.name != model.spec.name {
+            return Err(bad(
+                &self.path,
+                format!(
+                    "checkpoint of a '{}' model cannot be loaded into a '{}' model",
+                    self.meta.spec.name, model.spec.name
+                ),
+            ));
+        }
+        copy_weights(&self.path, &self.section("model"), model)
+    }
+}
+
+/// Copies named tensors into a model's variables, checking names and shapes like PyTorch's
+/// strict `load_state_dict`.
+pub fn copy_weights(path: &Path, weights: &[(String, Tensor)], model: &mut Model) -> Result<(), CheckpointError> {
+    let vars = model.vs.variables();
+    let mut problems = Vec::new();
+    for (name, var) in &vars {
+        match weights.iter().find(|(n, _)| n == name) {
+            None => problems.push(format!("missing {name}")),
+            Some((_, t)) if t.size() != var.size() => problems.push(format!(
+                "{name} has shape {:?}, the model expects {:?}",
+                t.size(),
+                var.size()
+            )),
+            Some(_) => {}
+        }
+    }
+    for (name, _) in weights {
+        if !vars.contains_key(name) {
+            problems.push(format!("unexpected {name}"));
+        }
+    }
+    if !problems.is_empty() {
+        let n = problems.len();
+        problems.truncate(6);
+        return Err(bad(
+            path,
+            format!(
+                "weights do not fit the {} architecture ({n} problems): {}",
+                model.spec.name,
+                problems.join("; ")
+            ),
+        ));
+    }
+    tch::no_grad(|| {
+        for (name, t) in weights {
+            let mut var = vars[name].shallow_clone();
+            var.copy_(t);
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! The training configuration: one serde structure with defaults for every field, loaded from a
+//! recipe (shipped TOML, or a file), overridden from the command line, and saved with the run.
+
+use crate::augment::Aug;
+use crate::models::{ModelSpec, Stem};
+use crate::optim::{OptimConfig, Schedule};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub train: TrainSettings,
+    pub optim: OptimConfig,
+    pub schedule: Schedule,
+    /// Applied to training batches only; see `augment` for the order and the string forms.
+    pub augment: Vec<Aug>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data: DataConfig::default(),
+            model: ModelConfig::default(),
+            train: TrainSettings::default(),
+            optim: OptimConfig::default(),
+            schedule: Schedule::default(),
+            augment: vec![Aug::Crop { pad: 4, reflect: false }, Aug::Flip],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// A path (CIFAR folder or .tar.gz, image folder, IDX folder), `synthetic`, or
+    /// `cifar10`/`cifar100` from the data cache.
+    pub source: String,
+    /// Forces a reader: cifar-binary, folder, idx, synthetic.
+    pub format: Option<String>,
+    /// Square side images are resized to (image folders); default: the model's input size.
+    pub image_size: Option<u32>,
+    /// Held-out fraction for a single image folder without train/ and test/.
+    pub val_split: f64,
+    /// Use only the first N training images (the order is fixed per source).
+    pub train_limit: Option<usize>,
+    /// Use only the first N test images.
+    pub test_limit: Option<usize>,
+    /// Repeat grayscale images to 3 channels (for RGB models).
+    pub rgb: bool,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            source: "synthetic".into(),
+            format: None,
+            image_size: None,
+            val_split: 0.1,
+            train_limit: None,
+            test_limit: None,
+            rgb: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    pub name: String,
+    pub stem: Option<Stem>,
+    pub widths: Option<Vec<i64>>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            name: "resnet20".into(),
+            stem: None,
+            widths: None,
+        }
+    }
+}
+
+impl ModelConfig {
+    pub fn spec(&self, classes: i64, in_channels: i64) -> ModelSpec {
+        ModelSpec {
+            name: self.name.clone(),
+            classes,
+            in_channels,
+            stem: self.stem,
+            widths: self.widths.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainSettings {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub eval_batch_size: usize,
+    pub label_smoothing: f64,
+    pub seed: u64,
+    /// `auto` (a GPU when there is one), `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// bf16 autocast on CUDA.
+    pub bf16: bool,
+    /// Average the predictions for each test image and its mirror image.
+    pub tta_flip: bool,
+    /// Leave out a short last batch.
+    pub drop_last: bool,
+    /// CPU threads for libtorch (0: libtorch's default).
+    pub threads: usize,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        TrainSettings {
+            epochs: 10,
+            batch_size: 128,
+            eval_batch_size: 500,
+            label_smoothing: 0.0,
+            seed: 0,
+            device: "auto".into(),
+            bf16: true,
+            tta_flip: false,
+            drop_last: true,
+            threads: 0,
+        }
+    }
+}
+
+/// Recipes shipped with convkit, usable by name with `--config`.
+pub const RECIPES: [(&str, &str); 4] = [
+    ("quickstart", include_str!("../../recipes/quickstart.toml")),
+    ("cifar10-resnet18", include_str!("../../recipes/cifar10-resnet18.toml")),
+    ("cifar10-fast-cpu", include_str!("../../recipes/cifar10-fast-cpu.toml")),
+    ("cifar10-resnet20", include_str!("../../recipes/cifar10-resnet20.toml")),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}: {1}")]
+    File(String, String),
+    #[error("override '{0}': {1}")]
+    Override(String, String),
+}
+
+/// The TOML text of a recipe name or a recipe file.
+pub fn recipe_text(name_or_path: &str) -> Result<(String, String), ConfigError> {
+    if let Some((_, text)) = RECIPES.iter().find(|(n, _)| *n == name_or_path) {
+        return Ok((format!("recipe {name_or_path}"), text.to_string()));
+    }
+    let path = Path::new(name_or_path);
+    let known: Vec<&str> = RECIPES.iter().map(|(n, _)| *n).collect();
+    std::fs::read_to_string(path)
+        .map(|t| (path.display().to_string(), t))
+        .map_err(|e| {
+            ConfigError::File(
+                name_or_path.into(),
+                format!("{e} (not a file, nor a shipped recipe: {})", known.join(", ")),
+            )
+        })
+}
+
+/// Loads a recipe (or the defaults) and applies `section.key=value` overrides in order.
+pub fn load(recipe: Option<&str>, overrides: &[String]) -> Result<Config, ConfigError> {
+    let (origin, text) = match recipe {
+        Some(r) => recipe_text(r)?,
+        None => ("defaults".into(), String::new()),
+    };
+    let mut value: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::File(origin.clone(), e.to_string()))?;
+    for o in overrides {
+        apply_override(&mut value, o)?;
+    }
+    Config::deserialize(toml::Value::Table(value)).map_err(|e| ConfigError::File(origin, e.to_string()))
+}
+
+/// Sets `a.b=value` in a TOML table; the value is parsed as TOML (number, bool, array) or taken
+/// as a string.
+pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), ConfigError> {
+    let (key, raw) = item
+        .split_once('=')
+        .ok_or_else(|| ConfigError::Override(item.into(), "expected section.key=value".into()))?;
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    let (last, sections) = parts.split_last().expect("split yields one part");
+    let mut t = table;
+    for s in sections {
+        t = t
+            .entry(s.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::Override(item.into(), format!("'{s}' is not a section")))?;
+    }
+    t.insert(last.to_string(), parsed);
+    Ok(())
+}
+
+impl Config {
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+}

@@ -1,0 +1,423 @@
+//! Training: the loop, evaluation, checkpoints, metrics and the run folder.
+//!
+//! A run folder holds `config.toml` (the effective config), `metrics.jsonl`,
+//! `checkpoints/last.safetensors`, `summary.json`, `plots/` and `report.html`.
+
+pub mod checkpoint;
+pub mod config;
+pub mod evaluate;
+pub mod metrics;
+pub mod progress;
+
+pub use config::Config;
+pub use evaluate::{EvalResult, evaluate};
+
+use crate::augment::Augmenter;
+use crate::data::loader::{self, DeviceSplit};
+use crate::data::{self, DataSpec, Dataset};
+use crate::models::{self, Ctx, Model};
+use crate::optim::Optimizer;
+use crate::util::{fmt_seconds, mix_seed};
+use metrics::EpochMetrics;
+use rand::{SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Device, Kind, Reduction, Tensor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    #[error(transparent)]
+    Model(#[from] models::ModelError),
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error(transparent)]
+    Optim(#[from] crate::optim::OptimError),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error(
+        "training diverged: the loss became {loss} at step {step} (epoch {epoch}, learning rate {lr:.4}). \
+Try a lower learning rate (for example --lr {suggest}). The last good checkpoint{checkpoint} is intact."
+    )]
+    Diverged {
+        loss: f64,
+        step: usize,
+        epoch: usize,
+        lr: f64,
+        suggest: f64,
+        checkpoint: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T> = std::result::Result<T, TrainError>;
+
+/// `auto` picks the first GPU when libtorch sees one.
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" | "gpu" => cuda_device(0),
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => cuda_device(n),
+            None => Err(TrainError::Invalid(format!("unknown device '{other}' (auto, cpu, cuda, cuda:N)"))),
+        },
+    }
+}
+
+fn cuda_device(n: usize) -> Result<Device> {
+    let count = tch::Cuda::device_count() as usize;
+    if n < count {
+        Ok(Device::Cuda(n))
+    } else {
+        Err(TrainError::Invalid(format!("device cuda:{n} requested, but libtorch sees {count} GPU(s)")))
+    }
+}
+
+/// The headline numbers of a run (`summary.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub model: String,
+    pub dataset: String,
+    pub device: String,
+    pub parameters: i64,
+    pub epochs: usize,
+    pub train_images: usize,
+    pub test_images: usize,
+    pub test_accuracy: f64,
+    pub test_top5: f64,
+    pub test_loss: f64,
+    pub final_train_loss: f64,
+    /// Training time, evaluation excluded, summed over all epochs (also across resumes).
+    pub train_seconds: f64,
+    /// Wall-clock of this invocation, data loading and evaluation included.
+    pub wall_seconds: f64,
+    pub per_class_accuracy: Vec<(String, f64)>,
+}
+
+/// Loads the data a config names.
+pub fn load_data(cfg: &Config, default_size: i64) -> Result<Dataset> {
+    let mut spec = DataSpec::new(&cfg.data.source);
+    spec.format = cfg.data.format.as_deref().map(str::parse).transpose().map_err(TrainError::Invalid)?;
+    spec.image_size = cfg.data.image_size.unwrap_or(default_size as u32);
+    spec.val_split = cfg.data.val_split;
+    let mut ds = data::load(&spec)?.limit_train(cfg.data.train_limit);
+    if let Some(n) = cfg.data.test_limit {
+        ds.test = ds.test.take(n);
+    }
+    if cfg.data.rgb {
+        ds = ds.to_rgb();
+    }
+    Ok(ds)
+}
+
+/// Options of one training invocation.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Continue from `out/checkpoints/last.safetensors`.
+    pub resume: bool,
+    pub progress: bool,
+    /// Stop after this many epochs of this invocation (used to test resuming).
+    pub stop_after: Option<usize>,
+}
+
+/// Everything a training run holds while it runs.
+pub struct Trainer {
+    pub cfg: Config,
+    pub data: Dataset,
+    pub model: Model,
+    pub optim: Optimizer,
+    pub device: Device,
+    pub out: PathBuf,
+    train: DeviceSplit,
+    test: DeviceSplit,
+    augmenter: Augmenter,
+    pub history: Vec<EpochMetrics>,
+    train_seconds: f64,
+    pub last_eval: Option<EvalResult>,
+}
+
+impl Trainer {
+    /// Loads data, builds the model and optimiser, and restores a checkpoint when resuming.
+    pub fn new(cfg: Config, out: &Path, resume: bool) -> Result<Self> {
+        if cfg.train.threads > 0 {
+            tch::set_num_threads(cfg.train.threads as i32);
+        }
+        let device = parse_device(&cfg.train.device)?;
+        let probe = cfg.model.spec(1, 3);
+        let data = load_data(&cfg, probe.default_input_size())?;
+        let spec = cfg.model.spec(data.classes.len() as i64, data.channels());
+        tch::manual_seed(mix_seed(cfg.train.seed, 0xA11CE) as i64);
+        let mut model = models::build(&spec, device)?;
+        let mut optim = Optimizer::new(&model.vs, &cfg.optim)?;
+        let (mut history, mut train_seconds) = (Vec::new(), 0.0);
+        if resume {
+            let ck = checkpoint::read(&out.join("checkpoints").join("last.safetensors"))?;
+            ck.load_into(&mut model)?;
+            optim.load_state(&ck.section("optim"))?;
+            history = ck.meta.history.clone();
+            train_seconds = ck.meta.train_seconds;
+        }
+        let augmenter = Augmenter::new(cfg.augment.clone(), &data.mean, &data.std, device);
+        Ok(Trainer {
+            train: DeviceSplit::new(&data.train, device),
+            test: DeviceSplit::new(&data.test, device),
+            augmenter,
+            cfg,
+            data,
+            model,
+            optim,
+            device,
+            out: out.to_path_buf(),
+            history,
+            train_seconds,
+            last_eval: None,
+        })
+    }
+
+    fn steps_per_epoch(&self) -> usize {
+        loader::steps_per_epoch(self.train.len(), self.cfg.train.batch_size, self.cfg.train.drop_last)
+    }
+
+    fn use_autocast(&self) -> bool {
+        self.cfg.train.bf16 && self.device.is_cuda()
+    }
+
+    /// Trains one epoch (0-based); returns (mean loss, accuracy, seconds, last lr).
+    fn train_epoch(&mut self, epoch: usize, progress: bool) -> Result<(f64, f64, f64, f64)> {
+        let t = &self.cfg.train;
+        let (bs, epochs, seed) = (t.batch_size, t.epochs, t.seed);
+        let spe = self.steps_per_epoch();
+        let total = spe * epochs;
+        let order = loader::epoch_order(self.train.len(), seed, epoch);
+        let batches = loader::batches(&order, bs, t.drop_last);
+        let mut rng = StdRng::seed_from_u64(mix_seed(seed, 1_000_000 + epoch as u64));
+        let bar = progress::steps_bar(batches.len() as u64, format!("epoch {}/{}", epoch + 1, epochs), progress);
+        // On a GPU, reading the loss forces a host sync; read it every few steps only.
+        let check_every = if self.device.is_cuda() { 25 } else { 1 };
+        let start = Instant::now();
+        let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
+        let mut pending = Tensor::zeros([2], (Kind::Float, self.device));
+        let mut lr = self.cfg.optim.lr;
+        for (i, idx) in batches.iter().enumerate() {
+            let step = epoch * spe + i;
+            lr = self.cfg.optim.lr * self.cfg.schedule.factor(step, total, spe);
+            let (images, labels) = self.train.batch(idx);
+            let x = self.augmenter.train_batch(&images, &mut rng);
+            let logits = tch::autocast(self.use_autocast(), || self.model.forward(&x, &Ctx::train()));
+            let loss = logits.to_kind(Kind::Float).cross_entropy_loss(
+                &labels,
+                None::<Tensor>,
+                Reduction::Mean,
+                -100,
+                self.cfg.train.label_smoothing,
+            );
+            self.optim.zero_grad();
+            loss.backward();
+            self.optim.step(lr);
+            let hits = logits.argmax(1, false).eq_tensor(&labels).sum(Kind::Float);
+            pending += Tensor::stack(&[loss.detach() * idx.len() as f64, hits], 0);
+            seen += idx.len();
+            if (i + 1) % check_every == 0 || i + 1 == batches.len() {
+                let v = Vec::<f64>::try_from(pending.to_kind(Kind::Double)).unwrap_or_default();
+                pending = pending.zero_();
+                if !v[0].is_finite() {
+                    return Err(self.diverged(v[0], step, epoch, lr));
+                }
+                loss_sum += v[0];
+                correct += v[1] as i64;
+                let rate = seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!("loss {:.3} {:.0} img/s", loss_sum / seen as f64, rate));
+            }
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        if let Device::Cuda(i) = self.device {
+            tch::Cuda::synchronize(i as i64);
+        }
+        let secs = start.elapsed().as_secs_f64();
+        Ok((loss_sum / seen.max(1) as f64, correct as f64 / seen.max(1) as f64, secs, lr))
+    }
+
+    fn diverged(&self, loss: f64, step: usize, epoch: usize, lr: f64) -> TrainError {
+        let ck = self.out.join("checkpoints").join("last.safetensors");
+        TrainError::Diverged {
+            loss,
+            step: step + 1,
+            epoch: epoch + 1,
+            lr,
+            suggest: self.cfg.optim.lr / 10.0,
+            checkpoint: if ck.exists() { format!(" {}", ck.display()) } else { " (none was written yet)".into() },
+        }
+    }
+
+    pub fn evaluate(&self) -> EvalResult {
+        evaluate(
+            &self.model,
+            &self.test,
+            &self.augmenter,
+            self.cfg.train.eval_batch_size,
+            self.cfg.train.tta_flip,
+            self.use_autocast(),
+        )
+    }
+
+    fn meta(&self, epoch: usize) -> checkpoint::Meta {
+        checkpoint::Meta {
+            format: checkpoint::FORMAT.into(),
+            spec: self.model.spec.clone(),
+            classes: self.data.classes.clone(),
+            mean: self.data.mean.clone(),
+            std: self.data.std.clone(),
+            image_size: self.data.train.image_shape()[1],
+            epoch,
+            history: self.history.clone(),
+            train_seconds: self.train_seconds,
+            config: self.cfg.to_toml(),
+        }
+    }
+
+    /// Trains the remaining epochs, evaluating and checkpointing after each.
+    pub fn fit(&mut self, opts: &RunOptions) -> Result<()> {
+        std::fs::create_dir_all(self.out.join("checkpoints"))?;
+        crate::util::atomic_write_bytes(&self.out.join("config.toml"), self.cfg.to_toml().as_bytes())?;
+        let start = self.history.len();
+        let end = match opts.stop_after {
+            Some(n) => (start + n).min(self.cfg.train.epochs),
+            None => self.cfg.train.epochs,
+        };
+        for epoch in start..end {
+            let (loss, acc, secs, lr) = self.train_epoch(epoch, opts.progress)?;
+            self.train_seconds += secs;
+            let eval = self.evaluate();
+            let m = EpochMetrics {
+                epoch: epoch + 1,
+                lr,
+                train_loss: loss,
+                train_accuracy: acc,
+                test_loss: eval.loss,
+                test_accuracy: eval.accuracy,
+                test_top5: eval.top5,
+                epoch_seconds: secs,
+                train_seconds: self.train_seconds,
+                images_per_second: self.train.len() as f64 / secs.max(1e-9),
+            };
+            eprintln!(
+                "epoch {:>3}/{}  loss {:.4}  train {:5.1}%  test {:5.1}% (top-5 {:5.1}%)  lr {:.4}  {}  {:.0} img/s",
+                m.epoch,
+                self.cfg.train.epochs,
+                m.train_loss,
+                100.0 * m.train_accuracy,
+                100.0 * m.test_accuracy,
+                100.0 * m.test_top5,
+                lr,
+                fmt_seconds(secs),
+                m.images_per_second
+            );
+            self.history.push(m);
+            self.last_eval = Some(eval);
+            metrics::write_jsonl(&self.out.join("metrics.jsonl"), &self.history)?;
+            let ck = self.out.join("checkpoints").join("last.safetensors");
+            checkpoint::save(&ck, &self.model, &self.optim.state_tensors(), &self.meta(epoch + 1))?;
+        }
+        Ok(())
+    }
+
+    /// The run's summary (evaluating once if no epoch ran in this invocation).
+    pub fn summary(&mut self, wall_seconds: f64) -> TrainSummary {
+        let eval = self.last_eval.take().unwrap_or_else(|| self.evaluate());
+        let last = self.history.last();
+        let s = TrainSummary {
+            model: self.model.spec.name.clone(),
+            dataset: self.data.name.clone(),
+            device: format!("{:?}", self.device),
+            parameters: self.model.parameter_count(),
+            epochs: self.history.len(),
+            train_images: self.train.len(),
+            test_images: self.test.len(),
+            test_accuracy: eval.accuracy,
+            test_top5: eval.top5,
+            test_loss: eval.loss,
+            final_train_loss: last.map_or(f64::NAN, |m| m.train_loss),
+            train_seconds: self.train_seconds,
+            wall_seconds,
+            per_class_accuracy: self
+                .data
+                .classes
+                .iter()
+                .cloned()
+                .zip(eval.confusion.per_class_accuracy())
+                .collect(),
+        };
+        self.last_eval = Some(eval);
+        s
+    }
+}
+
+/// Trains a config into `out` and writes summary.json and the report.
+pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<TrainSummary> {
+    let wall = Instant::now();
+    let cfg = if opts.resume {
+        let saved = std::fs::read_to_string(out.join("config.toml"))
+            .map_err(|e| TrainError::Invalid(format!("cannot resume {}: {e}", out.display())))?;
+        toml::from_str(&saved)
+            .map_err(|e| TrainError::Invalid(format!("{}: {e}", out.join("config.toml").display())))?
+    } else {
+        cfg
+    };
+    let mut trainer = Trainer::new(cfg, out, opts.resume)?;
+    print_start(&trainer);
+    trainer.fit(opts)?;
+    let summary = trainer.summary(wall.elapsed().as_secs_f64());
+    metrics::write_json(&out.join("summary.json"), &summary)?;
+    if let Some(eval) = &trainer.last_eval {
+        metrics::write_json(&out.join("confusion.json"), &eval.confusion)?;
+        crate::report::run_report(out, &trainer.cfg, &trainer.history, &summary, &eval.confusion, &trainer.data.classes)?;
+    }
+    print_summary(&summary, out);
+    Ok(summary)
+}
+
+fn print_start(t: &Trainer) {
+    let s = t.data.train.image_shape();
+    eprintln!(
+        "data: {} ({} train, {} test, {} classes, {}x{}x{})  model: {} ({} parameters)  device: {:?}",
+        t.data.name,
+        t.train.len(),
+        t.test.len(),
+        t.data.classes.len(),
+        s[0],
+        s[1],
+        s[2],
+        t.model.spec.name,
+        models::summary::thousands(t.model.parameter_count()),
+        t.device
+    );
+    if !t.history.is_empty() {
+        eprintln!("resuming after epoch {}", t.history.len());
+    }
+}
+
+/// The closing table.
+pub fn print_summary(s: &TrainSummary, out: &Path) {
+    let rows = [
+        ("model", format!("{} ({} parameters)", s.model, models::summary::thousands(s.parameters))),
+        ("data", format!("{} ({} train / {} test images)", s.dataset, s.train_images, s.test_images)),
+        ("epochs", s.epochs.to_string()),
+        ("test accuracy", format!("{:.2}% (top-5 {:.2}%)", 100.0 * s.test_accuracy, 100.0 * s.test_top5)),
+        ("final train loss", format!("{:.4}", s.final_train_loss)),
+        ("training time", fmt_seconds(s.train_seconds)),
+        ("wall time", fmt_seconds(s.wall_seconds)),
+        ("run folder", out.display().to_string()),
+        ("report", out.join("report.html").display().to_string()),
+    ];
+    eprintln!("\n── summary ──────────────────────────────────────────");
+    for (k, v) in rows {
+        eprintln!("{k:<18} {v}");
+    }
+}

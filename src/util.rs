@@ -1,0 +1,67 @@
+//! Small helpers shared by several modules.
+
+use std::path::{Path, PathBuf};
+
+/// Writes a file atomically: `write` fills a temporary file beside `path`, which is then renamed
+/// over `path`, so a crash never leaves a half-written file under the final name.
+pub fn atomic_write<E, F>(path: &Path, write: F) -> Result<(), E>
+where
+    F: FnOnce(&Path) -> Result<(), E>,
+    E: From<std::io::Error>,
+{
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = temp_sibling(path);
+    let result = write(&tmp);
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return result;
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// `atomic_write` for bytes already in memory.
+pub fn atomic_write_bytes(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    atomic_write(path, |tmp| std::fs::write(tmp, bytes))
+}
+
+fn temp_sibling(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// Stable 64-bit FNV-1a hash, for cache keys that must not change between runs or builds.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// Mixes a seed with a stream number (epoch, step, worker) into an independent seed.
+pub fn mix_seed(seed: u64, stream: u64) -> u64 {
+    // SplitMix64 finaliser: nearby inputs give unrelated outputs.
+    let mut z = seed ^ stream.wrapping_mul(0x9e3779b97f4a7c15).wrapping_add(0x632be59bd9b4e019);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+    z ^ (z >> 31)
+}
+
+/// A byte slice as a u8 tensor, and back: lets JSON metadata ride inside safetensors files.
+pub fn bytes_tensor(bytes: &[u8]) -> tch::Tensor {
+    tch::Tensor::from_slice(bytes)
+}
+
+pub fn tensor_bytes(t: &tch::Tensor) -> Vec<u8> {
+    Vec::<u8>::try_from(t.to_kind(tch::Kind::Uint8).flatten(0, -1)).unwrap_or_default()
+}
+
+/// Human-readable seconds: "42.1 s" or "3 min 05 s".
+pub fn fmt_seconds(s: f64) -> String {
+    if s < 60.0 {
+        format!("{s:.1} s")
+    } else {
+        format!("{} min {:02} s", (s / 60.0) as u64, (s % 60.0) as u64)
+    }
+}
