@@ -22,6 +22,7 @@ pub struct BenchSpec {
     pub size: i64,
     pub classes: i64,
     pub device: Device,
+    pub channels_last: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -41,6 +42,18 @@ fn sync(device: Device) {
     }
 }
 
+/// The model and a random input batch, in the layout training uses.
+fn model_and_input(s: &BenchSpec, batch: i64) -> (models::Model, Tensor) {
+    tch::manual_seed(0);
+    let mut model = models::build(&ModelSpec::new(&s.model, s.classes), s.device).expect("bench model builds");
+    let mut x = Tensor::randn([batch, 3, s.size, s.size], (Kind::Float, s.device));
+    if s.channels_last {
+        model.to_channels_last();
+        x = x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+    }
+    (model, x)
+}
+
 fn timed(device: Device, warmup: usize, steps: usize, mut f: impl FnMut()) -> f64 {
     for _ in 0..warmup {
         f();
@@ -56,14 +69,12 @@ fn timed(device: Device, warmup: usize, steps: usize, mut f: impl FnMut()) -> f6
 
 /// Forward + cross-entropy + backward + SGD-momentum step, as the PyTorch reference does.
 pub fn train_rate(s: &BenchSpec) -> f64 {
-    tch::manual_seed(0);
-    let model = models::build(&ModelSpec::new(&s.model, s.classes), s.device).expect("bench model builds");
+    let (model, x) = model_and_input(s, s.batch);
     let cfg = OptimConfig {
         nesterov: false,
         ..Default::default()
     };
     let mut opt = Optimizer::new(&model.vs, &cfg).expect("sgd");
-    let x = Tensor::randn([s.batch, 3, s.size, s.size], (Kind::Float, s.device));
     let y = Tensor::randint(s.classes, [s.batch], (Kind::Int64, s.device));
     let secs = timed(s.device, s.warmup, s.steps, || {
         let loss = model
@@ -77,8 +88,7 @@ pub fn train_rate(s: &BenchSpec) -> f64 {
 }
 
 pub fn infer_rate(s: &BenchSpec) -> f64 {
-    let model = models::build(&ModelSpec::new(&s.model, s.classes), s.device).expect("bench model builds");
-    let x = Tensor::randn([s.infer_batch, 3, s.size, s.size], (Kind::Float, s.device));
+    let (model, x) = model_and_input(s, s.infer_batch);
     let secs = timed(s.device, s.warmup, s.steps, || {
         tch::no_grad(|| {
             let _ = model.forward(&x, &Ctx::eval());

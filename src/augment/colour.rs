@@ -99,13 +99,14 @@ fn rotate_hue(x: &Tensor, turns: &[f64]) -> Tensor {
         [0.596, -0.274, -0.322],
         [0.211, -0.523, 0.312],
     ];
-    const YIQ2RGB: [[f64; 3]; 3] = [[1.0, 0.956, 0.621], [1.0, -0.272, -0.647], [1.0, -1.106, 1.703]];
+    // The exact inverse, so that a zero (or full-turn) rotation is the identity.
+    let yiq2rgb = inverse(&RGB2YIQ);
     let mats: Vec<f32> = turns
         .iter()
         .flat_map(|t| {
             let (sn, cs) = (t * std::f64::consts::TAU).sin_cos();
             let rot = [[1.0, 0.0, 0.0], [0.0, cs, -sn], [0.0, sn, cs]];
-            let m = matmul(&YIQ2RGB, &matmul(&rot, &RGB2YIQ));
+            let m = matmul(&yiq2rgb, &matmul(&rot, &RGB2YIQ));
             m.into_iter().flatten().map(|v| v as f32).collect::<Vec<_>>()
         })
         .collect();
@@ -113,6 +114,15 @@ fn rotate_hue(x: &Tensor, turns: &[f64]) -> Tensor {
         .reshape([turns.len() as i64, 3, 3])
         .to_device(x.device());
     Tensor::einsum("bij,bjhw->bihw", &[&m, x], None::<i64>)
+}
+
+fn inverse(m: &[[f64; 3]; 3]) -> [[f64; 3]; 3] {
+    let cof = |r: usize, c: usize| {
+        let (r1, r2, c1, c2) = ((r + 1) % 3, (r + 2) % 3, (c + 1) % 3, (c + 2) % 3);
+        m[r1][c1] * m[r2][c2] - m[r1][c2] * m[r2][c1]
+    };
+    let det: f64 = (0..3).map(|c| m[0][c] * cof(0, c)).sum();
+    std::array::from_fn(|i| std::array::from_fn(|j| cof(j, i) / det))
 }
 
 fn matmul(a: &[[f64; 3]; 3], b: &[[f64; 3]; 3]) -> [[f64; 3]; 3] {

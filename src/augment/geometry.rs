@@ -25,8 +25,9 @@ impl CropPlan {
     pub fn translate(&mut self, b: usize, dy: i64, dx: i64, reflect: bool) {
         let h = self.rows[b].len() as i64;
         let w = self.cols[b].len() as i64;
-        let map = |v: i64, n: i64| -> i64 {
-            if v == -1 {
+        let map = |from: i64, shift: i64, n: i64| -> i64 {
+            let v = from + shift;
+            if from == -1 {
                 -1
             } else if reflect {
                 reflect_index(v, n)
@@ -36,8 +37,8 @@ impl CropPlan {
                 -1
             }
         };
-        self.rows[b] = self.rows[b].iter().map(|&r| map(r + dy, h)).collect();
-        self.cols[b] = self.cols[b].iter().map(|&c| map(c + dx, w)).collect();
+        self.rows[b] = self.rows[b].iter().map(|&r| map(r, dy, h)).collect();
+        self.cols[b] = self.cols[b].iter().map(|&c| map(c, dx, w)).collect();
     }
 
     pub fn flip(&mut self, b: usize) {

@@ -10,7 +10,9 @@ mod colour;
 mod geometry;
 
 pub use colour::{ColourJitter, apply_grayscale, apply_jitter, to_gray};
-pub use geometry::{CropPlan, ResizedCropBox, crop_flip_gather, resized_crop, sample_resized_crop};
+pub use geometry::{
+    CropPlan, ResizedCropBox, crop_flip_gather, reflect_index, resized_crop, sample_resized_crop,
+};
 
 use rand::{Rng, rngs::StdRng};
 use serde::{Deserialize, Serialize};

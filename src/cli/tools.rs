@@ -109,6 +109,9 @@ pub struct BenchArgs {
     warmup: usize,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Keep weights and inputs in NCHW memory instead of channels-last
+    #[arg(long)]
+    nchw: bool,
     /// Write summary.json here
     #[arg(long)]
     out: Option<PathBuf>,
@@ -124,6 +127,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         size: 32,
         classes: 10,
         device: train::parse_device(&a.device)?,
+        channels_last: !a.nchw,
     };
     let r = bench::run(&spec);
     println!("model {} on {} ({} threads), batch {}", r.model, r.device, r.threads, r.batch);

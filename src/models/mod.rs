@@ -125,6 +125,20 @@ impl Model {
     pub fn device(&self) -> Device {
         self.vs.device()
     }
+    /// Gives every 4-D weight channels-last memory (same shape, NHWC strides). With
+    /// channels-last input, oneDNN then runs its fastest convolutions without converting layouts
+    /// (measured on the 2-core CPU: 1.4x faster training, docs/performance.md).
+    pub fn to_channels_last(&mut self) {
+        tch::no_grad(|| {
+            for (_, mut w) in self.vs.variables() {
+                if w.dim() == 4 {
+                    let nhwc = w.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+                    w.set_data(&nhwc);
+                }
+            }
+        });
+    }
+
     /// Learnable parameters (BatchNorm running statistics excluded), as torchvision counts them.
     pub fn parameter_count(&self) -> i64 {
         self.vs

@@ -49,9 +49,9 @@ pub fn save(path: &Path, model: &Model, optim: &[(String, Tensor)], meta: &Meta)
         .vs
         .variables()
         .into_iter()
-        .map(|(k, v)| (format!("model.{k}"), v.detach().to_device(Device::Cpu)))
+        .map(|(k, v)| (format!("model.{k}"), v.detach().to_device(Device::Cpu).contiguous()))
         .collect();
-    tensors.extend(optim.iter().map(|(k, v)| (format!("optim.{k}"), v.shallow_clone())));
+    tensors.extend(optim.iter().map(|(k, v)| (format!("optim.{k}"), v.contiguous())));
     let json = serde_json::to_vec(meta).expect("meta serialises");
     tensors.push(("meta".into(), bytes_tensor(&json)));
     atomic_write(path, |tmp| {

@@ -110,6 +110,8 @@ pub struct TrainSettings {
     pub bf16: bool,
     /// Average the predictions for each test image and its mirror image.
     pub tta_flip: bool,
+    /// Channels-last memory for weights and inputs (faster convolutions on CPU and GPU).
+    pub channels_last: bool,
     /// Leave out a short last batch.
     pub drop_last: bool,
     /// CPU threads for libtorch (0: libtorch's default).
@@ -127,6 +129,7 @@ impl Default for TrainSettings {
             device: "auto".into(),
             bf16: true,
             tta_flip: false,
+            channels_last: true,
             drop_last: true,
             threads: 0,
         }

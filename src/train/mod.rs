@@ -154,6 +154,9 @@ impl Trainer {
         let spec = cfg.model.spec(data.classes.len() as i64, data.channels());
         tch::manual_seed(mix_seed(cfg.train.seed, 0xA11CE) as i64);
         let mut model = models::build(&spec, device)?;
+        if cfg.train.channels_last {
+            model.to_channels_last();
+        }
         let mut optim = Optimizer::new(&model.vs, &cfg.optim)?;
         let (mut history, mut train_seconds) = (Vec::new(), 0.0);
         if resume {

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""PyTorch reference for `convkit bench`: the identical Net8 network and training step
+(forward, cross-entropy, backward, SGD momentum 0.9 with weight decay 5e-4 on >1-D parameters),
+timed the same way (warm-up steps, then timed steps on random input).
+
+Prints `train: X img/s` and `infer: Y img/s`, as `convkit bench` does."""
+import argparse
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ConvBn(nn.Module):
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+
+    def forward(self, x, relu=True):
+        y = self.bn(self.conv(x))
+        return F.relu(y) if relu else y
+
+
+class Net8(nn.Module):
+    def __init__(self, classes=10):
+        super().__init__()
+        self.stem = ConvBn(3, 32)
+        self.stages = nn.ModuleList()
+        for cin, cout in [(32, 64), (64, 128), (128, 256)]:
+            self.stages.append(nn.ModuleList([ConvBn(cin, cout, 2), ConvBn(cout, cout), ConvBn(cout, cout)]))
+        self.fc = nn.Linear(256, classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for down, r1, r2 in self.stages:
+            x = down(x)
+            x = F.relu(r2(r1(x), relu=False) + x)
+        return self.fc(x.mean((2, 3)))
+
+
+def timed(fn, warmup, steps):
+    for _ in range(warmup):
+        fn()
+    t = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return time.perf_counter() - t
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--infer-batch", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    model = Net8()
+    decay = [p for p in model.parameters() if p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.dim() <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
+                          lr=0.01, momentum=0.9)
+    x = torch.randn(a.batch, 3, 32, 32)
+    y = torch.randint(10, (a.batch,))
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    model.train()
+    train = a.batch * a.steps / timed(step, a.warmup, a.steps)
+    model.eval()
+    xi = torch.randn(a.infer_batch, 3, 32, 32)
+
+    def infer():
+        with torch.no_grad():
+            model(xi)
+
+    infer_rate = a.infer_batch * a.steps / timed(infer, a.warmup, a.steps)
+    print(f"model net8 on pytorch {torch.__version__} ({torch.get_num_threads()} threads), batch {a.batch}")
+    print(f"train: {train:.1f} img/s")
+    print(f"infer: {infer_rate:.1f} img/s")
+
+
+if __name__ == "__main__":
+    main()
