@@ -89,7 +89,7 @@ fn checkpoint_of_another_architecture_is_refused() {
     let err = loaded.load_into(&mut other).unwrap_err().to_string();
     assert!(err.contains("last.safetensors") && err.contains("'cnn' model cannot be loaded into a 'resnet20'"), "{err}");
     let err = checkpoint::copy_weights(Path::new("w.safetensors"), &loaded.section("model"), &mut other).unwrap_err().to_string();
-    assert!(err.contains("w.safetensors") && err.contains("missing conv1.weight") && err.contains("unexpected"), "{err}");
+    assert!(err.contains("w.safetensors") && err.contains("missing: bn1.bias") && err.contains("unexpected: features.0.bn.bias"), "{err}");
     let junk = out.join("junk.safetensors");
     std::fs::write(&junk, b"not a checkpoint").unwrap();
     let err = checkpoint::read(&junk).err().unwrap().to_string();
@@ -168,4 +168,4 @@ fn cifar10_jpeg_subset_clears_the_floor() {
 }
 
 /// Measured 2026-11-27 on the 2-core AMD EPYC: see bench/RESULTS.md.
-const FLOOR: f64 = 0.45;
+const FLOOR: f64 = 0.65;

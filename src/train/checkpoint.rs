@@ -135,33 +135,40 @@ impl Loaded {
 /// strict `load_state_dict`.
 pub fn copy_weights(path: &Path, weights: &[(String, Tensor)], model: &mut Model) -> Result<(), CheckpointError> {
     let vars = model.vs.variables();
+    let mut missing: Vec<&str> = vars
+        .keys()
+        .filter(|k| !weights.iter().any(|(n, _)| n == *k))
+        .map(String::as_str)
+        .collect();
+    let mut unexpected: Vec<&str> = weights
+        .iter()
+        .filter(|(n, _)| !vars.contains_key(n))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let mut shapes: Vec<String> = weights
+        .iter()
+        .filter_map(|(n, t)| {
+            let v = vars.get(n)?;
+            (v.size() != t.size()).then(|| format!("{n} is {:?}, the model has {:?}", t.size(), v.size()))
+        })
+        .collect();
+    missing.sort();
+    unexpected.sort();
+    shapes.sort();
     let mut problems = Vec::new();
-    for (name, var) in &vars {
-        match weights.iter().find(|(n, _)| n == name) {
-            None => problems.push(format!("missing {name}")),
-            Some((_, t)) if t.size() != var.size() => problems.push(format!(
-                "{name} has shape {:?}, the model expects {:?}",
-                t.size(),
-                var.size()
-            )),
-            Some(_) => {}
+    let mut report = |what: &str, items: Vec<String>| {
+        if !items.is_empty() {
+            let more = if items.len() > 4 { format!(", ... ({} in all)", items.len()) } else { String::new() };
+            problems.push(format!("{what}: {}{more}", items[..items.len().min(4)].join(", ")));
         }
-    }
-    for (name, _) in weights {
-        if !vars.contains_key(name) {
-            problems.push(format!("unexpected {name}"));
-        }
-    }
+    };
+    report("missing", missing.iter().map(|s| s.to_string()).collect());
+    report("unexpected", unexpected.iter().map(|s| s.to_string()).collect());
+    report("wrong shape", shapes);
     if !problems.is_empty() {
-        let n = problems.len();
-        problems.truncate(6);
         return Err(bad(
             path,
-            format!(
-                "weights do not fit the {} architecture ({n} problems): {}",
-                model.spec.name,
-                problems.join("; ")
-            ),
+            format!("weights do not fit the {} architecture; {}", model.spec.name, problems.join("; ")),
         ));
     }
     tch::no_grad(|| {
