@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch reference for `convkit bench`: the identical Net8 network and training step
 (forward, cross-entropy, backward, SGD momentum 0.9 with weight decay 5e-4 on >1-D parameters),
+in channels-last memory as convkit trains (--nchw for NCHW),
 timed the same way (warm-up steps, then timed steps on random input).
 
 Prints `train: X img/s` and `infer: Y img/s`, as `convkit bench` does."""
@@ -56,6 +57,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--nchw", action="store_true", help="keep NCHW memory (convkit bench --nchw)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -67,6 +69,9 @@ def main():
                           lr=0.01, momentum=0.9)
     x = torch.randn(a.batch, 3, 32, 32)
     y = torch.randint(10, (a.batch,))
+    fmt = torch.contiguous_format if a.nchw else torch.channels_last
+    model = model.to(memory_format=fmt)
+    x = x.contiguous(memory_format=fmt)
 
     def step():
         loss = F.cross_entropy(model(x), y)
@@ -77,7 +82,7 @@ def main():
     model.train()
     train = a.batch * a.steps / timed(step, a.warmup, a.steps)
     model.eval()
-    xi = torch.randn(a.infer_batch, 3, 32, 32)
+    xi = torch.randn(a.infer_batch, 3, 32, 32).contiguous(memory_format=fmt)
 
     def infer():
         with torch.no_grad():

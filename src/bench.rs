@@ -3,8 +3,8 @@
 //! PyTorch and `bench/compare-cpu.sh` puts the two side by side.
 
 use crate::augment::{Aug, Augmenter};
-use crate::data::loader::{self, DeviceSplit};
 use crate::data::Split;
+use crate::data::loader::{self, DeviceSplit};
 use crate::models::{self, Ctx, ModelSpec};
 use crate::optim::{OptimConfig, Optimizer};
 use rand::{SeedableRng, rngs::StdRng};
@@ -45,7 +45,8 @@ fn sync(device: Device) {
 /// The model and a random input batch, in the layout training uses.
 fn model_and_input(s: &BenchSpec, batch: i64) -> (models::Model, Tensor) {
     tch::manual_seed(0);
-    let mut model = models::build(&ModelSpec::new(&s.model, s.classes), s.device).expect("bench model builds");
+    let mut model =
+        models::build(&ModelSpec::new(&s.model, s.classes), s.device).expect("bench model builds");
     let mut x = Tensor::randn([batch, 3, s.size, s.size], (Kind::Float, s.device));
     if s.channels_last {
         model.to_channels_last();
@@ -77,9 +78,13 @@ pub fn train_rate(s: &BenchSpec) -> f64 {
     let mut opt = Optimizer::new(&model.vs, &cfg).expect("sgd");
     let y = Tensor::randint(s.classes, [s.batch], (Kind::Int64, s.device));
     let secs = timed(s.device, s.warmup, s.steps, || {
-        let loss = model
-            .forward(&x, &Ctx::train())
-            .cross_entropy_loss(&y, None::<Tensor>, Reduction::Mean, -100, 0.0);
+        let loss = model.forward(&x, &Ctx::train()).cross_entropy_loss(
+            &y,
+            None::<Tensor>,
+            Reduction::Mean,
+            -100,
+            0.0,
+        );
         opt.zero_grad();
         loss.backward();
         opt.step(0.01);
@@ -105,7 +110,18 @@ pub fn loader_rate(s: &BenchSpec) -> f64 {
         labels: Tensor::randint(s.classes, [n], (Kind::Int64, Device::Cpu)),
     };
     let data = DeviceSplit::new(&split, s.device);
-    let aug = Augmenter::new(vec![Aug::Crop { pad: 4, reflect: false }, Aug::Flip], &[0.5; 3], &[0.25; 3], s.device);
+    let aug = Augmenter::new(
+        vec![
+            Aug::Crop {
+                pad: 4,
+                reflect: false,
+            },
+            Aug::Flip,
+        ],
+        &[0.5; 3],
+        &[0.25; 3],
+        s.device,
+    );
     let order = loader::epoch_order(n as usize, 0, 0);
     let batches = loader::batches(&order, s.batch as usize, true);
     let mut rng = StdRng::seed_from_u64(0);

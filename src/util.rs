@@ -28,7 +28,10 @@ pub fn atomic_write_bytes(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 
@@ -42,7 +45,10 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 /// Mixes a seed with a stream number (epoch, step, worker) into an independent seed.
 pub fn mix_seed(seed: u64, stream: u64) -> u64 {
     // SplitMix64 finaliser: nearby inputs give unrelated outputs.
-    let mut z = seed ^ stream.wrapping_mul(0x9e3779b97f4a7c15).wrapping_add(0x632be59bd9b4e019);
+    let mut z = seed
+        ^ stream
+            .wrapping_mul(0x9e3779b97f4a7c15)
+            .wrapping_add(0x632be59bd9b4e019);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
     z ^ (z >> 31)

@@ -14,7 +14,9 @@ fn temp_dir(name: &str) -> PathBuf {
 
 /// `n` deterministic 32x32 RGB images (HWC) and labels.
 fn images(n: usize, classes: u8) -> (Vec<u8>, Vec<u8>) {
-    let px: Vec<u8> = (0..n * 3072).map(|i| ((i * 7 + i / 3072) % 251) as u8).collect();
+    let px: Vec<u8> = (0..n * 3072)
+        .map(|i| ((i * 7 + i / 3072) % 251) as u8)
+        .collect();
     let labels: Vec<u8> = (0..n).map(|i| (i % classes as usize) as u8).collect();
     (px, labels)
 }
@@ -24,12 +26,20 @@ fn write_cifar10_folder(dir: &Path, per_batch: usize) -> (Vec<u8>, Vec<u8>) {
     let batch_dir = dir.join("cifar-10-batches-bin");
     std::fs::create_dir_all(&batch_dir).unwrap();
     for b in 0..6 {
-        let name = if b < 5 { format!("data_batch_{}.bin", b + 1) } else { "test_batch.bin".into() };
+        let name = if b < 5 {
+            format!("data_batch_{}.bin", b + 1)
+        } else {
+            "test_batch.bin".into()
+        };
         let r = b * per_batch..(b + 1) * per_batch;
         let bytes = cifar::encode_records(&px[r.start * 3072..r.end * 3072], &labels[r]);
         std::fs::write(batch_dir.join(name), bytes).unwrap();
     }
-    std::fs::write(batch_dir.join("batches.meta.txt"), cifar::CIFAR10_CLASSES.join("\n")).unwrap();
+    std::fs::write(
+        batch_dir.join("batches.meta.txt"),
+        cifar::CIFAR10_CLASSES.join("\n"),
+    )
+    .unwrap();
     (px, labels)
 }
 
@@ -42,9 +52,16 @@ fn cifar10_folder_round_trips_pixels_labels_and_layout() {
     assert_eq!(ds.test.len(), 4);
     assert_eq!(ds.classes[9], "truck");
     let got = Vec::<u8>::try_from(ds.train.images.flatten(0, -1)).unwrap();
-    assert_eq!(&got[..], &px[..20 * 3072], "HWC pixels survive the planar CIFAR encoding");
+    assert_eq!(
+        &got[..],
+        &px[..20 * 3072],
+        "HWC pixels survive the planar CIFAR encoding"
+    );
     let got_labels = ds.test.labels_vec();
-    assert_eq!(got_labels, labels[20..24].iter().map(|&l| l as i64).collect::<Vec<_>>());
+    assert_eq!(
+        got_labels,
+        labels[20..24].iter().map(|&l| l as i64).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -53,8 +70,12 @@ fn cifar10_reads_straight_from_tar_gz() {
     let (px, _) = write_cifar10_folder(&dir, 3);
     let archive = dir.join("cifar-10-binary.tar.gz");
     let file = std::fs::File::create(&archive).unwrap();
-    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(file, flate2::Compression::fast()));
-    tar.append_dir_all("cifar-10-batches-bin", dir.join("cifar-10-batches-bin")).unwrap();
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        file,
+        flate2::Compression::fast(),
+    ));
+    tar.append_dir_all("cifar-10-batches-bin", dir.join("cifar-10-batches-bin"))
+        .unwrap();
     tar.into_inner().unwrap().finish().unwrap();
     let (path, format) = data::resolve(&DataSpec::new(archive.to_str().unwrap())).unwrap();
     assert_eq!(format, Format::CifarBinary);
@@ -82,9 +103,14 @@ fn cifar_batch_of_wrong_size_names_the_file() {
     write_cifar10_folder(&dir, 2);
     let bad = dir.join("cifar-10-batches-bin").join("data_batch_3.bin");
     std::fs::write(&bad, vec![0u8; 3073 * 2 - 100]).unwrap();
-    let err = data::load(&DataSpec::new(dir.to_str().unwrap())).unwrap_err().to_string();
+    let err = data::load(&DataSpec::new(dir.to_str().unwrap()))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("data_batch_3.bin"), "{err}");
-    assert!(err.contains("not a whole number of 3073-byte CIFAR records"), "{err}");
+    assert!(
+        err.contains("not a whole number of 3073-byte CIFAR records"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -93,9 +119,18 @@ fn label_outside_class_range_is_an_error() {
     write_cifar10_folder(&dir, 2);
     let (px, _) = images(2, 10);
     let bytes = cifar::encode_records(&px, &[1, 12]);
-    std::fs::write(dir.join("cifar-10-batches-bin").join("test_batch.bin"), bytes).unwrap();
-    let err = data::load(&DataSpec::new(dir.to_str().unwrap())).unwrap_err().to_string();
-    assert!(err.contains("label 12 outside the class range 0..10"), "{err}");
+    std::fs::write(
+        dir.join("cifar-10-batches-bin").join("test_batch.bin"),
+        bytes,
+    )
+    .unwrap();
+    let err = data::load(&DataSpec::new(dir.to_str().unwrap()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("label 12 outside the class range 0..10"),
+        "{err}"
+    );
     assert!(err.contains(dir.to_str().unwrap()), "{err}");
 }
 
@@ -103,9 +138,15 @@ fn write_idx(dir: &Path, gz: bool) {
     let (px, labels) = images(6, 10);
     let gray: Vec<u8> = px.iter().step_by(3).take(6 * 28 * 28).copied().collect();
     let files = [
-        ("train-images-idx3-ubyte", idx::encode(&[4, 28, 28], &gray[..4 * 784])),
+        (
+            "train-images-idx3-ubyte",
+            idx::encode(&[4, 28, 28], &gray[..4 * 784]),
+        ),
         ("train-labels-idx1-ubyte", idx::encode(&[4], &labels[..4])),
-        ("t10k-images-idx3-ubyte", idx::encode(&[2, 28, 28], &gray[4 * 784..])),
+        (
+            "t10k-images-idx3-ubyte",
+            idx::encode(&[2, 28, 28], &gray[4 * 784..]),
+        ),
         ("t10k-labels-idx1-ubyte", idx::encode(&[2], &labels[4..])),
     ];
     for (name, bytes) in files {
@@ -149,14 +190,20 @@ fn idx_with_wrong_magic_names_the_file() {
     spec.use_cache = false;
     let err = data::load(&spec).unwrap_err().to_string();
     assert!(err.contains("train-images-idx3-ubyte"), "{err}");
-    assert!(err.contains("wrong IDX magic number 0x00000809 (expected 0x00000803)"), "{err}");
+    assert!(
+        err.contains("wrong IDX magic number 0x00000809 (expected 0x00000803)"),
+        "{err}"
+    );
 }
 
 #[test]
 fn real_fashion_mnist_when_installed() {
     let dir = Path::new("/usr/share/datasets/fashion-mnist");
     if !dir.exists() {
-        eprintln!("skipped: apt-get install dataset-fashion-mnist provides {}", dir.display());
+        eprintln!(
+            "skipped: apt-get install dataset-fashion-mnist provides {}",
+            dir.display()
+        );
         return;
     }
     let mut spec = DataSpec::new(dir.to_str().unwrap());
@@ -164,11 +211,17 @@ fn real_fashion_mnist_when_installed() {
     let ds = data::load(&spec).unwrap();
     assert_eq!((ds.train.len(), ds.test.len()), (60_000, 10_000));
     assert_eq!(ds.classes[9], "ankle-boot");
-    assert!((ds.mean[0] - 0.2860).abs() < 1e-3, "Fashion-MNIST mean is 0.2860, got {}", ds.mean[0]);
+    assert!(
+        (ds.mean[0] - 0.2860).abs() < 1e-3,
+        "Fashion-MNIST mean is 0.2860, got {}",
+        ds.mean[0]
+    );
 }
 
 fn write_png(path: &Path, w: u32, h: u32, colour: [u8; 3]) {
-    image::RgbImage::from_pixel(w, h, image::Rgb(colour)).save(path).unwrap();
+    image::RgbImage::from_pixel(w, h, image::Rgb(colour))
+        .save(path)
+        .unwrap();
 }
 
 fn write_folder_tree(root: &Path) {
@@ -233,10 +286,16 @@ fn corrupt_image_names_the_file() {
     let mut spec = DataSpec::new(root.to_str().unwrap());
     spec.use_cache = false;
     let err = data::load(&spec).unwrap_err().to_string();
-    assert!(err.contains("1.png") && err.contains("cannot decode image"), "{err}");
+    assert!(
+        err.contains("1.png") && err.contains("cannot decode image"),
+        "{err}"
+    );
     std::fs::write(&bad, &bytes).unwrap();
     let err = data::load(&spec).unwrap_err().to_string();
-    assert!(err.contains("x.jpg") && err.contains("cannot decode image"), "{err}");
+    assert!(
+        err.contains("x.jpg") && err.contains("cannot decode image"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -247,7 +306,10 @@ fn empty_class_folder_is_an_error() {
     let mut spec = DataSpec::new(root.to_str().unwrap());
     spec.use_cache = false;
     let err = data::load(&spec).unwrap_err().to_string();
-    assert!(err.contains("emu") && err.contains("empty class folder"), "{err}");
+    assert!(
+        err.contains("emu") && err.contains("empty class folder"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -268,7 +330,10 @@ fn serve_once(body: Vec<u8>) -> String {
         let (mut s, _) = listener.accept().unwrap();
         let mut buf = [0u8; 4096];
         let _ = s.read(&mut buf);
-        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
         s.write_all(head.as_bytes()).unwrap();
         s.write_all(&body).unwrap();
     });
@@ -291,8 +356,16 @@ fn download_verifies_md5_and_writes_atomically() {
     };
     let path = download::fetch(&remote, &dir, false).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), body);
-    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert_eq!(names.len(), 1, "no temporary file is left behind: {names:?}");
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        names.len(),
+        1,
+        "no temporary file is left behind: {names:?}"
+    );
 }
 
 #[test]
@@ -303,28 +376,47 @@ fn download_with_wrong_checksum_leaves_no_file() {
         file_name: "cifar-10-binary.tar.gz".into(),
         checksum: download::Checksum::Md5("c32a1d4ab5d03f1284b67883e8d87530".into()),
     };
-    let err = download::fetch(&remote, &dir, false).unwrap_err().to_string();
-    assert!(err.contains("checksum mismatch: expected c32a1d4ab5d03f1284b67883e8d87530"), "{err}");
+    let err = download::fetch(&remote, &dir, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("checksum mismatch: expected c32a1d4ab5d03f1284b67883e8d87530"),
+        "{err}"
+    );
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
 }
 
 #[test]
 fn offline_download_says_where_to_put_the_file() {
     let dir = temp_dir("download-offline");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let remote = download::Remote {
         url: format!("http://127.0.0.1:{port}/cifar-10-binary.tar.gz"),
         file_name: "cifar-10-binary.tar.gz".into(),
         checksum: download::Checksum::Md5("c32a1d4ab5d03f1284b67883e8d87530".into()),
     };
-    let err = download::fetch(&remote, &dir, false).unwrap_err().to_string();
+    let err = download::fetch(&remote, &dir, false)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("could not download"), "{err}");
-    assert!(err.contains(&dir.join("cifar-10-binary.tar.gz").display().to_string()), "{err}");
+    assert!(
+        err.contains(&dir.join("cifar-10-binary.tar.gz").display().to_string()),
+        "{err}"
+    );
 }
 
 #[test]
 fn official_cifar_checksums_are_the_published_ones() {
     let r = download::cifar_remote("cifar10").unwrap();
-    assert_eq!(r.url, "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz");
-    assert!(matches!(r.checksum, download::Checksum::Md5(ref m) if m == "c32a1d4ab5d03f1284b67883e8d87530"));
+    assert_eq!(
+        r.url,
+        "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+    );
+    assert!(
+        matches!(r.checksum, download::Checksum::Md5(ref m) if m == "c32a1d4ab5d03f1284b67883e8d87530")
+    );
 }

@@ -30,7 +30,10 @@ fn translate_with_zero_padding_moves_pixels_exactly() {
     let out = augment::crop_flip_gather(&ramp_image(), &plan).squeeze();
     // out(i, j) = in(i + 1, j - 1), zero outside.
     let expected = [[0, 5, 6, 7], [0, 9, 10, 11], [0, 13, 14, 15], [0, 0, 0, 0]];
-    assert_eq!(Vec::<Vec<i64>>::try_from(out.to_kind(Kind::Int64)).unwrap(), expected.map(|r| r.to_vec()).to_vec());
+    assert_eq!(
+        Vec::<Vec<i64>>::try_from(out.to_kind(Kind::Int64)).unwrap(),
+        expected.map(|r| r.to_vec()).to_vec()
+    );
 }
 
 #[test]
@@ -41,7 +44,10 @@ fn translate_with_reflection_and_flip() {
     let out = augment::crop_flip_gather(&ramp_image(), &plan).squeeze();
     // rows read -2, -1, 0, 1 -> reflected 2, 1, 0, 1; columns reversed.
     let expected = [[12, 11, 10, 9], [8, 7, 6, 5], [4, 3, 2, 1], [8, 7, 6, 5]];
-    assert_eq!(Vec::<Vec<i64>>::try_from(out.to_kind(Kind::Int64)).unwrap(), expected.map(|r| r.to_vec()).to_vec());
+    assert_eq!(
+        Vec::<Vec<i64>>::try_from(out.to_kind(Kind::Int64)).unwrap(),
+        expected.map(|r| r.to_vec()).to_vec()
+    );
 }
 
 #[test]
@@ -51,7 +57,12 @@ fn cutout_zeroes_a_clipped_square() {
     // size 2 centred at (r, c) covers rows r-1..=r, columns c-1..=c.
     assert_eq!(
         vec2(&out.get(0).squeeze()),
-        vec![vec![0.0, 1.0, 1.0, 1.0], vec![1.0; 4], vec![1.0; 4], vec![1.0; 4]]
+        vec![
+            vec![0.0, 1.0, 1.0, 1.0],
+            vec![1.0; 4],
+            vec![1.0; 4],
+            vec![1.0; 4]
+        ]
     );
     assert_eq!(out.get(1).sum(Kind::Float).double_value(&[]), 12.0);
 }
@@ -59,7 +70,12 @@ fn cutout_zeroes_a_clipped_square() {
 #[test]
 fn resized_crop_of_the_whole_image_is_the_identity() {
     let x = Tensor::rand([1, 3, 8, 8], (Kind::Float, Device::Cpu));
-    let whole = ResizedCropBox { top: 0.0, left: 0.0, height: 8.0, width: 8.0 };
+    let whole = ResizedCropBox {
+        top: 0.0,
+        left: 0.0,
+        height: 8.0,
+        width: 8.0,
+    };
     let out = augment::resized_crop(&x, &[whole]);
     assert!(out.allclose(&x, 1e-6, 1e-6, false));
 }
@@ -68,8 +84,15 @@ fn resized_crop_of_the_whole_image_is_the_identity() {
 fn resized_crop_samples_bilinearly_at_pixel_centres() {
     // A horizontal ramp (value = column) and the left half scaled up 2x: output column j reads
     // input x = (j + 0.5) / 2 - 0.5, clamped at the border.
-    let ramp = Tensor::arange(4, (Kind::Float, Device::Cpu)).reshape([1, 1, 1, 4]).expand([1, 1, 4, 4], false);
-    let bx = ResizedCropBox { top: 0.0, left: 0.0, height: 4.0, width: 2.0 };
+    let ramp = Tensor::arange(4, (Kind::Float, Device::Cpu))
+        .reshape([1, 1, 1, 4])
+        .expand([1, 1, 4, 4], false);
+    let bx = ResizedCropBox {
+        top: 0.0,
+        left: 0.0,
+        height: 4.0,
+        width: 2.0,
+    };
     let out = augment::resized_crop(&ramp.contiguous(), &[bx]);
     let row = vec2(&out.get(0).get(0))[0].clone();
     for (got, want) in row.iter().zip([0.0, 0.25, 0.75, 1.25]) {
@@ -83,7 +106,9 @@ fn resized_crop_boxes_respect_scale_and_ratio() {
     for _ in 0..200 {
         let b = augment::sample_resized_crop(32, 32, (0.2, 1.0), (0.75, 4.0 / 3.0), &mut rng);
         let area = b.height * b.width / 1024.0;
-        assert!(b.top >= 0.0 && b.left >= 0.0 && b.top + b.height <= 32.0 && b.left + b.width <= 32.0);
+        assert!(
+            b.top >= 0.0 && b.left >= 0.0 && b.top + b.height <= 32.0 && b.left + b.width <= 32.0
+        );
         assert!((0.17..=1.0).contains(&area), "area share {area}");
     }
 }
@@ -96,24 +121,43 @@ fn grayscale_and_brightness_exact() {
     for c in 0..3 {
         assert!((g.double_value(&[0, c, 0, 0]) - want).abs() < 1e-6);
     }
-    let f = augment::ColourJitter { brightness: 0.0, contrast: 0.0, saturation: 0.0, hue: 0.0, p: 1.0 };
+    let f = augment::ColourJitter {
+        brightness: 0.0,
+        contrast: 0.0,
+        saturation: 0.0,
+        hue: 0.0,
+        p: 1.0,
+    };
     let mut factors = f.sample(1, &mut rand::rngs::StdRng::seed_from_u64(0));
     factors.brightness = vec![2.0];
     let b = augment::apply_jitter(&x, &factors);
-    assert_eq!(Vec::<f32>::try_from(b.flatten(0, -1)).unwrap(), vec![0.4, 0.8, 1.0]);
+    assert_eq!(
+        Vec::<f32>::try_from(b.flatten(0, -1)).unwrap(),
+        vec![0.4, 0.8, 1.0]
+    );
     factors.brightness = vec![1.0];
     factors.hue = vec![1.0];
     let full_turn = augment::apply_jitter(&x, &factors);
-    assert!(full_turn.allclose(&x, 1e-4, 1e-4, false), "a full hue turn is the identity");
+    assert!(
+        full_turn.allclose(&x, 1e-4, 1e-4, false),
+        "a full hue turn is the identity"
+    );
 }
 
 #[test]
 fn augmenter_is_reproducible_from_the_seed() {
     let images = Tensor::randint(256, [8, 32, 32, 3], (Kind::Uint8, Device::Cpu));
-    let augs: Vec<Aug> = ["crop:4:reflect", "flip", "rrc:0.2-1.0", "jitter:0.4,0.4,0.4,0.1:0.8", "gray:0.2", "cutout:8"]
-        .iter()
-        .map(|s| s.parse().unwrap())
-        .collect();
+    let augs: Vec<Aug> = [
+        "crop:4:reflect",
+        "flip",
+        "rrc:0.2-1.0",
+        "jitter:0.4,0.4,0.4,0.1:0.8",
+        "gray:0.2",
+        "cutout:8",
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect();
     let a = Augmenter::new(augs, &[0.5; 3], &[0.25; 3], Device::Cpu);
     let run = |seed| a.train_batch(&images, &mut rand::rngs::StdRng::seed_from_u64(seed));
     assert!(run(7).equal(&run(7)));
@@ -126,15 +170,31 @@ fn augmenter_is_reproducible_from_the_seed() {
 
 #[test]
 fn augmentation_strings_round_trip() {
-    for s in ["crop:4", "crop:2:reflect", "flip", "cutout:8", "rrc:0.2-1", "jitter:0.4,0.4,0.4,0.1:0.8", "gray:0.2"] {
+    for s in [
+        "crop:4",
+        "crop:2:reflect",
+        "flip",
+        "cutout:8",
+        "rrc:0.2-1",
+        "jitter:0.4,0.4,0.4,0.1:0.8",
+        "gray:0.2",
+    ] {
         let a: Aug = s.parse().unwrap();
         assert_eq!(a.to_string().parse::<Aug>().unwrap(), a);
     }
-    assert!("blur".parse::<Aug>().unwrap_err().contains("unknown augmentation 'blur'"));
+    assert!(
+        "blur"
+            .parse::<Aug>()
+            .unwrap_err()
+            .contains("unknown augmentation 'blur'")
+    );
 }
 
 fn schedule(kind: ScheduleKind) -> Schedule {
-    Schedule { kind, ..Default::default() }
+    Schedule {
+        kind,
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -147,7 +207,14 @@ fn schedule_values_at_given_steps() {
     assert!((cos.factor(60, 110, 10) - 0.5).abs() < 1e-12);
     let mut step = schedule(ScheduleKind::Step);
     step.milestones = vec![2.0, 3.0];
-    assert_eq!([step.factor(19, 40, 10), step.factor(20, 40, 10), step.factor(35, 40, 10)], [1.0, 0.1, 0.1f64.powi(2)]);
+    assert_eq!(
+        [
+            step.factor(19, 40, 10),
+            step.factor(20, 40, 10),
+            step.factor(35, 40, 10)
+        ],
+        [1.0, 0.1, 0.1f64.powi(2)]
+    );
     let mut one = schedule(ScheduleKind::OneCycle);
     one.anneal = "linear".into();
     (one.div, one.final_div, one.pct_start) = (10.0, 100.0, 0.25);
@@ -155,7 +222,12 @@ fn schedule_values_at_given_steps() {
     assert!((one.factor(25, 100, 10) - 1.0).abs() < 1e-12);
     assert!((one.factor(50, 100, 10) - (1.0 + (0.01 - 1.0) / 3.0)).abs() < 1e-12);
     one.anneal = "cos".into();
-    assert!((one.factor(25 + 75 / 2, 100, 10) - (0.01 + 0.99 * 0.5 * (1.0 + (std::f64::consts::PI * 37.0 / 75.0).cos()))).abs() < 1e-12);
+    assert!(
+        (one.factor(25 + 75 / 2, 100, 10)
+            - (0.01 + 0.99 * 0.5 * (1.0 + (std::f64::consts::PI * 37.0 / 75.0).cos())))
+        .abs()
+            < 1e-12
+    );
     let lin = schedule(ScheduleKind::Linear);
     assert!((lin.factor(50, 100, 10) - 0.5).abs() < 1e-12);
 }
@@ -166,7 +238,13 @@ fn sgd_momentum_steps_match_hand_computation() {
     let w = vs.root().var("w", &[2, 2], nn::Init::Const(1.0));
     let b = vs.root().var("b", &[2], nn::Init::Const(1.0));
     let c = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).reshape([2, 2]);
-    let cfg = OptimConfig { lr: 0.1, momentum: 0.9, nesterov: false, weight_decay: 0.01, ..Default::default() };
+    let cfg = OptimConfig {
+        lr: 0.1,
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 0.01,
+        ..Default::default()
+    };
     let mut opt = Optimizer::new(&vs, &cfg).unwrap();
     let (mut pw, mut pb, mut bw, mut bb) = ([1.0f64; 4], 1.0f64, [0.0f64; 4], 0.0f64);
     for _ in 0..3 {
@@ -193,7 +271,11 @@ fn sgd_momentum_steps_match_hand_computation() {
 fn adamw_first_step_moves_by_lr() {
     let vs = nn::VarStore::new(Device::Cpu);
     let w = vs.root().var("w", &[1, 1], nn::Init::Const(1.0));
-    let cfg = OptimConfig { name: "adamw".into(), weight_decay: 0.1, ..Default::default() };
+    let cfg = OptimConfig {
+        name: "adamw".into(),
+        weight_decay: 0.1,
+        ..Default::default()
+    };
     let mut opt = Optimizer::new(&vs, &cfg).unwrap();
     let loss = (&w * 3.0).sum(Kind::Float);
     loss.backward();
@@ -207,7 +289,9 @@ fn adamw_first_step_moves_by_lr() {
 fn label_smoothed_cross_entropy_matches_hand_computation() {
     let logits = Tensor::from_slice(&[2.0f32, 1.0, 0.0]).reshape([1, 3]);
     let target = Tensor::from_slice(&[0i64]);
-    let got = logits.cross_entropy_loss(&target, None::<Tensor>, Reduction::Mean, -100, 0.2).double_value(&[]);
+    let got = logits
+        .cross_entropy_loss(&target, None::<Tensor>, Reduction::Mean, -100, 0.2)
+        .double_value(&[]);
     let lse = (2f64.exp() + 1f64.exp() + 1.0).ln();
     let logp = [2.0 - lse, 1.0 - lse, -lse];
     let want = -(0.8 * logp[0]) - 0.2 / 3.0 * logp.iter().sum::<f64>();
@@ -232,22 +316,41 @@ fn resnet18_matches_torchvision_count_names_and_shape() {
     let model = models::build(&ModelSpec::new("resnet18", 1000), Device::Cpu).unwrap();
     assert_eq!(model.parameter_count(), 11_689_512);
     let vars = model.vs.variables();
-    for key in ["conv1.weight", "layer1.0.bn1.running_mean", "layer2.0.downsample.0.weight", "layer4.1.bn2.bias", "fc.bias"] {
+    for key in [
+        "conv1.weight",
+        "layer1.0.bn1.running_mean",
+        "layer2.0.downsample.0.weight",
+        "layer4.1.bn2.bias",
+        "fc.bias",
+    ] {
         assert!(vars.contains_key(key), "missing {key}");
     }
     assert_eq!(vars["conv1.weight"].size(), vec![64, 3, 7, 7]);
-    let y = tch::no_grad(|| model.forward(&Tensor::zeros([2, 3, 64, 64], (Kind::Float, Device::Cpu)), &Ctx::eval()));
+    let y = tch::no_grad(|| {
+        model.forward(
+            &Tensor::zeros([2, 3, 64, 64], (Kind::Float, Device::Cpu)),
+            &Ctx::eval(),
+        )
+    });
     assert_eq!(y.size(), vec![2, 1000]);
 }
 
 #[test]
 fn resnet50_and_cifar_resnets_parameter_counts() {
-    let count = |name: &str, k: i64| models::build(&ModelSpec::new(name, k), Device::Cpu).unwrap().parameter_count();
+    let count = |name: &str, k: i64| {
+        models::build(&ModelSpec::new(name, k), Device::Cpu)
+            .unwrap()
+            .parameter_count()
+    };
     assert_eq!(count("resnet50", 1000), 25_557_032);
     assert_eq!(count("resnet34", 1000), 21_797_672);
     assert_eq!(count("resnet20", 10), 269_722);
     assert_eq!(count("resnet56", 10), 853_018);
-    assert_eq!(count("plain20", 10), 269_722, "option-A shortcuts add no parameters");
+    assert_eq!(
+        count("plain20", 10),
+        269_722,
+        "option-A shortcuts add no parameters"
+    );
 }
 
 #[test]
@@ -255,9 +358,17 @@ fn cifar_stem_keeps_32px_resolution() {
     let mut spec = ModelSpec::new("resnet18", 10);
     spec.stem = Some(Stem::Cifar);
     let model = models::build(&spec, Device::Cpu).unwrap();
-    assert_eq!(model.vs.variables()["conv1.weight"].size(), vec![64, 3, 3, 3]);
+    assert_eq!(
+        model.vs.variables()["conv1.weight"].size(),
+        vec![64, 3, 3, 3]
+    );
     let s = summary::summarise(&model, [3, 32, 32]);
-    let layer4 = s.layers.iter().rev().find(|l| l.name.starts_with("layer4") && l.kind == "conv").unwrap();
+    let layer4 = s
+        .layers
+        .iter()
+        .rev()
+        .find(|l| l.name.starts_with("layer4") && l.kind == "conv")
+        .unwrap();
     assert_eq!(layer4.output, vec![1, 512, 4, 4]);
 }
 
@@ -272,5 +383,10 @@ fn summary_counts_dense_equivalents_and_flops() {
     assert_eq!(conv1.flops, 2 * 16 * 32 * 32 * 27);
     let text = s.render("resnet20");
     assert!(text.contains("parameters: 269,722"), "{text}");
-    assert!(models::build(&ModelSpec::new("resnet19", 10), Device::Cpu).unwrap_err().to_string().contains("unknown model 'resnet19'"));
+    assert!(
+        models::build(&ModelSpec::new("resnet19", 10), Device::Cpu)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown model 'resnet19'")
+    );
 }

@@ -36,30 +36,70 @@ fn synthetic_training_learns_and_writes_a_report() {
     let s = train::run(small_config(3000, 3), &out, &RunOptions::default()).unwrap();
     let history = metrics::read_jsonl(&out.join("metrics.jsonl")).unwrap();
     assert_eq!(history.len(), 3);
-    assert!(history[2].train_loss < history[0].train_loss * 0.8, "loss falls: {history:?}");
-    assert!(s.test_accuracy > 0.5, "10 balanced classes, chance is 0.1; got {}", s.test_accuracy);
-    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert!(
+        history[2].train_loss < history[0].train_loss * 0.8,
+        "loss falls: {history:?}"
+    );
+    assert!(
+        s.test_accuracy > 0.5,
+        "10 balanced classes, chance is 0.1; got {}",
+        s.test_accuracy
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["epochs"], 3);
     assert!(summary["train_seconds"].as_f64().unwrap() > 0.0);
-    for f in ["report.html", "config.toml", "plots/loss.png", "plots/accuracy.png", "plots/lr.png", "plots/confusion.png"] {
+    for f in [
+        "report.html",
+        "config.toml",
+        "plots/loss.png",
+        "plots/accuracy.png",
+        "plots/lr.png",
+        "plots/confusion.png",
+    ] {
         assert!(out.join(f).exists(), "{f} is written");
     }
-    let saved: Config = toml::from_str(&std::fs::read_to_string(out.join("config.toml")).unwrap()).unwrap();
-    assert_eq!(saved, small_config(3000, 3), "the effective config repeats the run");
+    let saved: Config =
+        toml::from_str(&std::fs::read_to_string(out.join("config.toml")).unwrap()).unwrap();
+    assert_eq!(
+        saved,
+        small_config(3000, 3),
+        "the effective config repeats the run"
+    );
 }
 
 #[test]
 fn resumed_run_ends_exactly_like_an_uninterrupted_one() {
     let (a, b) = (temp_dir("straight"), temp_dir("resumed"));
     let straight = train::run(small_config(1000, 2), &a, &RunOptions::default()).unwrap();
-    let first = RunOptions { stop_after: Some(1), ..Default::default() };
+    let first = RunOptions {
+        stop_after: Some(1),
+        ..Default::default()
+    };
     train::run(small_config(1000, 2), &b, &first).unwrap();
-    assert_eq!(metrics::read_jsonl(&b.join("metrics.jsonl")).unwrap().len(), 1);
-    let resumed = train::run(Config::default(), &b, &RunOptions { resume: true, ..Default::default() }).unwrap();
-    let (ha, hb) = (metrics::read_jsonl(&a.join("metrics.jsonl")).unwrap(), metrics::read_jsonl(&b.join("metrics.jsonl")).unwrap());
+    assert_eq!(
+        metrics::read_jsonl(&b.join("metrics.jsonl")).unwrap().len(),
+        1
+    );
+    let resumed = train::run(
+        Config::default(),
+        &b,
+        &RunOptions {
+            resume: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (ha, hb) = (
+        metrics::read_jsonl(&a.join("metrics.jsonl")).unwrap(),
+        metrics::read_jsonl(&b.join("metrics.jsonl")).unwrap(),
+    );
     assert_eq!(hb.len(), 2);
     for (x, y) in ha.iter().zip(&hb) {
-        assert_eq!((x.train_loss, x.test_loss, x.test_accuracy, x.lr), (y.train_loss, y.test_loss, y.test_accuracy, y.lr));
+        assert_eq!(
+            (x.train_loss, x.test_loss, x.test_accuracy, x.lr),
+            (y.train_loss, y.test_loss, y.test_accuracy, y.lr)
+        );
     }
     assert_eq!(straight.test_accuracy, resumed.test_accuracy);
 }
@@ -67,17 +107,43 @@ fn resumed_run_ends_exactly_like_an_uninterrupted_one() {
 #[test]
 fn diverging_loss_stops_with_advice_and_keeps_the_checkpoint() {
     let out = temp_dir("nan");
-    train::run(small_config(500, 2), &out, &RunOptions { stop_after: Some(1), ..Default::default() }).unwrap();
+    train::run(
+        small_config(500, 2),
+        &out,
+        &RunOptions {
+            stop_after: Some(1),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let ck = out.join("checkpoints").join("last.safetensors");
     let before = std::fs::read(&ck).unwrap();
     let cfg_path = out.join("config.toml");
-    let text = std::fs::read_to_string(&cfg_path).unwrap().replace("lr = 0.05", "lr = 1e30");
+    let text = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("lr = 0.05", "lr = 1e30");
     std::fs::write(&cfg_path, text).unwrap();
-    let err = train::run(Config::default(), &out, &RunOptions { resume: true, ..Default::default() }).unwrap_err().to_string();
-    assert!(err.contains("training diverged") && err.contains("at step"), "{err}");
+    let err = train::run(
+        Config::default(),
+        &out,
+        &RunOptions {
+            resume: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("training diverged") && err.contains("at step"),
+        "{err}"
+    );
     assert!(err.contains("lower learning rate"), "{err}");
     assert!(err.contains(&ck.display().to_string()), "{err}");
-    assert_eq!(std::fs::read(&ck).unwrap(), before, "the last good checkpoint is untouched");
+    assert_eq!(
+        std::fs::read(&ck).unwrap(),
+        before,
+        "the last good checkpoint is untouched"
+    );
 }
 
 #[test]
@@ -87,9 +153,24 @@ fn checkpoint_of_another_architecture_is_refused() {
     let loaded = checkpoint::read(&out).unwrap();
     let mut other = models::build(&ModelSpec::new("resnet20", 10), tch::Device::Cpu).unwrap();
     let err = loaded.load_into(&mut other).unwrap_err().to_string();
-    assert!(err.contains("last.safetensors") && err.contains("'cnn' model cannot be loaded into a 'resnet20'"), "{err}");
-    let err = checkpoint::copy_weights(Path::new("w.safetensors"), &loaded.section("model"), &mut other).unwrap_err().to_string();
-    assert!(err.contains("w.safetensors") && err.contains("missing: bn1.bias") && err.contains("unexpected: features.0.bn.bias"), "{err}");
+    assert!(
+        err.contains("last.safetensors")
+            && err.contains("'cnn' model cannot be loaded into a 'resnet20'"),
+        "{err}"
+    );
+    let err = checkpoint::copy_weights(
+        Path::new("w.safetensors"),
+        &loaded.section("model"),
+        &mut other,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("w.safetensors")
+            && err.contains("missing: bn1.bias")
+            && err.contains("unexpected: features.0.bn.bias"),
+        "{err}"
+    );
     let junk = out.join("junk.safetensors");
     std::fs::write(&junk, b"not a checkpoint").unwrap();
     let err = checkpoint::read(&junk).err().unwrap().to_string();
@@ -97,8 +178,15 @@ fn checkpoint_of_another_architecture_is_refused() {
 }
 
 fn convkit(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_convkit")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    let out = Command::new(env!("CARGO_BIN_EXE_convkit"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[test]
@@ -107,18 +195,44 @@ fn command_line_train_eval_predict_summary() {
     let run = out.join("run");
     let run_s = run.to_str().unwrap();
     let (ok, _, err) = convkit(&[
-        "train", "--model", "cnn", "--epochs", "1", "--train-limit", "500", "--device", "cpu",
-        "--set", "data.test_limit=200", "--set", "model.widths=[8, 16]", "--out", run_s,
+        "train",
+        "--model",
+        "cnn",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "500",
+        "--device",
+        "cpu",
+        "--set",
+        "data.test_limit=200",
+        "--set",
+        "model.widths=[8, 16]",
+        "--out",
+        run_s,
     ]);
     assert!(ok, "{err}");
-    assert!(err.contains("summary") && err.contains("test accuracy"), "{err}");
+    assert!(
+        err.contains("summary") && err.contains("test accuracy"),
+        "{err}"
+    );
     let (ok, stdout, err) = convkit(&["eval", run_s, "--out", out.join("eval").to_str().unwrap()]);
     assert!(ok && stdout.contains("test accuracy"), "{err}");
-    let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("eval/summary.json")).unwrap()).unwrap();
+    let eval: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("eval/summary.json")).unwrap()).unwrap();
     assert!(eval["test_accuracy"].as_f64().unwrap() > 0.0);
     let img = out.join("red.png");
-    image::RgbImage::from_pixel(50, 40, image::Rgb([220, 30, 30])).save(&img).unwrap();
-    let (ok, stdout, err) = convkit(&["predict", run_s, img.to_str().unwrap(), "--json", "--top-k", "3"]);
+    image::RgbImage::from_pixel(50, 40, image::Rgb([220, 30, 30]))
+        .save(&img)
+        .unwrap();
+    let (ok, stdout, err) = convkit(&[
+        "predict",
+        run_s,
+        img.to_str().unwrap(),
+        "--json",
+        "--top-k",
+        "3",
+    ]);
     assert!(ok, "{err}");
     let preds: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let top = preds[0]["top"].as_array().unwrap();
@@ -128,32 +242,45 @@ fn command_line_train_eval_predict_summary() {
     let bad = out.join("bad.jpg");
     std::fs::write(&bad, b"garbage").unwrap();
     let (ok, _, err) = convkit(&["predict", run_s, bad.to_str().unwrap()]);
-    assert!(!ok && err.contains("bad.jpg") && err.contains("cannot decode"), "{err}");
+    assert!(
+        !ok && err.contains("bad.jpg") && err.contains("cannot decode"),
+        "{err}"
+    );
     let (ok, stdout, _) = convkit(&["summary", "resnet18", "--classes", "1000"]);
     assert!(ok && stdout.contains("parameters: 11,689,512"), "{stdout}");
     let (ok, _, err) = convkit(&["train", "--config", "no-such-recipe"]);
-    assert!(!ok && err.contains("no-such-recipe") && err.contains("cifar10-fast-cpu"), "{err}");
+    assert!(
+        !ok && err.contains("no-such-recipe") && err.contains("cifar10-fast-cpu"),
+        "{err}"
+    );
 }
 
 /// The JPEG CIFAR-10 copy: `$CONVKIT_CIFAR10_JPEG`, else ../shared/data/cifar10-jpeg.
 fn jpeg_copy() -> Option<PathBuf> {
     let p = std::env::var_os("CONVKIT_CIFAR10_JPEG")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cifar10-jpeg"));
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cifar10-jpeg")
+        });
     p.join("train").is_dir().then_some(p)
 }
 
 #[test]
 fn cifar10_jpeg_subset_clears_the_floor() {
     let Some(data) = jpeg_copy() else {
-        eprintln!("SKIPPED: the JPEG CIFAR-10 copy is not at ../shared/data/cifar10-jpeg (set CONVKIT_CIFAR10_JPEG)");
+        eprintln!(
+            "SKIPPED: the JPEG CIFAR-10 copy is not at ../shared/data/cifar10-jpeg (set CONVKIT_CIFAR10_JPEG)"
+        );
         return;
     };
     let cache = temp_dir("jpeg-cache");
     // SAFETY of set_var: the only test in this binary that reads CONVKIT_DATA's value.
     unsafe { std::env::set_var("CONVKIT_DATA", &cache) };
     let overrides = [
-        format!("data.source={}", toml::Value::String(data.display().to_string())),
+        format!(
+            "data.source={}",
+            toml::Value::String(data.display().to_string())
+        ),
         "data.train_limit=5000".into(),
         "data.test_limit=2000".into(),
         "train.epochs=5".into(),
@@ -164,7 +291,11 @@ fn cifar10_jpeg_subset_clears_the_floor() {
     let out = temp_dir("jpeg");
     let s = train::run(cfg, &out, &RunOptions::default()).unwrap();
     assert_eq!((s.train_images, s.test_images), (5000, 2000));
-    assert!(s.test_accuracy >= FLOOR, "5,000 JPEG CIFAR-10 images, 5 epochs: {} < {FLOOR}", s.test_accuracy);
+    assert!(
+        s.test_accuracy >= FLOOR,
+        "5,000 JPEG CIFAR-10 images, 5 epochs: {} < {FLOOR}",
+        s.test_accuracy
+    );
 }
 
 /// Measured 2026-11-27 on the 2-core AMD EPYC: see bench/RESULTS.md.

@@ -34,7 +34,11 @@ impl Confusion {
             .enumerate()
             .map(|(i, row)| {
                 let n: i64 = row.iter().sum();
-                if n == 0 { 0.0 } else { row[i] as f64 / n as f64 }
+                if n == 0 {
+                    0.0
+                } else {
+                    row[i] as f64 / n as f64
+                }
             })
             .collect()
     }

@@ -107,7 +107,10 @@ fn rotate_hue(x: &Tensor, turns: &[f64]) -> Tensor {
             let (sn, cs) = (t * std::f64::consts::TAU).sin_cos();
             let rot = [[1.0, 0.0, 0.0], [0.0, cs, -sn], [0.0, sn, cs]];
             let m = matmul(&yiq2rgb, &matmul(&rot, &RGB2YIQ));
-            m.into_iter().flatten().map(|v| v as f32).collect::<Vec<_>>()
+            m.into_iter()
+                .flatten()
+                .map(|v| v as f32)
+                .collect::<Vec<_>>()
         })
         .collect();
     let m = Tensor::from_slice(&mats)

@@ -81,8 +81,12 @@ pub fn crop_flip_gather(images: &Tensor, plan: &CropPlan) -> Tensor {
     // Shift every index by one into a tensor padded with a zero border, so -1 reads zero.
     let padded = images.constant_pad_nd([0, 0, 1, 1, 1, 1]);
     let flat = |v: &Vec<Vec<i64>>| -> Vec<i64> { v.iter().flatten().map(|x| x + 1).collect() };
-    let rows = Tensor::from_slice(&flat(&plan.rows)).to_device(dev).reshape([b, h, 1]);
-    let cols = Tensor::from_slice(&flat(&plan.cols)).to_device(dev).reshape([b, 1, w]);
+    let rows = Tensor::from_slice(&flat(&plan.rows))
+        .to_device(dev)
+        .reshape([b, h, 1]);
+    let cols = Tensor::from_slice(&flat(&plan.cols))
+        .to_device(dev)
+        .reshape([b, 1, w]);
     let bidx = Tensor::arange(b, (Kind::Int64, dev)).reshape([b, 1, 1]);
     padded.index(&[Some(bidx), Some(rows), Some(cols)])
 }
@@ -154,7 +158,9 @@ pub fn resized_crop(x: &Tensor, boxes: &[ResizedCropBox]) -> Tensor {
             [sx as f32, 0.0, tx as f32, 0.0, sy as f32, ty as f32]
         })
         .collect();
-    let theta = Tensor::from_slice(&theta).reshape([b, 2, 3]).to_device(x.device());
+    let theta = Tensor::from_slice(&theta)
+        .reshape([b, 2, 3])
+        .to_device(x.device());
     let grid = Tensor::affine_grid_generator(&theta, [b, s[1], h, w], false);
     // interpolation 0 = bilinear, padding 1 = border.
     x.contiguous().grid_sampler(&grid, 0, 1, false)

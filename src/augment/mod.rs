@@ -23,15 +23,25 @@ use tch::{Device, Kind, Tensor};
 #[serde(try_from = "String", into = "String")]
 pub enum Aug {
     /// Random translation: pad by `pad` (zeros or reflection) and crop back to size.
-    Crop { pad: i64, reflect: bool },
+    Crop {
+        pad: i64,
+        reflect: bool,
+    },
     /// Horizontal flip with probability 0.5.
     Flip,
     /// One square of side `size` set to the mean colour (DeVries and Taylor 2017).
-    Cutout { size: i64 },
+    Cutout {
+        size: i64,
+    },
     /// torchvision's RandomResizedCrop back to the input size.
-    ResizedCrop { scale: (f64, f64), ratio: (f64, f64) },
+    ResizedCrop {
+        scale: (f64, f64),
+        ratio: (f64, f64),
+    },
     Jitter(ColourJitter),
-    Grayscale { p: f64 },
+    Grayscale {
+        p: f64,
+    },
 }
 
 impl std::str::FromStr for Aug {
@@ -42,7 +52,8 @@ impl std::str::FromStr for Aug {
         let parts: Vec<&str> = s.split(':').collect();
         let num = |i: usize, default: f64| -> Result<f64, String> {
             parts.get(i).map_or(Ok(default), |p| {
-                p.parse::<f64>().map_err(|_| format!("augmentation '{s}': '{p}' is not a number"))
+                p.parse::<f64>()
+                    .map_err(|_| format!("augmentation '{s}': '{p}' is not a number"))
             })
         };
         let aug = match parts[0] {
@@ -57,7 +68,9 @@ impl std::str::FromStr for Aug {
             "rrc" => {
                 let scale = match parts.get(1) {
                     None => (0.08, 1.0),
-                    Some(r) => parse_range(r).ok_or(format!("augmentation '{s}': bad scale range"))?,
+                    Some(r) => {
+                        parse_range(r).ok_or(format!("augmentation '{s}': bad scale range"))?
+                    }
                 };
                 Aug::ResizedCrop {
                     scale,
@@ -69,11 +82,16 @@ impl std::str::FromStr for Aug {
                     None => vec![0.4, 0.4, 0.4, 0.1],
                     Some(list) => list
                         .split(',')
-                        .map(|v| v.parse::<f64>().map_err(|_| format!("augmentation '{s}': bad factor '{v}'")))
+                        .map(|v| {
+                            v.parse::<f64>()
+                                .map_err(|_| format!("augmentation '{s}': bad factor '{v}'"))
+                        })
                         .collect::<Result<_, _>>()?,
                 };
                 if f.len() != 4 {
-                    return Err(format!("augmentation '{s}': jitter needs 4 factors b,c,s,h"));
+                    return Err(format!(
+                        "augmentation '{s}': jitter needs 4 factors b,c,s,h"
+                    ));
                 }
                 Aug::Jitter(ColourJitter {
                     brightness: f[0],
@@ -241,8 +259,12 @@ pub fn cutout(x: &Tensor, centres: &[(i64, i64)], size: i64) -> Tensor {
     let opts = (Kind::Int64, dev);
     let rows = Tensor::arange(h, opts).reshape([1, 1, h, 1]);
     let cols = Tensor::arange(w, opts).reshape([1, 1, 1, w]);
-    let in_rows = rows.ge_tensor(&r0).logical_and(&rows.lt_tensor(&(&r0 + size)));
-    let in_cols = cols.ge_tensor(&c0).logical_and(&cols.lt_tensor(&(&c0 + size)));
+    let in_rows = rows
+        .ge_tensor(&r0)
+        .logical_and(&rows.lt_tensor(&(&r0 + size)));
+    let in_cols = cols
+        .ge_tensor(&c0)
+        .logical_and(&cols.lt_tensor(&(&c0 + size)));
     let hole = in_rows.logical_and(&in_cols);
     x.masked_fill(&hole, 0.0)
 }

@@ -7,7 +7,11 @@ mod train;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "convkit", version, about = "Image classification with convolutional networks: train, evaluate, inspect")]
+#[command(
+    name = "convkit",
+    version,
+    about = "Image classification with convolutional networks: train, evaluate, inspect"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -1,8 +1,8 @@
 //! `convkit eval` and `convkit predict`.
 
 use crate::augment::Augmenter;
-use crate::data::loader::DeviceSplit;
 use crate::data::folder::load_image;
+use crate::data::loader::DeviceSplit;
 use crate::train::evaluate::predict_logits;
 use crate::train::{self, Config, checkpoint, metrics};
 use anyhow::{Context, Result, bail};
@@ -58,9 +58,28 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     }
     let aug = Augmenter::new(vec![], &ck.meta.mean, &ck.meta.std, device);
     let test = DeviceSplit::new(&data.test, device);
-    let r = train::evaluate(&model, &test, &aug, cfg.train.eval_batch_size, cfg.train.tta_flip, false);
-    println!("test accuracy {:.2}%  top-5 {:.2}%  loss {:.4}  ({} images)", 100.0 * r.accuracy, 100.0 * r.top5, r.loss, test.len());
-    let per_class: Vec<(String, f64)> = ck.meta.classes.iter().cloned().zip(r.confusion.per_class_accuracy()).collect();
+    let r = train::evaluate(
+        &model,
+        &test,
+        &aug,
+        cfg.train.eval_batch_size,
+        cfg.train.tta_flip,
+        false,
+    );
+    println!(
+        "test accuracy {:.2}%  top-5 {:.2}%  loss {:.4}  ({} images)",
+        100.0 * r.accuracy,
+        100.0 * r.top5,
+        r.loss,
+        test.len()
+    );
+    let per_class: Vec<(String, f64)> = ck
+        .meta
+        .classes
+        .iter()
+        .cloned()
+        .zip(r.confusion.per_class_accuracy())
+        .collect();
     for (c, acc) in &per_class {
         println!("  {c:<16} {:.1}%", 100.0 * acc);
     }
@@ -114,15 +133,28 @@ pub fn predict(a: PredictArgs) -> Result<()> {
     for path in &a.images {
         let mut img = load_image(path, size)?;
         if channels == 1 {
-            img = img.to_kind(Kind::Float).mean_dim(3, true, Kind::Float).round().to_kind(Kind::Uint8);
+            img = img
+                .to_kind(Kind::Float)
+                .mean_dim(3, true, Kind::Float)
+                .round()
+                .to_kind(Kind::Uint8);
         }
-        let logits = predict_logits(&model, &aug.eval_batch(&img.to_device(device)), false, false);
+        let logits = predict_logits(
+            &model,
+            &aug.eval_batch(&img.to_device(device)),
+            false,
+            false,
+        );
         let probs = logits.softmax(1, Kind::Float).squeeze_dim(0);
         let k = a.top_k.min(ck.meta.classes.len()) as i64;
         let (p, i) = probs.topk(k, 0, true, true);
         let p = Vec::<f64>::try_from(p.to_kind(Kind::Double).to_device(tch::Device::Cpu))?;
         let i = Vec::<i64>::try_from(i.to_device(tch::Device::Cpu))?;
-        let top = i.iter().zip(p).map(|(&c, p)| (ck.meta.classes[c as usize].clone(), p)).collect();
+        let top = i
+            .iter()
+            .zip(p)
+            .map(|(&c, p)| (ck.meta.classes[c as usize].clone(), p))
+            .collect();
         out.push(Prediction {
             image: path.display().to_string(),
             top,
@@ -132,7 +164,11 @@ pub fn predict(a: PredictArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         for p in &out {
-            let items: Vec<String> = p.top.iter().map(|(c, v)| format!("{c} {:.1}%", 100.0 * v)).collect();
+            let items: Vec<String> = p
+                .top
+                .iter()
+                .map(|(c, v)| format!("{c} {:.1}%", 100.0 * v))
+                .collect();
             println!("{}: {}", p.image, items.join(", "));
         }
     }

@@ -24,7 +24,10 @@ pub struct SummaryArgs {
 }
 
 fn parse_input(s: &str) -> Result<[i64; 3]> {
-    let v: Vec<i64> = s.split('x').map(|p| p.trim().parse::<i64>()).collect::<Result<_, _>>()?;
+    let v: Vec<i64> = s
+        .split('x')
+        .map(|p| p.trim().parse::<i64>())
+        .collect::<Result<_, _>>()?;
     match v.as_slice() {
         [c, h, w] if *c > 0 && *h > 0 && *w > 0 => Ok([*c, *h, *w]),
         _ => bail!("--input '{s}': expected CxHxW, for example 3x32x32"),
@@ -82,12 +85,26 @@ pub fn data(a: DataArgs) -> Result<()> {
             image_size,
         } => {
             let mut spec = DataSpec::new(&source);
-            spec.format = format.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg)?;
+            spec.format = format
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
             spec.image_size = image_size;
             let t = Instant::now();
             let ds = data::load(&spec)?;
             let s = ds.train.image_shape();
-            println!("{}: {} train, {} test images of {}x{}x{}, {} classes ({:.2} s)", ds.name, ds.train.len(), ds.test.len(), s[0], s[1], s[2], ds.classes.len(), t.elapsed().as_secs_f64());
+            println!(
+                "{}: {} train, {} test images of {}x{}x{}, {} classes ({:.2} s)",
+                ds.name,
+                ds.train.len(),
+                ds.test.len(),
+                s[0],
+                s[1],
+                s[2],
+                ds.classes.len(),
+                t.elapsed().as_secs_f64()
+            );
             println!("classes: {}", ds.classes.join(", "));
             println!("mean {:?}\nstd  {:?}", ds.mean, ds.std);
         }
@@ -130,10 +147,17 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         channels_last: !a.nchw,
     };
     let r = bench::run(&spec);
-    println!("model {} on {} ({} threads), batch {}", r.model, r.device, r.threads, r.batch);
+    println!(
+        "model {} on {} ({} threads), batch {}",
+        r.model, r.device, r.threads, r.batch
+    );
     println!("train: {:.1} img/s", r.train_images_per_second);
     println!("infer: {:.1} img/s", r.infer_images_per_second);
-    println!("loader: {:.1} img/s ({:.1}x training)", r.loader_images_per_second, r.loader_images_per_second / r.train_images_per_second);
+    println!(
+        "loader: {:.1} img/s ({:.1}x training)",
+        r.loader_images_per_second,
+        r.loader_images_per_second / r.train_images_per_second
+    );
     if let Some(out) = a.out {
         std::fs::create_dir_all(&out)?;
         metrics::write_json(&out.join("summary.json"), &r)?;
@@ -144,7 +168,12 @@ pub fn bench(a: BenchArgs) -> Result<()> {
 pub fn list() -> Result<()> {
     println!("recipes (--config NAME):");
     for (name, text) in config::RECIPES {
-        let first = text.lines().next().unwrap_or("").trim_start_matches('#').trim();
+        let first = text
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim_start_matches('#')
+            .trim();
         println!("  {name:<20} {first}");
     }
     println!("models:");

@@ -108,7 +108,9 @@ fn quickstart_source(offline: bool) -> String {
             Ok(_) => return "cifar10".into(),
             Err(e) => {
                 let first = e.to_string().lines().next().unwrap_or_default().to_string();
-                eprintln!("CIFAR-10 is not in the data cache and could not be downloaded ({first}); using the built-in synthetic data set.");
+                eprintln!(
+                    "CIFAR-10 is not in the data cache and could not be downloaded ({first}); using the built-in synthetic data set."
+                );
             }
         }
     }

@@ -23,7 +23,10 @@ where
     }
     let ds = decode()?;
     if let Err(e) = write(&file, &ds) {
-        eprintln!("warning: could not write the decode cache {}: {e}", file.display());
+        eprintln!(
+            "warning: could not write the decode cache {}: {e}",
+            file.display()
+        );
     }
     Ok(ds)
 }

@@ -102,8 +102,9 @@ pub fn load(path: &Path) -> Result<Dataset> {
 }
 
 fn read_folder(dir: &Path) -> Result<HashMap<String, Vec<u8>>> {
-    let (batch_dir, variant) = find_batches(dir)
-        .ok_or_else(|| DataError::format(dir, "no CIFAR batch files (data_batch_1.bin or train.bin)"))?;
+    let (batch_dir, variant) = find_batches(dir).ok_or_else(|| {
+        DataError::format(dir, "no CIFAR batch files (data_batch_1.bin or train.bin)")
+    })?;
     let mut files = HashMap::new();
     let mut names = variant.train_files();
     names.push(variant.test_file());
@@ -199,7 +200,7 @@ fn class_names(files: &HashMap<String, Vec<u8>>, variant: Variant) -> Vec<String
 /// Parses a batch file's records into NHWC images and labels.
 pub fn parse_records(bytes: &[u8], variant: Variant) -> std::result::Result<Split, String> {
     let rec = variant.record_len();
-    if bytes.is_empty() || bytes.len() % rec != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(rec) {
         return Err(format!(
             "size {} bytes is not a whole number of {rec}-byte CIFAR records",
             bytes.len()

@@ -28,7 +28,10 @@ pub struct Remote {
 pub fn cifar_remote(name: &str) -> Option<Remote> {
     let (file, md5) = match name {
         "cifar10" => ("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530"),
-        "cifar100" => ("cifar-100-binary.tar.gz", "03b5dce01913d631647c71ecec9e9cb8"),
+        "cifar100" => (
+            "cifar-100-binary.tar.gz",
+            "03b5dce01913d631647c71ecec9e9cb8",
+        ),
         _ => return None,
     };
     Some(Remote {
@@ -55,7 +58,8 @@ pub fn fetch(remote: &Remote, dir: &Path, progress: bool) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     let result = crate::util::atomic_write(&dest, |tmp| -> Result<()> {
         download_to(&remote.url, tmp, progress).map_err(|e| offline_error(remote, &dest, e))?;
-        verify(tmp, &remote.checksum).map_err(|e| DataError::Other(format!("{e} (downloaded from {})", remote.url)))
+        verify(tmp, &remote.checksum)
+            .map_err(|e| DataError::Other(format!("{e} (downloaded from {})", remote.url)))
     });
     result.map(|_| dest)
 }
@@ -116,7 +120,9 @@ pub fn verify(path: &Path, checksum: &Checksum) -> Result<()> {
     } else {
         Err(DataError::format(
             path,
-            format!("checksum mismatch: expected {expected}, found {found}; the file is corrupt or incomplete, delete it and download again"),
+            format!(
+                "checksum mismatch: expected {expected}, found {found}; the file is corrupt or incomplete, delete it and download again"
+            ),
         ))
     }
 }

@@ -24,7 +24,9 @@ pub fn load(root: &Path, size: u32, val_split: f64) -> Result<Dataset> {
         if !(0.0..1.0).contains(&val_split) || val_split == 0.0 {
             return Err(DataError::format(
                 root,
-                format!("no train/ and test/ folders, and --val-split {val_split} is not in (0, 1)"),
+                format!(
+                    "no train/ and test/ folders, and --val-split {val_split} is not in (0, 1)"
+                ),
             ));
         }
         let classes = class_dirs(root)?;

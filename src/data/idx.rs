@@ -8,7 +8,15 @@ use tch::Tensor;
 const IMAGES_MAGIC: u32 = 0x0000_0803;
 const LABELS_MAGIC: u32 = 0x0000_0801;
 const FASHION_CLASSES: [&str; 10] = [
-    "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
     "ankle-boot",
 ];
 
@@ -56,7 +64,12 @@ fn read_split(images: &Path, labels: &Path) -> Result<Split> {
     if ldims[0] != dims[0] {
         return Err(DataError::format(
             labels,
-            format!("{} labels for {} images in {}", ldims[0], dims[0], images.display()),
+            format!(
+                "{} labels for {} images in {}",
+                ldims[0],
+                dims[0],
+                images.display()
+            ),
         ));
     }
     let labels: Vec<i64> = label_bytes.iter().map(|&l| l as i64).collect();

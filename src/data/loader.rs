@@ -28,7 +28,10 @@ impl DeviceSplit {
     /// Gathers the images and labels of one batch of indices.
     pub fn batch(&self, index: &[i64]) -> (Tensor, Tensor) {
         let idx = Tensor::from_slice(index).to_device(self.images.device());
-        (self.images.index_select(0, &idx), self.labels.index_select(0, &idx))
+        (
+            self.images.index_select(0, &idx),
+            self.labels.index_select(0, &idx),
+        )
     }
 }
 

@@ -117,7 +117,10 @@ impl Dataset {
             check_labels(split, classes.len(), source, what)?;
         }
         if train.is_empty() {
-            return Err(DataError::format(source, "the training split holds no images"));
+            return Err(DataError::format(
+                source,
+                "the training split holds no images",
+            ));
         }
         let (mean, std) = channel_stats(&train.images);
         Ok(Dataset {

@@ -56,12 +56,20 @@ pub fn generate(spec: &SyntheticSpec) -> Dataset {
 pub fn draw_split(n: usize, seed: u64) -> Vec<Drawn> {
     (0..n)
         .into_par_iter()
-        .map(|i| draw((i % CLASSES.len()) as i64, &mut StdRng::seed_from_u64(mix_seed(seed, i as u64))))
+        .map(|i| {
+            draw(
+                (i % CLASSES.len()) as i64,
+                &mut StdRng::seed_from_u64(mix_seed(seed, i as u64)),
+            )
+        })
         .collect()
 }
 
 pub fn to_split(drawn: &[Drawn]) -> Split {
-    let pixels: Vec<u8> = drawn.iter().flat_map(|d| d.pixels.iter().copied()).collect();
+    let pixels: Vec<u8> = drawn
+        .iter()
+        .flat_map(|d| d.pixels.iter().copied())
+        .collect();
     let labels: Vec<i64> = drawn.iter().map(|d| d.label).collect();
     Split {
         images: Tensor::from_slice(&pixels).reshape([drawn.len() as i64, 32, 32, 3]),

@@ -3,8 +3,8 @@
 //! captured (for inspection tools). The names are the state-dict keys' prefixes.
 
 use std::cell::RefCell;
-use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
+use tch::nn::{self, Module, ModuleT};
 
 /// One traced layer.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -202,7 +202,7 @@ impl Fc {
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
         let mut y = self.inner.forward(x);
         if self.scale != 1.0 {
-            y = y * self.scale;
+            y *= self.scale;
         }
         ctx.record(|| {
             let w = self.inner.ws.size();

@@ -89,15 +89,30 @@ impl ModelSpec {
 
 /// Registered model names, with a line each for `--help` and error messages.
 pub const REGISTRY: [(&str, &str); 10] = [
-    ("cnn", "plain conv-BN-ReLU-maxpool stack (widths configurable, default 32,64,128)"),
+    (
+        "cnn",
+        "plain conv-BN-ReLU-maxpool stack (widths configurable, default 32,64,128)",
+    ),
     ("resnet18", "torchvision ResNet-18 (stem imagenet|cifar)"),
     ("resnet34", "torchvision ResNet-34 (stem imagenet|cifar)"),
-    ("resnet50", "torchvision ResNet-50, bottleneck v1.5 (stem imagenet|cifar)"),
-    ("resnet20", "CIFAR ResNet-20 of He et al. 2016 (0.27M parameters)"),
-    ("resnet56", "CIFAR ResNet-56 of He et al. 2016 (0.85M parameters)"),
+    (
+        "resnet50",
+        "torchvision ResNet-50, bottleneck v1.5 (stem imagenet|cifar)",
+    ),
+    (
+        "resnet20",
+        "CIFAR ResNet-20 of He et al. 2016 (0.27M parameters)",
+    ),
+    (
+        "resnet56",
+        "CIFAR ResNet-56 of He et al. 2016 (0.85M parameters)",
+    ),
     ("plain20", "ResNet-20 without shortcuts"),
     ("plain56", "ResNet-56 without shortcuts"),
-    ("airnet", "airbench-style fast net (widths default 64,256,256)"),
+    (
+        "airnet",
+        "airbench-style fast net (widths default 64,256,256)",
+    ),
     ("net8", "the benchmark net of docs/performance.md"),
 ];
 
@@ -152,11 +167,17 @@ impl Model {
 
 /// BatchNorm statistics: state, not parameters.
 pub fn is_buffer(name: &str) -> bool {
-    name.ends_with("running_mean") || name.ends_with("running_var") || name.ends_with("num_batches_tracked")
+    name.ends_with("running_mean")
+        || name.ends_with("running_var")
+        || name.ends_with("num_batches_tracked")
 }
 
 pub fn known_names() -> String {
-    REGISTRY.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+    REGISTRY
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Builds a model by name.
@@ -165,7 +186,10 @@ pub fn build(spec: &ModelSpec, device: Device) -> Result<Model, ModelError> {
     let p = vs.root();
     let (c, k) = (spec.in_channels, spec.classes);
     if k < 1 {
-        return Err(ModelError::Invalid(spec.name.clone(), format!("{k} classes")));
+        return Err(ModelError::Invalid(
+            spec.name.clone(),
+            format!("{k} classes"),
+        ));
     }
     let widths = |default: &[i64]| spec.widths.clone().unwrap_or_else(|| default.to_vec());
     let stem = spec.stem.unwrap_or(Stem::Imagenet);

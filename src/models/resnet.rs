@@ -13,9 +13,11 @@ enum Shortcut {
     None,
     Identity,
     /// He et al.'s option A: subsample by 2 and zero-pad the new channels (no parameters).
-    PadChannels { extra: i64 },
+    PadChannels {
+        extra: i64,
+    },
     /// 1x1 convolution + BN (torchvision's `downsample`).
-    Projection(Conv, Bn),
+    Projection(Box<(Conv, Bn)>),
 }
 
 impl Shortcut {
@@ -28,11 +30,13 @@ impl Shortcut {
                 let half = extra / 2;
                 Some(sub.constant_pad_nd([0, 0, 0, 0, half, extra - half]))
             }
-            Shortcut::Projection(conv, bn) => Some(bn.forward(&conv.forward(x, ctx), ctx)),
+            Shortcut::Projection(p) => Some(p.1.forward(&p.0.forward(x, ctx), ctx)),
         }
     }
 }
 
+// Blocks are built once per model; the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Block {
     Basic {
@@ -89,10 +93,10 @@ impl Block {
 
 fn projection(p: &nn::Path, cin: i64, cout: i64, stride: i64) -> Shortcut {
     let d = p / "downsample";
-    Shortcut::Projection(
+    Shortcut::Projection(Box::new((
         Conv::new(&d, "0", (cin, cout), 1, stride, 0, false),
         Bn::new(&d, "1", cout),
-    )
+    )))
 }
 
 fn basic_block(p: &nn::Path, cin: i64, cout: i64, stride: i64, shortcut: Shortcut) -> Block {

@@ -13,7 +13,10 @@ pub struct Summary {
 
 /// Traces one forward pass of a single `input`-shaped image.
 pub fn summarise(model: &Model, input: [i64; 3]) -> Summary {
-    let x = Tensor::zeros([1, input[0], input[1], input[2]], (Kind::Float, model.device()));
+    let x = Tensor::zeros(
+        [1, input[0], input[1], input[2]],
+        (Kind::Float, model.device()),
+    );
     let ctx = Ctx::tracing();
     let _ = tch::no_grad(|| model.forward(&x, &ctx));
     let layers = ctx.take_trace();
@@ -30,7 +33,7 @@ pub fn thousands(n: i64) -> String {
     let s = n.abs().to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -42,10 +45,22 @@ impl Summary {
     pub fn render(&self, name: &str) -> String {
         let mut out = format!(
             "{name}, input {}x{}x{}\n{:<34} {:<10} {:<18} {:>12} {:>14} {:>18}\n",
-            self.input[0], self.input[1], self.input[2], "layer", "kind", "output", "params", "FLOPs", "dense-equivalent"
+            self.input[0],
+            self.input[1],
+            self.input[2],
+            "layer",
+            "kind",
+            "output",
+            "params",
+            "FLOPs",
+            "dense-equivalent"
         );
         for l in &self.layers {
-            let shape = l.output[1..].iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
+            let shape = l.output[1..]
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("x");
             let dense = l.dense_params.map(thousands).unwrap_or_default();
             out += &format!(
                 "{:<34} {:<10} {:<18} {:>12} {:>14} {:>18}\n",

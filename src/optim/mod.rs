@@ -128,16 +128,15 @@ impl Optimizer {
 
     /// State tensors for a checkpoint, named `<param>.<slot>`, plus the step count.
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out: Vec<(String, Tensor)> = self
-            .params
-            .iter()
-            .flat_map(|p| {
-                p.state
-                    .iter()
-                    .enumerate()
-                    .map(move |(i, t)| (format!("{}.{i}", p.name), t.to_device(tch::Device::Cpu)))
-            })
-            .collect();
+        let mut out: Vec<(String, Tensor)> =
+            self.params
+                .iter()
+                .flat_map(|p| {
+                    p.state.iter().enumerate().map(move |(i, t)| {
+                        (format!("{}.{i}", p.name), t.to_device(tch::Device::Cpu))
+                    })
+                })
+                .collect();
         out.push(("__steps".into(), Tensor::from_slice(&[self.steps])));
         out
     }
@@ -150,7 +149,11 @@ impl Optimizer {
                 let key = format!("{}.{i}", p.name);
                 let t = find(&key).ok_or_else(|| OptimError::State(format!("missing {key}")))?;
                 if t.size() != slot.size() {
-                    return Err(OptimError::State(format!("{key} has shape {:?}, expected {:?}", t.size(), slot.size())));
+                    return Err(OptimError::State(format!(
+                        "{key} has shape {:?}, expected {:?}",
+                        t.size(),
+                        slot.size()
+                    )));
                 }
                 tch::no_grad(|| slot.copy_(t));
             }
@@ -164,11 +167,19 @@ impl Optimizer {
 /// PyTorch's SGD: g += wd p; buf = momentum buf + g; step along g + momentum buf (Nesterov)
 /// or buf.
 fn sgd(p: &mut Param, grad: &Tensor, lr: f64, wd: f64, c: &OptimConfig) {
-    let mut g = if wd != 0.0 { grad + &p.tensor * wd } else { grad.shallow_clone() };
+    let mut g = if wd != 0.0 {
+        grad + &p.tensor * wd
+    } else {
+        grad.shallow_clone()
+    };
     if c.momentum != 0.0 {
         let buf = &mut p.state[0];
         let _ = buf.g_mul_scalar_(c.momentum).g_add_(&g);
-        g = if c.nesterov { g + &*buf * c.momentum } else { buf.shallow_clone() };
+        g = if c.nesterov {
+            g + &*buf * c.momentum
+        } else {
+            buf.shallow_clone()
+        };
     }
     let _ = p.tensor.g_add_(&(g * -lr));
 }
@@ -178,8 +189,12 @@ fn adamw(p: &mut Param, grad: &Tensor, lr: f64, wd: f64, c: &OptimConfig, t: i64
     if wd != 0.0 {
         let _ = p.tensor.g_mul_scalar_(1.0 - lr * wd);
     }
-    let _ = p.state[0].g_mul_scalar_(c.beta1).g_add_(&(grad * (1.0 - c.beta1)));
-    let _ = p.state[1].g_mul_scalar_(c.beta2).g_add_(&(grad * grad * (1.0 - c.beta2)));
+    let _ = p.state[0]
+        .g_mul_scalar_(c.beta1)
+        .g_add_(&(grad * (1.0 - c.beta1)));
+    let _ = p.state[1]
+        .g_mul_scalar_(c.beta2)
+        .g_add_(&(grad * grad * (1.0 - c.beta2)));
     let bc1 = 1.0 - c.beta1.powi(t as i32);
     let bc2 = 1.0 - c.beta2.powi(t as i32);
     let denom = (&p.state[1] / bc2).sqrt() + c.eps;

@@ -80,7 +80,11 @@ impl Schedule {
                 let (from, to, p) = if t < peak {
                     (1.0 / self.div, 1.0, t / peak)
                 } else {
-                    (1.0, 1.0 / self.final_div, (t - peak) / (total - peak).max(1.0))
+                    (
+                        1.0,
+                        1.0 / self.final_div,
+                        (t - peak) / (total - peak).max(1.0),
+                    )
                 };
                 self.ramp(from, to, p)
             }

@@ -55,7 +55,10 @@ pub fn line_chart(
 ) -> Result<(), ChartError> {
     ensure_font();
     let err = chart_err(path);
-    let pts = series.iter().flat_map(|(_, s)| s.iter()).filter(|p| p.0.is_finite() && p.1.is_finite());
+    let pts = series
+        .iter()
+        .flat_map(|(_, s)| s.iter())
+        .filter(|p| p.0.is_finite() && p.1.is_finite());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in pts {
         (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
@@ -80,68 +83,117 @@ pub fn line_chart(
         let mut chart = builder
             .build_cartesian_2d((x0.max(1e-12)..x1).log_scale(), (y0 - pad)..(y1 + pad))
             .map_err(&err)?;
-        chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(&err)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .draw()
+            .map_err(&err)?;
         for (i, s) in series.iter().enumerate() {
             let c = COLOURS[i % COLOURS.len()];
             chart
                 .draw_series(LineSeries::new(style(&s), c.stroke_width(2)))
                 .map_err(&err)?
                 .label(s.0)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                });
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(&err)?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(&err)?;
     } else {
-        let mut chart = builder.build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad)).map_err(&err)?;
-        chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(&err)?;
+        let mut chart = builder
+            .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
+            .map_err(&err)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .draw()
+            .map_err(&err)?;
         for (i, s) in series.iter().enumerate() {
             let c = COLOURS[i % COLOURS.len()];
             chart
                 .draw_series(LineSeries::new(style(&s), c.stroke_width(2)))
                 .map_err(&err)?
                 .label(s.0)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                });
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(&err)?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(&err)?;
     }
     root.present().map_err(&err)?;
     Ok(())
 }
 
 /// A confusion-matrix heatmap: rows are true classes, columns predictions, colour the row share.
-pub fn confusion_chart(path: &Path, confusion: &Confusion, classes: &[String]) -> Result<(), ChartError> {
+pub fn confusion_chart(
+    path: &Path,
+    confusion: &Confusion,
+    classes: &[String],
+) -> Result<(), ChartError> {
     ensure_font();
     let err = chart_err(path);
     let k = classes.len().max(1);
     let cell = (560 / k).clamp(8, 48) as i32;
     let (left, top) = (130, 60);
-    let size = (left as u32 + cell as u32 * k as u32 + 20, top as u32 + cell as u32 * k as u32 + 110);
+    let size = (
+        left as u32 + cell as u32 * k as u32 + 20,
+        top as u32 + cell as u32 * k as u32 + 110,
+    );
     let root = BitMapBackend::new(path, size).into_drawing_area();
     root.fill(&WHITE).map_err(&err)?;
     let font = ("sans-serif", 13).into_font();
-    root.draw(&Text::new("confusion matrix (rows: true class, columns: predicted)", (10, 15), ("sans-serif", 18)))
-        .map_err(&err)?;
+    root.draw(&Text::new(
+        "confusion matrix (rows: true class, columns: predicted)",
+        (10, 15),
+        ("sans-serif", 18),
+    ))
+    .map_err(&err)?;
     for (i, row) in confusion.counts.iter().enumerate() {
         let total: i64 = row.iter().sum::<i64>().max(1);
         for (j, &count) in row.iter().enumerate() {
             let share = count as f64 / total as f64;
             let shade = (255.0 * (1.0 - share)) as u8;
             let (x, y) = (left + j as i32 * cell, top + i as i32 * cell);
-            root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], RGBColor(shade, shade, 255).filled()))
-                .map_err(&err)?;
+            root.draw(&Rectangle::new(
+                [(x, y), (x + cell, y + cell)],
+                RGBColor(shade, shade, 255).filled(),
+            ))
+            .map_err(&err)?;
             if cell >= 28 {
                 let colour = if share > 0.5 { WHITE } else { BLACK };
-                root.draw(&Text::new(count.to_string(), (x + 3, y + cell / 3), font.clone().color(&colour)))
-                    .map_err(&err)?;
+                root.draw(&Text::new(
+                    count.to_string(),
+                    (x + 3, y + cell / 3),
+                    font.clone().color(&colour),
+                ))
+                .map_err(&err)?;
             }
         }
         let name = classes.get(i).map(String::as_str).unwrap_or("?");
-        root.draw(&Text::new(name.to_string(), (5, top + i as i32 * cell + cell / 3), font.clone()))
-            .map_err(&err)?;
+        root.draw(&Text::new(
+            name.to_string(),
+            (5, top + i as i32 * cell + cell / 3),
+            font.clone(),
+        ))
+        .map_err(&err)?;
     }
     for (j, name) in classes.iter().enumerate() {
         let pos = (left + j as i32 * cell + cell / 3, top + k as i32 * cell + 6);
         let style = font.clone().transform(FontTransform::Rotate90);
-        root.draw(&Text::new(name.clone(), pos, style)).map_err(&err)?;
+        root.draw(&Text::new(name.clone(), pos, style))
+            .map_err(&err)?;
     }
     root.present().map_err(&err)?;
     Ok(())
@@ -158,35 +210,67 @@ pub fn run_report(
 ) -> std::io::Result<()> {
     let plots = out.join("plots");
     std::fs::create_dir_all(&plots)?;
-    let series = |f: fn(&EpochMetrics) -> f64| history.iter().map(|m| (m.epoch as f64, f(m))).collect::<Vec<_>>();
+    let series = |f: fn(&EpochMetrics) -> f64| {
+        history
+            .iter()
+            .map(|m| (m.epoch as f64, f(m)))
+            .collect::<Vec<_>>()
+    };
     line_chart(
         &plots.join("loss.png"),
         "loss",
         ("epoch", "cross-entropy"),
-        &[("train", series(|m| m.train_loss)), ("test", series(|m| m.test_loss))],
+        &[
+            ("train", series(|m| m.train_loss)),
+            ("test", series(|m| m.test_loss)),
+        ],
         false,
     )?;
     line_chart(
         &plots.join("accuracy.png"),
         "accuracy",
         ("epoch", "accuracy"),
-        &[("train", series(|m| m.train_accuracy)), ("test", series(|m| m.test_accuracy))],
+        &[
+            ("train", series(|m| m.train_accuracy)),
+            ("test", series(|m| m.test_accuracy)),
+        ],
         false,
     )?;
-    line_chart(&plots.join("lr.png"), "learning rate", ("epoch", "lr (end of epoch)"), &[("lr", series(|m| m.lr))], false)?;
+    line_chart(
+        &plots.join("lr.png"),
+        "learning rate",
+        ("epoch", "lr (end of epoch)"),
+        &[("lr", series(|m| m.lr))],
+        false,
+    )?;
     confusion_chart(&plots.join("confusion.png"), confusion, classes)?;
     let html = render_html(cfg, history, summary);
     crate::util::atomic_write_bytes(&out.join("report.html"), html.as_bytes())
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn render_html(cfg: &Config, history: &[EpochMetrics], s: &TrainSummary) -> String {
     let headline = [
-        ("model", format!("{} ({} parameters)", s.model, crate::models::summary::thousands(s.parameters))),
-        ("data", format!("{}: {} train, {} test images", s.dataset, s.train_images, s.test_images)),
+        (
+            "model",
+            format!(
+                "{} ({} parameters)",
+                s.model,
+                crate::models::summary::thousands(s.parameters)
+            ),
+        ),
+        (
+            "data",
+            format!(
+                "{}: {} train, {} test images",
+                s.dataset, s.train_images, s.test_images
+            ),
+        ),
         ("device", s.device.clone()),
         ("epochs", s.epochs.to_string()),
         ("test accuracy", format!("{:.2}%", 100.0 * s.test_accuracy)),

@@ -44,14 +44,28 @@ pub struct Meta {
 }
 
 /// Writes model, optimiser state and metadata to `path` atomically.
-pub fn save(path: &Path, model: &Model, optim: &[(String, Tensor)], meta: &Meta) -> Result<(), CheckpointError> {
+pub fn save(
+    path: &Path,
+    model: &Model,
+    optim: &[(String, Tensor)],
+    meta: &Meta,
+) -> Result<(), CheckpointError> {
     let mut tensors: Vec<(String, Tensor)> = model
         .vs
         .variables()
         .into_iter()
-        .map(|(k, v)| (format!("model.{k}"), v.detach().to_device(Device::Cpu).contiguous()))
+        .map(|(k, v)| {
+            (
+                format!("model.{k}"),
+                v.detach().to_device(Device::Cpu).contiguous(),
+            )
+        })
         .collect();
-    tensors.extend(optim.iter().map(|(k, v)| (format!("optim.{k}"), v.contiguous())));
+    tensors.extend(
+        optim
+            .iter()
+            .map(|(k, v)| (format!("optim.{k}"), v.contiguous())),
+    );
     let json = serde_json::to_vec(meta).expect("meta serialises");
     tensors.push(("meta".into(), bytes_tensor(&json)));
     atomic_write(path, |tmp| {
@@ -89,7 +103,10 @@ pub fn read(path: &Path) -> Result<Loaded, CheckpointError> {
     let meta: Meta = serde_json::from_slice(&tensor_bytes(&meta_t.1))
         .map_err(|e| bad(&path, format!("unreadable checkpoint metadata: {e}")))?;
     if meta.format != FORMAT {
-        return Err(bad(&path, format!("checkpoint format '{}' is not {FORMAT}", meta.format)));
+        return Err(bad(
+            &path,
+            format!("checkpoint format '{}' is not {FORMAT}", meta.format),
+        ));
     }
     Ok(Loaded {
         path,
@@ -104,13 +121,17 @@ impl Loaded {
         let p = format!("{prefix}.");
         self.tensors
             .iter()
-            .filter_map(|(n, t)| n.strip_prefix(&p).map(|k| (k.to_string(), t.shallow_clone())))
+            .filter_map(|(n, t)| {
+                n.strip_prefix(&p)
+                    .map(|k| (k.to_string(), t.shallow_clone()))
+            })
             .collect()
     }
 
     /// Builds the checkpoint's own model and loads its weights.
     pub fn build_model(&self, device: Device) -> Result<Model, CheckpointError> {
-        let mut model = models::build(&self.meta.spec, device).map_err(|e| bad(&self.path, e.to_string()))?;
+        let mut model =
+            models::build(&self.meta.spec, device).map_err(|e| bad(&self.path, e.to_string()))?;
         self.load_into(&mut model)?;
         Ok(model)
     }
@@ -133,7 +154,11 @@ impl Loaded {
 
 /// Copies named tensors into a model's variables, checking names and shapes like PyTorch's
 /// strict `load_state_dict`.
-pub fn copy_weights(path: &Path, weights: &[(String, Tensor)], model: &mut Model) -> Result<(), CheckpointError> {
+pub fn copy_weights(
+    path: &Path,
+    weights: &[(String, Tensor)],
+    model: &mut Model,
+) -> Result<(), CheckpointError> {
     let vars = model.vs.variables();
     let mut missing: Vec<&str> = vars
         .keys()
@@ -149,7 +174,8 @@ pub fn copy_weights(path: &Path, weights: &[(String, Tensor)], model: &mut Model
         .iter()
         .filter_map(|(n, t)| {
             let v = vars.get(n)?;
-            (v.size() != t.size()).then(|| format!("{n} is {:?}, the model has {:?}", t.size(), v.size()))
+            (v.size() != t.size())
+                .then(|| format!("{n} is {:?}, the model has {:?}", t.size(), v.size()))
         })
         .collect();
     missing.sort();
@@ -158,17 +184,31 @@ pub fn copy_weights(path: &Path, weights: &[(String, Tensor)], model: &mut Model
     let mut problems = Vec::new();
     let mut report = |what: &str, items: Vec<String>| {
         if !items.is_empty() {
-            let more = if items.len() > 4 { format!(", ... ({} in all)", items.len()) } else { String::new() };
-            problems.push(format!("{what}: {}{more}", items[..items.len().min(4)].join(", ")));
+            let more = if items.len() > 4 {
+                format!(", ... ({} in all)", items.len())
+            } else {
+                String::new()
+            };
+            problems.push(format!(
+                "{what}: {}{more}",
+                items[..items.len().min(4)].join(", ")
+            ));
         }
     };
     report("missing", missing.iter().map(|s| s.to_string()).collect());
-    report("unexpected", unexpected.iter().map(|s| s.to_string()).collect());
+    report(
+        "unexpected",
+        unexpected.iter().map(|s| s.to_string()).collect(),
+    );
     report("wrong shape", shapes);
     if !problems.is_empty() {
         return Err(bad(
             path,
-            format!("weights do not fit the {} architecture; {}", model.spec.name, problems.join("; ")),
+            format!(
+                "weights do not fit the {} architecture; {}",
+                model.spec.name,
+                problems.join("; ")
+            ),
         ));
     }
     tch::no_grad(|| {

@@ -27,7 +27,13 @@ impl Default for Config {
             train: TrainSettings::default(),
             optim: OptimConfig::default(),
             schedule: Schedule::default(),
-            augment: vec![Aug::Crop { pad: 4, reflect: false }, Aug::Flip],
+            augment: vec![
+                Aug::Crop {
+                    pad: 4,
+                    reflect: false,
+                },
+                Aug::Flip,
+            ],
         }
     }
 }
@@ -139,9 +145,18 @@ impl Default for TrainSettings {
 /// Recipes shipped with convkit, usable by name with `--config`.
 pub const RECIPES: [(&str, &str); 4] = [
     ("quickstart", include_str!("../../recipes/quickstart.toml")),
-    ("cifar10-resnet18", include_str!("../../recipes/cifar10-resnet18.toml")),
-    ("cifar10-fast-cpu", include_str!("../../recipes/cifar10-fast-cpu.toml")),
-    ("cifar10-resnet20", include_str!("../../recipes/cifar10-resnet20.toml")),
+    (
+        "cifar10-resnet18",
+        include_str!("../../recipes/cifar10-resnet18.toml"),
+    ),
+    (
+        "cifar10-fast-cpu",
+        include_str!("../../recipes/cifar10-fast-cpu.toml"),
+    ),
+    (
+        "cifar10-resnet20",
+        include_str!("../../recipes/cifar10-resnet20.toml"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +179,10 @@ pub fn recipe_text(name_or_path: &str) -> Result<(String, String), ConfigError> 
         .map_err(|e| {
             ConfigError::File(
                 name_or_path.into(),
-                format!("{e} (not a file, nor a shipped recipe: {})", known.join(", ")),
+                format!(
+                    "{e} (not a file, nor a shipped recipe: {})",
+                    known.join(", ")
+                ),
             )
         })
 }
@@ -175,11 +193,13 @@ pub fn load(recipe: Option<&str>, overrides: &[String]) -> Result<Config, Config
         Some(r) => recipe_text(r)?,
         None => ("defaults".into(), String::new()),
     };
-    let mut value: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::File(origin.clone(), e.to_string()))?;
+    let mut value: toml::Table =
+        toml::from_str(&text).map_err(|e| ConfigError::File(origin.clone(), e.to_string()))?;
     for o in overrides {
         apply_override(&mut value, o)?;
     }
-    Config::deserialize(toml::Value::Table(value)).map_err(|e| ConfigError::File(origin, e.to_string()))
+    Config::deserialize(toml::Value::Table(value))
+        .map_err(|e| ConfigError::File(origin, e.to_string()))
 }
 
 /// Sets `a.b=value` in a TOML table; the value is parsed as TOML (number, bool, array) or taken

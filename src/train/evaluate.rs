@@ -49,7 +49,8 @@ pub fn evaluate(
         let loss = logits.cross_entropy_loss(&labels, None::<Tensor>, Reduction::Sum, -100, 0.0);
         loss_sum += loss.double_value(&[]);
         top5 += topk_correct(&logits, &labels, 5);
-        let pred = Vec::<i64>::try_from(logits.argmax(1, false).to_device(tch::Device::Cpu)).unwrap_or_default();
+        let pred = Vec::<i64>::try_from(logits.argmax(1, false).to_device(tch::Device::Cpu))
+            .unwrap_or_default();
         let truth = Vec::<i64>::try_from(labels.to_device(tch::Device::Cpu)).unwrap_or_default();
         confusion.add(&truth, &pred);
     }

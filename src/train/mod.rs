@@ -63,9 +63,14 @@ pub fn parse_device(s: &str) -> Result<Device> {
         "auto" => Ok(Device::cuda_if_available()),
         "cpu" => Ok(Device::Cpu),
         "cuda" | "gpu" => cuda_device(0),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+        other => match other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             Some(n) => cuda_device(n),
-            None => Err(TrainError::Invalid(format!("unknown device '{other}' (auto, cpu, cuda, cuda:N)"))),
+            None => Err(TrainError::Invalid(format!(
+                "unknown device '{other}' (auto, cpu, cuda, cuda:N)"
+            ))),
         },
     }
 }
@@ -75,7 +80,9 @@ fn cuda_device(n: usize) -> Result<Device> {
     if n < count {
         Ok(Device::Cuda(n))
     } else {
-        Err(TrainError::Invalid(format!("device cuda:{n} requested, but libtorch sees {count} GPU(s)")))
+        Err(TrainError::Invalid(format!(
+            "device cuda:{n} requested, but libtorch sees {count} GPU(s)"
+        )))
     }
 }
 
@@ -103,7 +110,13 @@ pub struct TrainSummary {
 /// Loads the data a config names.
 pub fn load_data(cfg: &Config, default_size: i64) -> Result<Dataset> {
     let mut spec = DataSpec::new(&cfg.data.source);
-    spec.format = cfg.data.format.as_deref().map(str::parse).transpose().map_err(TrainError::Invalid)?;
+    spec.format = cfg
+        .data
+        .format
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(TrainError::Invalid)?;
     spec.image_size = cfg.data.image_size.unwrap_or(default_size as u32);
     spec.val_split = cfg.data.val_split;
     let mut ds = data::load(&spec)?.limit_train(cfg.data.train_limit);
@@ -184,7 +197,11 @@ impl Trainer {
     }
 
     fn steps_per_epoch(&self) -> usize {
-        loader::steps_per_epoch(self.train.len(), self.cfg.train.batch_size, self.cfg.train.drop_last)
+        loader::steps_per_epoch(
+            self.train.len(),
+            self.cfg.train.batch_size,
+            self.cfg.train.drop_last,
+        )
     }
 
     fn use_autocast(&self) -> bool {
@@ -200,7 +217,11 @@ impl Trainer {
         let order = loader::epoch_order(self.train.len(), seed, epoch);
         let batches = loader::batches(&order, bs, t.drop_last);
         let mut rng = StdRng::seed_from_u64(mix_seed(seed, 1_000_000 + epoch as u64));
-        let bar = progress::steps_bar(batches.len() as u64, format!("epoch {}/{}", epoch + 1, epochs), progress);
+        let bar = progress::steps_bar(
+            batches.len() as u64,
+            format!("epoch {}/{}", epoch + 1, epochs),
+            progress,
+        );
         // On a GPU, reading the loss forces a host sync; read it every few steps only.
         let check_every = if self.device.is_cuda() { 25 } else { 1 };
         let start = Instant::now();
@@ -212,7 +233,9 @@ impl Trainer {
             lr = self.cfg.optim.lr * self.cfg.schedule.factor(step, total, spe);
             let (images, labels) = self.train.batch(idx);
             let x = self.augmenter.train_batch(&images, &mut rng);
-            let logits = tch::autocast(self.use_autocast(), || self.model.forward(&x, &Ctx::train()));
+            let logits = tch::autocast(self.use_autocast(), || {
+                self.model.forward(&x, &Ctx::train())
+            });
             let loss = logits.to_kind(Kind::Float).cross_entropy_loss(
                 &labels,
                 None::<Tensor>,
@@ -235,7 +258,11 @@ impl Trainer {
                 loss_sum += v[0];
                 correct += v[1] as i64;
                 let rate = seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!("loss {:.3} {:.0} img/s", loss_sum / seen as f64, rate));
+                bar.set_message(format!(
+                    "loss {:.3} {:.0} img/s",
+                    loss_sum / seen as f64,
+                    rate
+                ));
             }
             bar.inc(1);
         }
@@ -244,7 +271,12 @@ impl Trainer {
             tch::Cuda::synchronize(i as i64);
         }
         let secs = start.elapsed().as_secs_f64();
-        Ok((loss_sum / seen.max(1) as f64, correct as f64 / seen.max(1) as f64, secs, lr))
+        Ok((
+            loss_sum / seen.max(1) as f64,
+            correct as f64 / seen.max(1) as f64,
+            secs,
+            lr,
+        ))
     }
 
     fn diverged(&self, loss: f64, step: usize, epoch: usize, lr: f64) -> TrainError {
@@ -255,7 +287,11 @@ impl Trainer {
             epoch: epoch + 1,
             lr,
             suggest: self.cfg.optim.lr / 10.0,
-            checkpoint: if ck.exists() { format!(" {}", ck.display()) } else { " (none was written yet)".into() },
+            checkpoint: if ck.exists() {
+                format!(" {}", ck.display())
+            } else {
+                " (none was written yet)".into()
+            },
         }
     }
 
@@ -288,7 +324,10 @@ impl Trainer {
     /// Trains the remaining epochs, evaluating and checkpointing after each.
     pub fn fit(&mut self, opts: &RunOptions) -> Result<()> {
         std::fs::create_dir_all(self.out.join("checkpoints"))?;
-        crate::util::atomic_write_bytes(&self.out.join("config.toml"), self.cfg.to_toml().as_bytes())?;
+        crate::util::atomic_write_bytes(
+            &self.out.join("config.toml"),
+            self.cfg.to_toml().as_bytes(),
+        )?;
         let start = self.history.len();
         let end = match opts.stop_after {
             Some(n) => (start + n).min(self.cfg.train.epochs),
@@ -326,7 +365,12 @@ impl Trainer {
             self.last_eval = Some(eval);
             metrics::write_jsonl(&self.out.join("metrics.jsonl"), &self.history)?;
             let ck = self.out.join("checkpoints").join("last.safetensors");
-            checkpoint::save(&ck, &self.model, &self.optim.state_tensors(), &self.meta(epoch + 1))?;
+            checkpoint::save(
+                &ck,
+                &self.model,
+                &self.optim.state_tensors(),
+                &self.meta(epoch + 1),
+            )?;
         }
         Ok(())
     }
@@ -368,8 +412,9 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<TrainSummary> {
     let cfg = if opts.resume {
         let saved = std::fs::read_to_string(out.join("config.toml"))
             .map_err(|e| TrainError::Invalid(format!("cannot resume {}: {e}", out.display())))?;
-        toml::from_str(&saved)
-            .map_err(|e| TrainError::Invalid(format!("{}: {e}", out.join("config.toml").display())))?
+        toml::from_str(&saved).map_err(|e| {
+            TrainError::Invalid(format!("{}: {e}", out.join("config.toml").display()))
+        })?
     } else {
         cfg
     };
@@ -380,7 +425,14 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<TrainSummary> {
     metrics::write_json(&out.join("summary.json"), &summary)?;
     if let Some(eval) = &trainer.last_eval {
         metrics::write_json(&out.join("confusion.json"), &eval.confusion)?;
-        crate::report::run_report(out, &trainer.cfg, &trainer.history, &summary, &eval.confusion, &trainer.data.classes)?;
+        crate::report::run_report(
+            out,
+            &trainer.cfg,
+            &trainer.history,
+            &summary,
+            &eval.confusion,
+            &trainer.data.classes,
+        )?;
     }
     print_summary(&summary, out);
     Ok(summary)
@@ -409,10 +461,30 @@ fn print_start(t: &Trainer) {
 /// The closing table.
 pub fn print_summary(s: &TrainSummary, out: &Path) {
     let rows = [
-        ("model", format!("{} ({} parameters)", s.model, models::summary::thousands(s.parameters))),
-        ("data", format!("{} ({} train / {} test images)", s.dataset, s.train_images, s.test_images)),
+        (
+            "model",
+            format!(
+                "{} ({} parameters)",
+                s.model,
+                models::summary::thousands(s.parameters)
+            ),
+        ),
+        (
+            "data",
+            format!(
+                "{} ({} train / {} test images)",
+                s.dataset, s.train_images, s.test_images
+            ),
+        ),
         ("epochs", s.epochs.to_string()),
-        ("test accuracy", format!("{:.2}% (top-5 {:.2}%)", 100.0 * s.test_accuracy, 100.0 * s.test_top5)),
+        (
+            "test accuracy",
+            format!(
+                "{:.2}% (top-5 {:.2}%)",
+                100.0 * s.test_accuracy,
+                100.0 * s.test_top5
+            ),
+        ),
         ("final train loss", format!("{:.4}", s.final_train_loss)),
         ("training time", fmt_seconds(s.train_seconds)),
         ("wall time", fmt_seconds(s.wall_seconds)),
