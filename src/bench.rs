@@ -135,6 +135,7 @@ pub fn loader_rate(s: &BenchSpec) -> f64 {
 }
 
 pub fn run(s: &BenchSpec) -> BenchResult {
+    crate::util::tune_allocator();
     BenchResult {
         model: s.model.clone(),
         device: format!("{:?}", s.device),

@@ -158,6 +158,7 @@ pub struct Trainer {
 impl Trainer {
     /// Loads data, builds the model and optimiser, and restores a checkpoint when resuming.
     pub fn new(cfg: Config, out: &Path, resume: bool) -> Result<Self> {
+        crate::util::tune_allocator();
         if cfg.train.threads > 0 {
             tch::set_num_threads(cfg.train.threads as i32);
         }
