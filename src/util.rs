@@ -85,7 +85,9 @@ unsafe extern "C" {
 pub fn tune_allocator() {
     const M_TRIM_THRESHOLD: i32 = -1;
     const M_MMAP_THRESHOLD: i32 = -3;
-    if cfg!(all(target_os = "linux", target_env = "gnu")) && std::env::var_os("CONVKIT_NO_MALLOPT").is_none() {
+    if cfg!(all(target_os = "linux", target_env = "gnu"))
+        && std::env::var_os("CONVKIT_NO_MALLOPT").is_none()
+    {
         // SAFETY: mallopt only changes allocator parameters; both values are valid for glibc.
         unsafe {
             mallopt(M_MMAP_THRESHOLD, 1 << 30);

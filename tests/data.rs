@@ -12,6 +12,17 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// One `CONVKIT_DATA` folder for every test in this binary, set once before any reads it.
+fn shared_data_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = temp_dir("data-dir");
+        // SAFETY: set once, under the OnceLock, before any test reads the variable.
+        unsafe { std::env::set_var("CONVKIT_DATA", &dir) };
+        dir
+    })
+}
+
 /// `n` deterministic 32x32 RGB images (HWC) and labels.
 fn images(n: usize, classes: u8) -> (Vec<u8>, Vec<u8>) {
     let px: Vec<u8> = (0..n * 3072)
@@ -240,9 +251,7 @@ fn write_folder_tree(root: &Path) {
 fn image_folder_resizes_and_caches() {
     let root = temp_dir("folder");
     write_folder_tree(&root);
-    let cache = temp_dir("folder-cache");
-    // SAFETY of set_var: this is the only test in this binary reading CONVKIT_DATA.
-    unsafe { std::env::set_var("CONVKIT_DATA", &cache) };
+    let cache = shared_data_dir();
     let mut spec = DataSpec::new(root.to_str().unwrap());
     spec.image_size = 16;
     let ds = data::load(&spec).unwrap();
@@ -252,7 +261,7 @@ fn image_folder_resizes_and_caches() {
     let px = Vec::<u8>::try_from(ds.train.images.get(first_dog as i64).flatten(0, -1)).unwrap();
     assert_eq!(&px[..3], &[10, 200, 10]);
     let cache_file = data::cache::cache_file(&spec, &root).unwrap();
-    assert!(cache_file.starts_with(&cache) && cache_file.exists());
+    assert!(cache_file.starts_with(cache) && cache_file.exists());
     let again = data::load(&spec).unwrap();
     assert!(again.train.images.equal(&ds.train.images));
     assert_eq!(again.mean, ds.mean);
@@ -405,6 +414,19 @@ fn offline_download_says_where_to_put_the_file() {
     assert!(err.contains("could not download"), "{err}");
     assert!(
         err.contains(&dir.join("cifar-10-binary.tar.gz").display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn cached_archive_put_by_hand_is_verified() {
+    let dir = shared_data_dir();
+    std::fs::write(dir.join("cifar-100-binary.tar.gz"), b"half a download").unwrap();
+    let err = data::load(&DataSpec::new("cifar100"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cifar-100-binary.tar.gz") && err.contains("checksum mismatch"),
         "{err}"
     );
 }

@@ -254,14 +254,20 @@ pub fn resolve(spec: &DataSpec) -> Result<(PathBuf, Format)> {
         return Ok((PathBuf::from("synthetic"), Format::Synthetic));
     }
     let path = match spec.source.as_str() {
-        "cifar10" | "cifar100" => download::cached_archive(&spec.source).ok_or_else(|| {
-            DataError::Other(format!(
-                "{} is not in the data cache {}; run `convkit data download {}`",
-                spec.source,
-                data_dir().display(),
-                spec.source
-            ))
-        })?,
+        "cifar10" | "cifar100" => {
+            let archive = download::cached_archive(&spec.source).ok_or_else(|| {
+                DataError::Other(format!(
+                    "{} is not in the data cache {}; run `convkit data download {}`",
+                    spec.source,
+                    data_dir().display(),
+                    spec.source
+                ))
+            })?;
+            // A file put there by hand is checked against the published checksum.
+            let remote = download::cifar_remote(&spec.source).expect("known name");
+            download::verify(&archive, &remote.checksum)?;
+            archive
+        }
         other => PathBuf::from(other),
     };
     if !path.exists() {
