@@ -51,7 +51,6 @@ pub fn line_chart(
     title: &str,
     (x_label, y_label): (&str, &str),
     series: &[(&str, Vec<(f64, f64)>)],
-    log_x: bool,
 ) -> Result<(), ChartError> {
     ensure_font();
     let err = chart_err(path);
@@ -78,60 +77,29 @@ pub fn line_chart(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60);
-    let style = |s: &&(&str, Vec<(f64, f64)>)| s.1.clone();
-    if log_x {
-        let mut chart = builder
-            .build_cartesian_2d((x0.max(1e-12)..x1).log_scale(), (y0 - pad)..(y1 + pad))
-            .map_err(&err)?;
+    let mut chart = builder
+        .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
+        .map_err(&err)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .draw()
+        .map_err(&err)?;
+    for (i, (name, points)) in series.iter().enumerate() {
+        let c = COLOURS[i % COLOURS.len()];
         chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .draw()
-            .map_err(&err)?;
-        for (i, s) in series.iter().enumerate() {
-            let c = COLOURS[i % COLOURS.len()];
-            chart
-                .draw_series(LineSeries::new(style(&s), c.stroke_width(2)))
-                .map_err(&err)?
-                .label(s.0)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
-                });
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(&err)?;
-    } else {
-        let mut chart = builder
-            .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
-            .map_err(&err)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .draw()
-            .map_err(&err)?;
-        for (i, s) in series.iter().enumerate() {
-            let c = COLOURS[i % COLOURS.len()];
-            chart
-                .draw_series(LineSeries::new(style(&s), c.stroke_width(2)))
-                .map_err(&err)?
-                .label(s.0)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
-                });
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(&err)?;
+            .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))
+            .map_err(&err)?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
     }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(&err)?;
     root.present().map_err(&err)?;
     Ok(())
 }
@@ -224,7 +192,6 @@ pub fn run_report(
             ("train", series(|m| m.train_loss)),
             ("test", series(|m| m.test_loss)),
         ],
-        false,
     )?;
     line_chart(
         &plots.join("accuracy.png"),
@@ -234,14 +201,12 @@ pub fn run_report(
             ("train", series(|m| m.train_accuracy)),
             ("test", series(|m| m.test_accuracy)),
         ],
-        false,
     )?;
     line_chart(
         &plots.join("lr.png"),
         "learning rate",
         ("epoch", "lr (end of epoch)"),
         &[("lr", series(|m| m.lr))],
-        false,
     )?;
     confusion_chart(&plots.join("confusion.png"), confusion, classes)?;
     let html = render_html(cfg, history, summary);
