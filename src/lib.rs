@@ -9,6 +9,7 @@ pub mod analysis;
 pub mod augment;
 pub mod bench;
 pub mod cli;
+pub mod contrastive;
 pub mod data;
 pub mod models;
 pub mod optim;

@@ -1,0 +1,166 @@
+//! The SupCon loss against an independent plain-loop f64 implementation and against values
+//! PyTorch computes with the reference formula (tests/fixtures/make_supcon.py).
+
+use convkit::contrastive::{ContrastMode, ContrastiveError, supcon_loss};
+use tch::{Device, Kind, Tensor};
+
+/// L_out written as loops over anchors and positives, in f64.
+fn plain_loop(f: &[Vec<Vec<f64>>], labels: Option<&[i64]>, t: f64, mode: ContrastMode) -> f64 {
+    let (b, v) = (f.len(), f[0].len());
+    let sample = |k: usize| &f[k % b][k / b];
+    let label = |k: usize| labels.map_or((k % b) as i64, |l| l[k % b]);
+    let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(a, c)| a * c).sum::<f64>();
+    let anchors = if mode == ContrastMode::All { b * v } else { b };
+    let (mut total, mut counted) = (0.0, 0);
+    for i in 0..anchors {
+        let others: Vec<usize> = (0..b * v).filter(|&a| a != i).collect();
+        let denom: f64 = others
+            .iter()
+            .map(|&a| (dot(sample(i), sample(a)) / t).exp())
+            .sum();
+        let pos: Vec<usize> = others
+            .iter()
+            .copied()
+            .filter(|&p| label(p) == label(i))
+            .collect();
+        if pos.is_empty() {
+            continue;
+        }
+        let mean: f64 = pos
+            .iter()
+            .map(|&p| (dot(sample(i), sample(p)) / t).exp().ln() - denom.ln())
+            .sum::<f64>()
+            / pos.len() as f64;
+        total += -mean;
+        counted += 1;
+    }
+    total / counted as f64
+}
+
+fn to_tensor(f: &[Vec<Vec<f64>>]) -> Tensor {
+    let flat: Vec<f64> = f.iter().flatten().flatten().copied().collect();
+    Tensor::from_slice(&flat).reshape([f.len() as i64, f[0].len() as i64, f[0][0].len() as i64])
+}
+
+fn random_features(seed: i64, b: i64, v: i64, d: i64) -> Vec<Vec<Vec<f64>>> {
+    tch::manual_seed(seed);
+    let x = Tensor::randn([b, v, d], (Kind::Double, Device::Cpu));
+    let x = &x / x.norm_scalaropt_dim(2, [2i64].as_slice(), true);
+    Vec::<Vec<Vec<f64>>>::try_from(x).unwrap()
+}
+
+#[test]
+fn matches_the_plain_loop_in_both_modes() {
+    let f = random_features(0, 12, 2, 8);
+    let labels = [0i64, 1, 2, 0, 1, 2, 3, 3, 0, 5, 1, 2];
+    for mode in [ContrastMode::All, ContrastMode::One] {
+        for t in [0.07, 0.1, 1.0] {
+            let got = supcon_loss(&to_tensor(&f), Some(&Tensor::from_slice(&labels)), t, mode)
+                .unwrap()
+                .double_value(&[]);
+            let want = plain_loop(&f, Some(&labels), t, mode);
+            assert!(
+                (got - want).abs() <= 1e-9 * want.abs(),
+                "{mode:?} t={t}: {got} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn simclr_is_supcon_with_one_class_per_image() {
+    let f = random_features(1, 6, 2, 4);
+    let x = to_tensor(&f);
+    let simclr = supcon_loss(&x, None, 0.5, ContrastMode::All)
+        .unwrap()
+        .double_value(&[]);
+    let own = supcon_loss(
+        &x,
+        Some(&Tensor::arange(6, (Kind::Int64, Device::Cpu))),
+        0.5,
+        ContrastMode::All,
+    )
+    .unwrap();
+    assert!((simclr - own.double_value(&[])).abs() < 1e-12);
+    assert!((simclr - plain_loop(&f, None, 0.5, ContrastMode::All)).abs() < 1e-9);
+}
+
+#[test]
+fn matches_pytorch_reference_values() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/supcon.json"
+    ))
+    .unwrap();
+    let fixture: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for case in fixture["cases"].as_array().unwrap() {
+        let f: Vec<Vec<Vec<f64>>> = serde_json::from_value(case["features"].clone()).unwrap();
+        let labels: Option<Vec<i64>> = serde_json::from_value(case["labels"].clone()).unwrap();
+        let mode = case["mode"].as_str().unwrap().parse().unwrap();
+        let t = case["temperature"].as_f64().unwrap();
+        let want = case["loss"].as_f64().unwrap();
+        // In float32, as training computes it.
+        let x = to_tensor(&f).to_kind(Kind::Float);
+        let l = labels.as_ref().map(|l| Tensor::from_slice(l));
+        let got = supcon_loss(&x, l.as_ref(), t, mode)
+            .unwrap()
+            .double_value(&[]);
+        assert!(
+            (got - want).abs() <= 1e-5 * want.abs(),
+            "{case:?}: {got} vs {want}"
+        );
+    }
+}
+
+#[test]
+fn gradients_are_finite_with_large_logits() {
+    let x = to_tensor(&random_features(2, 8, 2, 16))
+        .to_kind(Kind::Float)
+        .set_requires_grad(true);
+    let loss = supcon_loss(
+        &x,
+        Some(&Tensor::from_slice(&[0i64, 0, 1, 1, 2, 2, 3, 3])),
+        0.01,
+        ContrastMode::All,
+    )
+    .unwrap();
+    loss.backward();
+    assert!(loss.double_value(&[]).is_finite());
+    assert!(x.grad().isfinite().all().int64_value(&[]) == 1);
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let one = to_tensor(&random_features(3, 1, 1, 4));
+    assert_eq!(
+        supcon_loss(&one, None, 0.1, ContrastMode::All).unwrap_err(),
+        ContrastiveError::TooSmall(1)
+    );
+    let three = to_tensor(&random_features(3, 3, 1, 4));
+    let distinct = Tensor::from_slice(&[0i64, 1, 2]);
+    assert_eq!(
+        supcon_loss(&three, Some(&distinct), 0.1, ContrastMode::All).unwrap_err(),
+        ContrastiveError::NoPositives
+    );
+    assert_eq!(
+        supcon_loss(&three, None, 0.0, ContrastMode::All).unwrap_err(),
+        ContrastiveError::Temperature(0.0)
+    );
+    let err = supcon_loss(
+        &three,
+        Some(&Tensor::from_slice(&[0i64, 1])),
+        0.1,
+        ContrastMode::All,
+    )
+    .unwrap_err();
+    assert_eq!(err.to_string(), "2 labels for a batch of 3 images");
+    assert!(matches!(
+        supcon_loss(&three.squeeze_dim(1), None, 0.1, ContrastMode::All),
+        Err(ContrastiveError::Shape(_))
+    ));
+    let two_views = to_tensor(&random_features(3, 3, 2, 4));
+    assert!(
+        supcon_loss(&two_views, Some(&distinct), 0.1, ContrastMode::All).is_ok(),
+        "the other view is a positive"
+    );
+}
