@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs `convkit bench` and the PyTorch reference (bench/pytorch_reference.py, the identical Net8
 # and training step) on this machine, alternating, ROUNDS times each, and prints the median
-# training images/s of both and, last, `ratio: X` (convkit / PyTorch).
+# training images/s of both, the SupCon loss timing of both, and, last, `ratio: X` (convkit
+# training images/s / PyTorch's).
 #   bench/compare-cpu.sh [ROUNDS]      (default 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,14 @@ for i in $(seq "$rounds"); do
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
 mo=$(median "${ours[@]}"); mt=$(median "${theirs[@]}")
+so=(); st=()
+for i in $(seq "$rounds"); do
+  so+=("$("$ck" bench --supcon --steps 10 --warmup 2 | awk '/^supcon:/{print $2}')")
+  st+=("$("$py" bench/pytorch_reference.py --supcon --steps 10 --warmup 2 --threads "$threads" | awk '/^supcon:/{print $2}')")
+done
+mso=$(median "${so[@]}"); mst=$(median "${st[@]}")
+echo "median SupCon loss forward+backward (2x1024x128): convkit $mso /s, pytorch $mst /s"
+echo "supcon time ratio (convkit / pytorch, target <= 1.2): $(awk -v a="$mso" -v b="$mst" 'BEGIN{printf "%.3f", b/a}')"
 echo "cpu: $(lscpu | awk -F: '/Model name/{gsub(/^ +/,"",$2); print $2}'), $threads threads"
 echo "median training: convkit $mo img/s, pytorch $mt img/s (Net8, batch 128, fp32)"
 echo "ratio: $(awk -v a="$mo" -v b="$mt" 'BEGIN{printf "%.3f", a/b}')"

@@ -134,6 +134,21 @@ pub fn loader_rate(s: &BenchSpec) -> f64 {
     (s.batch as usize * s.steps) as f64 / secs
 }
 
+/// SupCon loss forward + backward for `2 x batch` L2-normalised 128-d features, in loss
+/// evaluations per second (the PyTorch reference times the reference formula the same way).
+pub fn supcon_rate(batch: i64, steps: usize, warmup: usize) -> f64 {
+    use crate::contrastive::{ContrastMode, supcon_loss};
+    tch::manual_seed(0);
+    let x = Tensor::randn([batch, 2, 128], (Kind::Float, Device::Cpu));
+    let x = (&x / x.norm_scalaropt_dim(2, [2i64].as_slice(), true)).set_requires_grad(true);
+    let labels = Tensor::randint(10, [batch], (Kind::Int64, Device::Cpu));
+    let secs = timed(Device::Cpu, warmup, steps, || {
+        let loss = supcon_loss(&x, Some(&labels), 0.1, ContrastMode::All).expect("valid batch");
+        loss.backward();
+    });
+    steps as f64 / secs
+}
+
 pub fn run(s: &BenchSpec) -> BenchResult {
     crate::util::tune_allocator();
     BenchResult {

@@ -129,12 +129,23 @@ pub struct BenchArgs {
     /// Keep weights and inputs in NCHW memory instead of channels-last
     #[arg(long)]
     nchw: bool,
+    /// Time only the SupCon loss (forward + backward, 2 x 1024 x 128 features)
+    #[arg(long)]
+    supcon: bool,
     /// Write summary.json here
     #[arg(long)]
     out: Option<PathBuf>,
 }
 
 pub fn bench(a: BenchArgs) -> Result<()> {
+    if a.supcon {
+        let rate = bench::supcon_rate(1024, a.steps, a.warmup);
+        println!(
+            "supcon: {rate:.2} loss+grad/s ({:.2} ms each; 2x1024 128-d features, t = 0.1)",
+            1000.0 / rate
+        );
+        return Ok(());
+    }
     let spec = BenchSpec {
         model: a.model,
         batch: a.batch,
