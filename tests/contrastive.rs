@@ -164,3 +164,55 @@ fn bad_input_is_a_clear_error() {
         "the other view is a positive"
     );
 }
+
+#[test]
+fn knn_votes_with_similarity_weights() {
+    use convkit::contrastive::{knn_accuracy, knn_predict};
+    // Bank: two class-0 points near (1, 0), one class-1 point exactly at (0, 1).
+    let bank = Tensor::from_slice(&[1.0f32, 0.0, 0.8, 0.6, 0.0, 1.0]).reshape([3, 2]);
+    let labels = Tensor::from_slice(&[0i64, 0, 1]);
+    let query = Tensor::from_slice(&[0.6f32, 0.8, 0.0, 1.0]).reshape([2, 2]);
+    // Query 1 (0.6, 0.8): similarities 0.6, 0.96 (class 0), 0.8 (class 1). With k = 3 and t = 0.1:
+    // class 0 scores exp(6) + exp(9.6), class 1 exp(8): class 0. With k = 1: only 0.96, class 0.
+    // Query 2 (0, 1): similarities 0, 0.6, 1.0: class 1 exp(10) > exp(0) + exp(6).
+    let pred = Vec::<i64>::try_from(knn_predict(&query, &bank, &labels, 2, 3, 0.1)).unwrap();
+    assert_eq!(pred, vec![0, 1]);
+    // With a large temperature the votes become counts: 2 class-0 neighbours win for both.
+    let pred = Vec::<i64>::try_from(knn_predict(&query, &bank, &labels, 2, 3, 100.0)).unwrap();
+    assert_eq!(pred, vec![0, 0]);
+    assert_eq!(
+        knn_accuracy(
+            &query,
+            &Tensor::from_slice(&[0i64, 1]),
+            &bank,
+            &labels,
+            2,
+            3,
+            0.1
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn projection_head_normalises_and_checks_dimensions() {
+    use convkit::contrastive::ProjectionHead;
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let head = ProjectionHead::new(&vs.root(), 64, 64, 64, 128).unwrap();
+    let z = head.forward(&Tensor::randn([5, 64], (Kind::Float, Device::Cpu)));
+    assert_eq!(z.size(), vec![5, 128]);
+    let norms = Vec::<f64>::try_from(
+        z.norm_scalaropt_dim(2, [1i64].as_slice(), false)
+            .to_kind(Kind::Double),
+    )
+    .unwrap();
+    assert!(norms.iter().all(|n| (n - 1.0).abs() < 1e-5), "{norms:?}");
+    assert!(
+        vs.variables().contains_key("head.0.weight") && vs.variables().contains_key("head.2.bias")
+    );
+    let err = ProjectionHead::new(&vs.root(), 512, 2048, 2048, 128).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the projection head expects 2048-d features but the encoder gives 512-d"
+    );
+}

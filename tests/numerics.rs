@@ -169,6 +169,31 @@ fn augmenter_is_reproducible_from_the_seed() {
 }
 
 #[test]
+fn two_views_differ_and_stack_view_major() {
+    let images = Tensor::randint(256, [4, 32, 32, 3], (Kind::Uint8, Device::Cpu));
+    let a = Augmenter::new(
+        augment::contrastive_policy(),
+        &[0.5; 3],
+        &[0.25; 3],
+        Device::Cpu,
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let views = a.two_views(&images, &mut rng);
+    assert_eq!(views.size(), vec![8, 3, 32, 32]);
+    assert!(
+        !views.narrow(0, 0, 4).equal(&views.narrow(0, 4, 4)),
+        "the views are augmented independently"
+    );
+    let mut again = rand::rngs::StdRng::seed_from_u64(1);
+    assert!(
+        views
+            .narrow(0, 0, 4)
+            .equal(&a.train_batch(&images, &mut again)),
+        "view 1 comes first"
+    );
+}
+
+#[test]
 fn augmentation_strings_round_trip() {
     for s in [
         "crop:4",

@@ -112,6 +112,20 @@ impl std::str::FromStr for Aug {
     }
 }
 
+/// The SupCon / SimCLR augmentation policy for 32 px images (Khosla et al. 2020): random-resized
+/// crop (scale 0.2-1), flip, colour jitter 0.4/0.4/0.4/0.1 with p = 0.8, grayscale p = 0.2.
+pub fn contrastive_policy() -> Vec<Aug> {
+    [
+        "rrc:0.2-1",
+        "flip",
+        "jitter:0.4,0.4,0.4,0.1:0.8",
+        "gray:0.2",
+    ]
+    .iter()
+    .map(|s| s.parse().expect("valid policy"))
+    .collect()
+}
+
 fn parse_range(s: &str) -> Option<(f64, f64)> {
     let (a, b) = s.split_once('-')?;
     Some((a.parse().ok()?, b.parse().ok()?))
@@ -231,6 +245,14 @@ impl Augmenter {
             }
         }
         x
+    }
+
+    /// Two independently augmented views of every image, batched view-major as `[2B, C, H, W]`
+    /// (rows 0..B the first view, B..2B the second), as contrastive losses expect.
+    pub fn two_views(&self, images: &Tensor, rng: &mut StdRng) -> Tensor {
+        let first = self.train_batch(images, rng);
+        let second = self.train_batch(images, rng);
+        Tensor::cat(&[first, second], 0)
     }
 
     pub fn normalise(&self, x: &Tensor) -> Tensor {

@@ -38,6 +38,8 @@ pub enum ContrastiveError {
     Temperature(f64),
     #[error("a contrastive batch needs at least 2 samples (images x views), got {0}")]
     TooSmall(i64),
+    #[error("the projection head expects {head}-d features but the encoder gives {encoder}-d")]
+    HeadMismatch { encoder: i64, head: i64 },
     #[error(
         "no anchor in the batch has a positive (every label occurs once and there is one view): \
 the loss is undefined; use two views or larger batches"
