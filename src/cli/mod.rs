@@ -23,6 +23,10 @@ enum Command {
     Quickstart(train::QuickstartArgs),
     /// Train a model from a recipe, with any field overridden
     Train(train::TrainArgs),
+    /// Supervised contrastive (or SimCLR) pre-training with a kNN monitor
+    Supcon(train::SupconArgs),
+    /// Linear probe on the frozen encoder of a run
+    Probe(train::ProbeArgs),
     /// Evaluate a run or checkpoint on its test data (or on --data)
     Eval(predict::EvalArgs),
     /// Classify image files with a checkpoint
@@ -43,6 +47,8 @@ pub fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Quickstart(a) => train::quickstart(a),
         Command::Train(a) => train::train(a),
+        Command::Supcon(a) => train::supcon(a),
+        Command::Probe(a) => train::probe(a),
         Command::Eval(a) => predict::eval(a),
         Command::Predict(a) => predict::predict(a),
         Command::Summary(a) => tools::summary(a),

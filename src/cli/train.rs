@@ -40,9 +40,9 @@ pub struct TrainArgs {
     /// Any config field: --set optim.momentum=0.85 --set 'augment=["flip"]' (repeatable)
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
-    /// Run folder
-    #[arg(long, default_value = "runs/train")]
-    out: PathBuf,
+    /// Run folder (default runs/train, runs/supcon for supcon)
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Continue the run in --out from its last checkpoint
     #[arg(long)]
     resume: bool,
@@ -75,14 +75,86 @@ impl TrainArgs {
     }
 }
 
+impl TrainArgs {
+    fn options(&self) -> RunOptions {
+        RunOptions {
+            resume: self.resume,
+            progress: train::progress::wanted(),
+            stop_after: None,
+        }
+    }
+}
+
 pub fn train(a: TrainArgs) -> Result<()> {
     let cfg = config::load(a.config.as_deref(), &a.overrides())?;
-    let opts = RunOptions {
-        resume: a.resume,
-        progress: train::progress::wanted(),
-        stop_after: None,
+    let out = a.out.clone().unwrap_or_else(|| "runs/train".into());
+    train::run(cfg, &out, &a.options())?;
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct SupconArgs {
+    #[command(flatten)]
+    train: TrainArgs,
+    /// supcon (labels define positives) or simclr (no labels)
+    #[arg(long)]
+    method: Option<String>,
+    /// Contrastive temperature (default 0.1)
+    #[arg(long)]
+    temperature: Option<f64>,
+}
+
+pub fn supcon(a: SupconArgs) -> Result<()> {
+    let mut overrides = a.train.overrides();
+    if let Some(m) = &a.method {
+        overrides.push(format!("contrastive.method={}", quoted(m)));
+    }
+    if let Some(t) = a.temperature {
+        overrides.push(format!("contrastive.temperature={t:?}"));
+    }
+    let cfg = config::load(Some(a.train.config.as_deref().unwrap_or("cifar10-supcon")), &overrides)?;
+    let out = a.train.out.clone().unwrap_or_else(|| "runs/supcon".into());
+    crate::contrastive::pretrain::run(cfg, &out, &a.train.options())?;
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct ProbeArgs {
+    /// A supcon run folder or checkpoint
+    run: PathBuf,
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    #[arg(long, default_value_t = 0.1)]
+    lr: f64,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Where summary.json and the feature cache go (default: the run folder's probe/)
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn probe(a: ProbeArgs) -> Result<()> {
+    use crate::contrastive::probe;
+    let out = a.out.clone().unwrap_or_else(|| {
+        let base = if a.run.is_dir() { a.run.clone() } else { a.run.parent().and_then(|p| p.parent()).map(PathBuf::from).unwrap_or_default() };
+        base.join("probe")
+    });
+    let spec = probe::ProbeSpec {
+        epochs: a.epochs,
+        lr: a.lr,
+        device: a.device.clone(),
+        ..Default::default()
     };
-    train::run(cfg, &a.out, &opts)?;
+    let s = probe::run(&a.run, &out, &spec)?;
+    println!(
+        "linear probe on frozen {}-d features: test accuracy {:.2}% (train {:.2}%), {} epochs, {:.1} s; {}",
+        s.feature_dim,
+        100.0 * s.test_accuracy,
+        100.0 * s.train_accuracy,
+        s.epochs,
+        s.seconds,
+        out.join("summary.json").display()
+    );
     Ok(())
 }
 

@@ -1,10 +1,12 @@
 //! Contrastive learning (Khosla et al. 2020, "Supervised Contrastive Learning"; SimCLR's NT-Xent
-//! as the label-free case). So far: the loss, the projection head and the kNN monitor;
-//! pre-training, linear evaluation and the representation tools follow (issue 4).
+//! as the label-free case): the loss, the projection head, the kNN monitor, pre-training
+//! (`convkit supcon`) and the linear probe (`convkit probe`).
 
 pub mod head;
 pub mod knn;
 pub mod loss;
+pub mod pretrain;
+pub mod probe;
 
 pub use head::{ProjectionHead, normalize};
 pub use knn::{knn_accuracy, knn_predict};

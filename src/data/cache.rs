@@ -33,7 +33,7 @@ where
 
 /// The cache file for a source: `<data dir>/decoded/<name>-<key>.safetensors`.
 pub fn cache_file(spec: &DataSpec, source: &Path) -> Result<PathBuf> {
-    let mut listing = format!("v1 {} {} ", spec.image_size, spec.val_split);
+    let mut listing = format!("v2 {} {} ", spec.image_size, spec.val_split);
     append_listing(source, &mut listing)?;
     let key = fnv1a(listing.as_bytes());
     let name = source

@@ -37,8 +37,11 @@ pub fn load(root: &Path, size: u32, val_split: f64) -> Result<Dataset> {
         let test = all.split_off(all.len() - n_test);
         (classes, all, test)
     };
-    let mut train_files = train_files;
+    // Both splits in a fixed shuffled order, so that --train-limit / test_limit subsets hold
+    // every class instead of the first classes' folders.
+    let (mut train_files, mut test_files) = (train_files, test_files);
     train_files.shuffle(&mut rand::rngs::StdRng::seed_from_u64(SPLIT_SEED + 1));
+    test_files.shuffle(&mut rand::rngs::StdRng::seed_from_u64(SPLIT_SEED + 2));
     let name = root
         .file_name()
         .map(|n| n.to_string_lossy().to_string())

@@ -17,6 +17,40 @@ pub struct Config {
     pub schedule: Schedule,
     /// Applied to training batches only; see `augment` for the order and the string forms.
     pub augment: Vec<Aug>,
+    /// Contrastive pre-training (`convkit supcon`) only.
+    pub contrastive: ContrastiveConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContrastiveConfig {
+    /// `supcon` (labels define positives) or `simclr` (no labels).
+    pub method: String,
+    pub temperature: f64,
+    /// `all` or `one`.
+    pub contrast_mode: String,
+    /// Projection head: hidden width (0: the encoder's feature size) and output size.
+    pub head_hidden: i64,
+    pub head_out: i64,
+    /// Weighted kNN monitor on the test set every N epochs (and after the last).
+    pub knn_every: usize,
+    pub knn_k: i64,
+    pub knn_temperature: f64,
+}
+
+impl Default for ContrastiveConfig {
+    fn default() -> Self {
+        ContrastiveConfig {
+            method: "supcon".into(),
+            temperature: 0.1,
+            contrast_mode: "all".into(),
+            head_hidden: 0,
+            head_out: 128,
+            knn_every: 1,
+            knn_k: 200,
+            knn_temperature: 0.1,
+        }
+    }
 }
 
 impl Default for Config {
@@ -34,6 +68,7 @@ impl Default for Config {
                 },
                 Aug::Flip,
             ],
+            contrastive: ContrastiveConfig::default(),
         }
     }
 }
@@ -143,7 +178,8 @@ impl Default for TrainSettings {
 }
 
 /// Recipes shipped with convkit, usable by name with `--config`.
-pub const RECIPES: [(&str, &str); 4] = [
+pub const RECIPES: [(&str, &str); 5] = [
+    ("cifar10-supcon", include_str!("../../recipes/cifar10-supcon.toml")),
     ("quickstart", include_str!("../../recipes/quickstart.toml")),
     (
         "cifar10-resnet18",

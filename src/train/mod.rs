@@ -407,18 +407,21 @@ impl Trainer {
     }
 }
 
+/// The config a run uses: the given one, or when resuming the one saved in the run folder.
+pub fn effective_config(cfg: Config, out: &Path, opts: &RunOptions) -> Result<Config> {
+    if !opts.resume {
+        return Ok(cfg);
+    }
+    let path = out.join("config.toml");
+    let saved = std::fs::read_to_string(&path)
+        .map_err(|e| TrainError::Invalid(format!("cannot resume {}: {e}", out.display())))?;
+    toml::from_str(&saved).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))
+}
+
 /// Trains a config into `out` and writes summary.json and the report.
 pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<TrainSummary> {
     let wall = Instant::now();
-    let cfg = if opts.resume {
-        let saved = std::fs::read_to_string(out.join("config.toml"))
-            .map_err(|e| TrainError::Invalid(format!("cannot resume {}: {e}", out.display())))?;
-        toml::from_str(&saved).map_err(|e| {
-            TrainError::Invalid(format!("{}: {e}", out.join("config.toml").display()))
-        })?
-    } else {
-        cfg
-    };
+    let cfg = effective_config(cfg, out, opts)?;
     let mut trainer = Trainer::new(cfg, out, opts.resume)?;
     print_start(&trainer);
     trainer.fit(opts)?;

@@ -1,0 +1,157 @@
+//! `convkit probe`: a linear classifier on frozen encoder features. The features of the whole
+//! data set are computed once and cached in the run folder; the classifier then trains on the
+//! cache in seconds.
+
+use crate::augment::Augmenter;
+use crate::data::loader::{self, DeviceSplit};
+use crate::models::{self, Ctx};
+use crate::optim::{OptimConfig, Optimizer, Schedule, ScheduleKind};
+use crate::train::metrics;
+use crate::train::{self, Config, Result, TrainError, checkpoint};
+use crate::util::atomic_write;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Device, Kind, Reduction, Tensor, nn, nn::Module};
+
+#[derive(Debug, Clone)]
+pub struct ProbeSpec {
+    pub epochs: usize,
+    pub lr: f64,
+    pub batch_size: usize,
+    pub weight_decay: f64,
+    pub device: String,
+}
+
+impl Default for ProbeSpec {
+    fn default() -> Self {
+        ProbeSpec {
+            epochs: 30,
+            lr: 0.1,
+            batch_size: 256,
+            weight_decay: 0.0,
+            device: "auto".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbeSummary {
+    pub checkpoint: String,
+    pub feature_dim: i64,
+    pub train_images: usize,
+    pub test_images: usize,
+    pub train_accuracy: f64,
+    pub test_accuracy: f64,
+    pub epochs: usize,
+    pub seconds: f64,
+}
+
+/// Raw (unnormalised) encoder features of a split: `[N, D]` on the host.
+fn features(model: &models::Model, split: &DeviceSplit, aug: &Augmenter) -> Tensor {
+    let index: Vec<i64> = (0..split.len() as i64).collect();
+    let parts: Vec<Tensor> = index
+        .chunks(500)
+        .map(|idx| {
+            let (images, _) = split.batch(idx);
+            tch::no_grad(|| model.net.features(&aug.eval_batch(&images), &Ctx::eval())).to_kind(Kind::Float).to_device(Device::Cpu)
+        })
+        .collect();
+    Tensor::cat(&parts, 0)
+}
+
+fn cache_path(out: &Path) -> PathBuf {
+    out.join("probe-features.safetensors")
+}
+
+/// The cached features if they belong to this checkpoint epoch, else computes and caches them.
+fn cached_features(ck: &checkpoint::Loaded, out: &Path, device: Device) -> Result<Vec<(String, Tensor)>> {
+    let path = cache_path(out);
+    let tag = Tensor::from_slice(&[ck.meta.epoch as i64]);
+    if let Ok(t) = Tensor::read_safetensors(&path)
+        && t.iter().any(|(n, v)| n == "epoch" && v.equal(&tag))
+    {
+        return Ok(t);
+    }
+    let cfg: Config = toml::from_str(&ck.meta.config).map_err(|e| TrainError::Invalid(format!("{}: {e}", ck.path.display())))?;
+    let data = train::load_data(&cfg, ck.meta.image_size)?;
+    let mut model = models::build(&ck.meta.spec, device)?;
+    let encoder: Vec<(String, Tensor)> = ck.section("model").into_iter().filter(|(n, _)| !n.starts_with("head.")).collect();
+    checkpoint::copy_weights(&ck.path, &encoder, &mut model)?;
+    let aug = Augmenter::new(vec![], &ck.meta.mean, &ck.meta.std, device);
+    let (train_split, test_split) = (DeviceSplit::new(&data.train, device), DeviceSplit::new(&data.test, device));
+    let tensors = vec![
+        ("epoch".to_string(), tag),
+        ("train_x".into(), features(&model, &train_split, &aug)),
+        ("train_y".into(), data.train.labels.shallow_clone()),
+        ("test_x".into(), features(&model, &test_split, &aug)),
+        ("test_y".into(), data.test.labels.shallow_clone()),
+    ];
+    atomic_write(&path, |tmp| Tensor::write_safetensors(&tensors, tmp).map_err(|e| std::io::Error::other(e.to_string())))?;
+    Ok(tensors)
+}
+
+fn get(t: &[(String, Tensor)], name: &str) -> Tensor {
+    t.iter().find(|(n, _)| n == name).map(|(_, v)| v.shallow_clone()).expect("probe cache entry")
+}
+
+fn accuracy(linear: &nn::Linear, x: &Tensor, y: &Tensor) -> f64 {
+    tch::no_grad(|| linear.forward(x).argmax(1, false).eq_tensor(y).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]))
+}
+
+/// Trains and evaluates a linear probe on the checkpoint in `run`; writes `out/summary.json`.
+pub fn run(run: &Path, out: &Path, spec: &ProbeSpec) -> Result<ProbeSummary> {
+    let start = Instant::now();
+    crate::util::tune_allocator();
+    let device = train::parse_device(&spec.device)?;
+    let ck = checkpoint::read(run)?;
+    std::fs::create_dir_all(out)?;
+    let cache = cached_features(&ck, out, device)?;
+    let (train_x, train_y) = (get(&cache, "train_x").to_device(device), get(&cache, "train_y").to_device(device));
+    let (test_x, test_y) = (get(&cache, "test_x").to_device(device), get(&cache, "test_y").to_device(device));
+    // Standardise with training statistics so one learning rate suits every encoder.
+    let mean = train_x.mean_dim(0, true, Kind::Float);
+    let std = train_x.std_dim(0, false, true) + 1e-6;
+    let (train_x, test_x) = ((&train_x - &mean) / &std, (&test_x - &mean) / &std);
+    let dim = train_x.size()[1];
+    let classes = ck.meta.classes.len() as i64;
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(device);
+    let linear = nn::linear(vs.root() / "fc", dim, classes, Default::default());
+    let cfg = OptimConfig {
+        lr: spec.lr,
+        weight_decay: spec.weight_decay,
+        nesterov: false,
+        ..Default::default()
+    };
+    let mut optim = Optimizer::new(&vs, &cfg)?;
+    let schedule = Schedule {
+        kind: ScheduleKind::Cosine,
+        ..Default::default()
+    };
+    let n = train_x.size()[0] as usize;
+    let spe = loader::steps_per_epoch(n, spec.batch_size, false);
+    for epoch in 0..spec.epochs {
+        let order = loader::epoch_order(n, 0, epoch);
+        for (i, idx) in loader::batches(&order, spec.batch_size, false).iter().enumerate() {
+            let idx = Tensor::from_slice(idx).to_device(device);
+            let logits = linear.forward(&train_x.index_select(0, &idx));
+            let loss = logits.cross_entropy_loss(&train_y.index_select(0, &idx), None::<Tensor>, Reduction::Mean, -100, 0.0);
+            optim.zero_grad();
+            loss.backward();
+            optim.step(spec.lr * schedule.factor(epoch * spe + i, spe * spec.epochs, spe));
+        }
+    }
+    let summary = ProbeSummary {
+        checkpoint: ck.path.display().to_string(),
+        feature_dim: dim,
+        train_images: n,
+        test_images: test_x.size()[0] as usize,
+        train_accuracy: accuracy(&linear, &train_x, &train_y),
+        test_accuracy: accuracy(&linear, &test_x, &test_y),
+        epochs: spec.epochs,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    metrics::write_json(&out.join("summary.json"), &summary)?;
+    Ok(summary)
+}
