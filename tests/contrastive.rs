@@ -224,8 +224,16 @@ fn optimising_free_embeddings_clusters_the_classes() {
     tch::manual_seed(0);
     let w = vs.root().randn("w", &[16, 2, 8], 0.0, 1.0);
     let labels = Tensor::from_slice(&[0i64, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3]);
-    let mut opt = convkit::optim::Optimizer::new(&vs, &convkit::optim::OptimConfig { weight_decay: 0.0, ..Default::default() }).unwrap();
-    let loss_of = |w: &Tensor| supcon_loss(&normalize(w), Some(&labels), 0.1, ContrastMode::All).unwrap();
+    let mut opt = convkit::optim::Optimizer::new(
+        &vs,
+        &convkit::optim::OptimConfig {
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let loss_of =
+        |w: &Tensor| supcon_loss(&normalize(w), Some(&labels), 0.1, ContrastMode::All).unwrap();
     let first = loss_of(&w).double_value(&[]);
     for _ in 0..200 {
         let loss = loss_of(&w);
@@ -236,4 +244,100 @@ fn optimising_free_embeddings_clusters_the_classes() {
     let last = loss_of(&w).double_value(&[]);
     // 32 samples, 7 positives each: collapse gives ln 31 = 3.43; perfect clusters about ln 7 = 1.95.
     assert!(last < 2.1, "loss {first} -> {last}");
+}
+
+fn supcon_config(epochs: usize, batch: usize) -> convkit::train::Config {
+    let overrides = [
+        "data.source=\"synthetic\"".to_string(),
+        "data.train_limit=3000".into(),
+        "data.test_limit=1000".into(),
+        "model.name=\"cnn\"".into(),
+        "model.widths=[16, 32, 64]".into(),
+        format!("train.epochs={epochs}"),
+        format!("train.batch_size={batch}"),
+        "train.device=\"cpu\"".into(),
+        "optim.lr=0.05".into(),
+        "schedule.kind=\"constant\"".into(),
+        // The synthetic classes are shapes: crops that cut the shape out carry no class signal.
+        "augment=[\"flip\"]".into(),
+        "contrastive.knn_k=50".into(),
+    ];
+    convkit::train::config::load(Some("cifar10-supcon"), &overrides).unwrap()
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("convkit-supcon-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn supcon_pretraining_improves_knn_and_the_probe_learns() {
+    use convkit::contrastive::{pretrain, probe};
+    let out = temp_dir("pretrain");
+    let s = pretrain::run(supcon_config(3, 64), &out, &Default::default()).unwrap();
+    assert_eq!(s.knn_accuracy.len(), 3);
+    assert!(
+        s.knn_accuracy[2] > s.knn_accuracy[0] + 0.05,
+        "kNN accuracy rises: {:?}",
+        s.knn_accuracy
+    );
+    assert!(
+        s.final_loss < (127f64).ln() - 0.3,
+        "below the collapsed value ln(2B-1): {}",
+        s.final_loss
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["knn_accuracy"].as_array().unwrap().len(), 3);
+    let spec = probe::ProbeSpec {
+        device: "cpu".into(),
+        ..Default::default()
+    };
+    let p = probe::run(&out, &out.join("probe"), &spec).unwrap();
+    assert!(
+        p.test_accuracy > 0.4,
+        "linear probe on 10 classes: {}",
+        p.test_accuracy
+    );
+    assert!(
+        out.join("probe/probe-features.safetensors").exists(),
+        "features are cached"
+    );
+}
+
+#[test]
+fn supcon_resumes_exactly_and_refuses_batch_one() {
+    use convkit::contrastive::pretrain;
+    use convkit::train::RunOptions;
+    let (a, b) = (temp_dir("straight"), temp_dir("resumed"));
+    let straight = pretrain::run(supcon_config(2, 128), &a, &RunOptions::default()).unwrap();
+    pretrain::run(
+        supcon_config(2, 128),
+        &b,
+        &RunOptions {
+            stop_after: Some(1),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let resumed = pretrain::run(
+        supcon_config(2, 128),
+        &b,
+        &RunOptions {
+            resume: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(straight.knn_accuracy, resumed.knn_accuracy);
+    assert_eq!(straight.final_loss, resumed.final_loss);
+    let err = pretrain::run(
+        supcon_config(1, 1),
+        &temp_dir("one"),
+        &RunOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("batch size 1 is too small"), "{err}");
 }

@@ -291,8 +291,16 @@ fn cifar10_jpeg_subset_clears_the_floor() {
     let out = temp_dir("jpeg");
     let s = train::run(cfg, &out, &RunOptions::default()).unwrap();
     assert_eq!((s.train_images, s.test_images), (5000, 2000));
-    let classes_seen = s.per_class_accuracy.iter().filter(|(_, a)| *a > 0.0).count();
-    assert_eq!(classes_seen, 10, "the test subset holds every class: {:?}", s.per_class_accuracy);
+    let classes_seen = s
+        .per_class_accuracy
+        .iter()
+        .filter(|(_, a)| *a > 0.0)
+        .count();
+    assert_eq!(
+        classes_seen, 10,
+        "the test subset holds every class: {:?}",
+        s.per_class_accuracy
+    );
     assert!(
         s.test_accuracy >= FLOOR,
         "5,000 JPEG CIFAR-10 images, 5 epochs: {} < {FLOOR}",

@@ -112,7 +112,10 @@ pub fn supcon(a: SupconArgs) -> Result<()> {
     if let Some(t) = a.temperature {
         overrides.push(format!("contrastive.temperature={t:?}"));
     }
-    let cfg = config::load(Some(a.train.config.as_deref().unwrap_or("cifar10-supcon")), &overrides)?;
+    let cfg = config::load(
+        Some(a.train.config.as_deref().unwrap_or("cifar10-supcon")),
+        &overrides,
+    )?;
     let out = a.train.out.clone().unwrap_or_else(|| "runs/supcon".into());
     crate::contrastive::pretrain::run(cfg, &out, &a.train.options())?;
     Ok(())
@@ -136,7 +139,15 @@ pub struct ProbeArgs {
 pub fn probe(a: ProbeArgs) -> Result<()> {
     use crate::contrastive::probe;
     let out = a.out.clone().unwrap_or_else(|| {
-        let base = if a.run.is_dir() { a.run.clone() } else { a.run.parent().and_then(|p| p.parent()).map(PathBuf::from).unwrap_or_default() };
+        let base = if a.run.is_dir() {
+            a.run.clone()
+        } else {
+            a.run
+                .parent()
+                .and_then(|p| p.parent())
+                .map(PathBuf::from)
+                .unwrap_or_default()
+        };
         base.join("probe")
     });
     let spec = probe::ProbeSpec {

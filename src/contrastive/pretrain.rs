@@ -60,7 +60,11 @@ fn build(cfg: &Config, classes: i64, channels: i64) -> Result<Parts> {
     let mut model = models::build(&cfg.model.spec(classes, channels), device)?;
     let dim = model.net.classifier().in_features();
     let c = &cfg.contrastive;
-    let hidden = if c.head_hidden > 0 { c.head_hidden } else { dim };
+    let hidden = if c.head_hidden > 0 {
+        c.head_hidden
+    } else {
+        dim
+    };
     let head = ProjectionHead::new(&model.vs.root(), dim, dim, hidden, c.head_out)
         .map_err(|e| TrainError::Invalid(e.to_string()))?;
     if cfg.train.channels_last {
@@ -90,7 +94,11 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
     let supervised = match c.method.as_str() {
         "supcon" => true,
         "simclr" => false,
-        m => return Err(TrainError::Invalid(format!("unknown method '{m}' (supcon or simclr)"))),
+        m => {
+            return Err(TrainError::Invalid(format!(
+                "unknown method '{m}' (supcon or simclr)"
+            )));
+        }
     };
     let mode: ContrastMode = c.contrast_mode.parse().map_err(TrainError::Invalid)?;
     if cfg.train.batch_size < 2 {
@@ -119,7 +127,10 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
     crate::util::atomic_write_bytes(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
     let augmenter = Augmenter::new(cfg.augment.clone(), &data.mean, &data.std, device);
     let plain = Augmenter::new(vec![], &data.mean, &data.std, device);
-    let (train_split, test_split) = (DeviceSplit::new(&data.train, device), DeviceSplit::new(&data.test, device));
+    let (train_split, test_split) = (
+        DeviceSplit::new(&data.train, device),
+        DeviceSplit::new(&data.test, device),
+    );
     let t = &cfg.train;
     let spe = loader::steps_per_epoch(train_split.len(), t.batch_size, true);
     eprintln!(
@@ -132,12 +143,18 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
         c.head_out,
         c.temperature
     );
-    let end = opts.stop_after.map_or(t.epochs, |n| (history.len() + n).min(t.epochs));
+    let end = opts
+        .stop_after
+        .map_or(t.epochs, |n| (history.len() + n).min(t.epochs));
     for epoch in history.len()..end {
         let order = loader::epoch_order(train_split.len(), t.seed, epoch);
         let batches = loader::batches(&order, t.batch_size, true);
         let mut rng = StdRng::seed_from_u64(mix_seed(t.seed, 1_000_000 + epoch as u64));
-        let bar = progress::steps_bar(batches.len() as u64, format!("epoch {}/{}", epoch + 1, t.epochs), opts.progress);
+        let bar = progress::steps_bar(
+            batches.len() as u64,
+            format!("epoch {}/{}", epoch + 1, t.epochs),
+            opts.progress,
+        );
         let start = Instant::now();
         let (mut loss_sum, mut lr) = (0.0, cfg.optim.lr);
         for (i, idx) in batches.iter().enumerate() {
@@ -160,7 +177,11 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
                     epoch: epoch + 1,
                     lr,
                     suggest: cfg.optim.lr / 10.0,
-                    checkpoint: if ck_path.exists() { format!(" {}", ck_path.display()) } else { " (none was written yet)".into() },
+                    checkpoint: if ck_path.exists() {
+                        format!(" {}", ck_path.display())
+                    } else {
+                        " (none was written yet)".into()
+                    },
                 });
             }
             loss_sum += v;
@@ -174,7 +195,15 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
         let knn = if knn_due(epoch + 1, c.knn_every, t.epochs) {
             let bank = embed(&model, &train_split, &plain, t.eval_batch_size);
             let query = embed(&model, &test_split, &plain, t.eval_batch_size);
-            knn_accuracy(&query, &test_split.labels, &bank, &train_split.labels, data.classes.len() as i64, c.knn_k, c.knn_temperature)
+            knn_accuracy(
+                &query,
+                &test_split.labels,
+                &bank,
+                &train_split.labels,
+                data.classes.len() as i64,
+                c.knn_k,
+                c.knn_temperature,
+            )
         } else {
             previous
         };
@@ -239,7 +268,12 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
         summary.method,
         summary.epochs,
         summary.final_loss,
-        summary.knn_accuracy.iter().map(|a| format!("{:.1}%", 100.0 * a)).collect::<Vec<_>>().join(" -> "),
+        summary
+            .knn_accuracy
+            .iter()
+            .map(|a| format!("{:.1}%", 100.0 * a))
+            .collect::<Vec<_>>()
+            .join(" -> "),
         fmt_seconds(train_seconds),
         out.display()
     );
@@ -249,8 +283,23 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
 fn write_plots(out: &Path, history: &[EpochMetrics], method: &str) -> std::io::Result<()> {
     let plots = out.join("plots");
     std::fs::create_dir_all(&plots)?;
-    let series = |f: fn(&EpochMetrics) -> f64| history.iter().map(|m| (m.epoch as f64, f(m))).collect::<Vec<_>>();
-    crate::report::line_chart(&plots.join("loss.png"), &format!("{method} loss"), ("epoch", "loss"), &[("train", series(|m| m.train_loss))])?;
-    crate::report::line_chart(&plots.join("knn.png"), "kNN test accuracy", ("epoch", "accuracy"), &[("kNN", series(|m| m.test_accuracy))])?;
+    let series = |f: fn(&EpochMetrics) -> f64| {
+        history
+            .iter()
+            .map(|m| (m.epoch as f64, f(m)))
+            .collect::<Vec<_>>()
+    };
+    crate::report::line_chart(
+        &plots.join("loss.png"),
+        &format!("{method} loss"),
+        ("epoch", "loss"),
+        &[("train", series(|m| m.train_loss))],
+    )?;
+    crate::report::line_chart(
+        &plots.join("knn.png"),
+        "kNN test accuracy",
+        ("epoch", "accuracy"),
+        &[("kNN", series(|m| m.test_accuracy))],
+    )?;
     Ok(())
 }

@@ -54,7 +54,9 @@ fn features(model: &models::Model, split: &DeviceSplit, aug: &Augmenter) -> Tens
         .chunks(500)
         .map(|idx| {
             let (images, _) = split.batch(idx);
-            tch::no_grad(|| model.net.features(&aug.eval_batch(&images), &Ctx::eval())).to_kind(Kind::Float).to_device(Device::Cpu)
+            tch::no_grad(|| model.net.features(&aug.eval_batch(&images), &Ctx::eval()))
+                .to_kind(Kind::Float)
+                .to_device(Device::Cpu)
         })
         .collect();
     Tensor::cat(&parts, 0)
@@ -65,7 +67,11 @@ fn cache_path(out: &Path) -> PathBuf {
 }
 
 /// The cached features if they belong to this checkpoint epoch, else computes and caches them.
-fn cached_features(ck: &checkpoint::Loaded, out: &Path, device: Device) -> Result<Vec<(String, Tensor)>> {
+fn cached_features(
+    ck: &checkpoint::Loaded,
+    out: &Path,
+    device: Device,
+) -> Result<Vec<(String, Tensor)>> {
     let path = cache_path(out);
     let tag = Tensor::from_slice(&[ck.meta.epoch as i64]);
     if let Ok(t) = Tensor::read_safetensors(&path)
@@ -73,13 +79,21 @@ fn cached_features(ck: &checkpoint::Loaded, out: &Path, device: Device) -> Resul
     {
         return Ok(t);
     }
-    let cfg: Config = toml::from_str(&ck.meta.config).map_err(|e| TrainError::Invalid(format!("{}: {e}", ck.path.display())))?;
+    let cfg: Config = toml::from_str(&ck.meta.config)
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", ck.path.display())))?;
     let data = train::load_data(&cfg, ck.meta.image_size)?;
     let mut model = models::build(&ck.meta.spec, device)?;
-    let encoder: Vec<(String, Tensor)> = ck.section("model").into_iter().filter(|(n, _)| !n.starts_with("head.")).collect();
+    let encoder: Vec<(String, Tensor)> = ck
+        .section("model")
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("head."))
+        .collect();
     checkpoint::copy_weights(&ck.path, &encoder, &mut model)?;
     let aug = Augmenter::new(vec![], &ck.meta.mean, &ck.meta.std, device);
-    let (train_split, test_split) = (DeviceSplit::new(&data.train, device), DeviceSplit::new(&data.test, device));
+    let (train_split, test_split) = (
+        DeviceSplit::new(&data.train, device),
+        DeviceSplit::new(&data.test, device),
+    );
     let tensors = vec![
         ("epoch".to_string(), tag),
         ("train_x".into(), features(&model, &train_split, &aug)),
@@ -87,16 +101,29 @@ fn cached_features(ck: &checkpoint::Loaded, out: &Path, device: Device) -> Resul
         ("test_x".into(), features(&model, &test_split, &aug)),
         ("test_y".into(), data.test.labels.shallow_clone()),
     ];
-    atomic_write(&path, |tmp| Tensor::write_safetensors(&tensors, tmp).map_err(|e| std::io::Error::other(e.to_string())))?;
+    atomic_write(&path, |tmp| {
+        Tensor::write_safetensors(&tensors, tmp).map_err(|e| std::io::Error::other(e.to_string()))
+    })?;
     Ok(tensors)
 }
 
 fn get(t: &[(String, Tensor)], name: &str) -> Tensor {
-    t.iter().find(|(n, _)| n == name).map(|(_, v)| v.shallow_clone()).expect("probe cache entry")
+    t.iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.shallow_clone())
+        .expect("probe cache entry")
 }
 
 fn accuracy(linear: &nn::Linear, x: &Tensor, y: &Tensor) -> f64 {
-    tch::no_grad(|| linear.forward(x).argmax(1, false).eq_tensor(y).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]))
+    tch::no_grad(|| {
+        linear
+            .forward(x)
+            .argmax(1, false)
+            .eq_tensor(y)
+            .to_kind(Kind::Float)
+            .mean(Kind::Float)
+            .double_value(&[])
+    })
 }
 
 /// Trains and evaluates a linear probe on the checkpoint in `run`; writes `out/summary.json`.
@@ -107,8 +134,14 @@ pub fn run(run: &Path, out: &Path, spec: &ProbeSpec) -> Result<ProbeSummary> {
     let ck = checkpoint::read(run)?;
     std::fs::create_dir_all(out)?;
     let cache = cached_features(&ck, out, device)?;
-    let (train_x, train_y) = (get(&cache, "train_x").to_device(device), get(&cache, "train_y").to_device(device));
-    let (test_x, test_y) = (get(&cache, "test_x").to_device(device), get(&cache, "test_y").to_device(device));
+    let (train_x, train_y) = (
+        get(&cache, "train_x").to_device(device),
+        get(&cache, "train_y").to_device(device),
+    );
+    let (test_x, test_y) = (
+        get(&cache, "test_x").to_device(device),
+        get(&cache, "test_y").to_device(device),
+    );
     // Standardise with training statistics so one learning rate suits every encoder.
     let mean = train_x.mean_dim(0, true, Kind::Float);
     let std = train_x.std_dim(0, false, true) + 1e-6;
@@ -133,10 +166,19 @@ pub fn run(run: &Path, out: &Path, spec: &ProbeSpec) -> Result<ProbeSummary> {
     let spe = loader::steps_per_epoch(n, spec.batch_size, false);
     for epoch in 0..spec.epochs {
         let order = loader::epoch_order(n, 0, epoch);
-        for (i, idx) in loader::batches(&order, spec.batch_size, false).iter().enumerate() {
+        for (i, idx) in loader::batches(&order, spec.batch_size, false)
+            .iter()
+            .enumerate()
+        {
             let idx = Tensor::from_slice(idx).to_device(device);
             let logits = linear.forward(&train_x.index_select(0, &idx));
-            let loss = logits.cross_entropy_loss(&train_y.index_select(0, &idx), None::<Tensor>, Reduction::Mean, -100, 0.0);
+            let loss = logits.cross_entropy_loss(
+                &train_y.index_select(0, &idx),
+                None::<Tensor>,
+                Reduction::Mean,
+                -100,
+                0.0,
+            );
             optim.zero_grad();
             loss.backward();
             optim.step(spec.lr * schedule.factor(epoch * spe + i, spe * spec.epochs, spe));

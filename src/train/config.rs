@@ -179,7 +179,10 @@ impl Default for TrainSettings {
 
 /// Recipes shipped with convkit, usable by name with `--config`.
 pub const RECIPES: [(&str, &str); 5] = [
-    ("cifar10-supcon", include_str!("../../recipes/cifar10-supcon.toml")),
+    (
+        "cifar10-supcon",
+        include_str!("../../recipes/cifar10-supcon.toml"),
+    ),
     ("quickstart", include_str!("../../recipes/quickstart.toml")),
     (
         "cifar10-resnet18",
