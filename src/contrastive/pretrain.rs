@@ -283,12 +283,7 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
 fn write_plots(out: &Path, history: &[EpochMetrics], method: &str) -> std::io::Result<()> {
     let plots = out.join("plots");
     std::fs::create_dir_all(&plots)?;
-    let series = |f: fn(&EpochMetrics) -> f64| {
-        history
-            .iter()
-            .map(|m| (m.epoch as f64, f(m)))
-            .collect::<Vec<_>>()
-    };
+    let series = |f: fn(&EpochMetrics) -> f64| crate::report::epoch_series(history, f);
     crate::report::line_chart(
         &plots.join("loss.png"),
         &format!("{method} loss"),

@@ -167,6 +167,11 @@ pub fn confusion_chart(
     Ok(())
 }
 
+/// (epoch, value) points of one metric, for line charts.
+pub fn epoch_series(history: &[EpochMetrics], f: fn(&EpochMetrics) -> f64) -> Vec<(f64, f64)> {
+    history.iter().map(|m| (m.epoch as f64, f(m))).collect()
+}
+
 /// Writes `plots/{loss,accuracy,lr,confusion}.png` and `report.html` into a run folder.
 pub fn run_report(
     out: &Path,
@@ -178,12 +183,7 @@ pub fn run_report(
 ) -> std::io::Result<()> {
     let plots = out.join("plots");
     std::fs::create_dir_all(&plots)?;
-    let series = |f: fn(&EpochMetrics) -> f64| {
-        history
-            .iter()
-            .map(|m| (m.epoch as f64, f(m)))
-            .collect::<Vec<_>>()
-    };
+    let series = |f: fn(&EpochMetrics) -> f64| epoch_series(history, f);
     line_chart(
         &plots.join("loss.png"),
         "loss",
