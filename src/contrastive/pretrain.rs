@@ -29,8 +29,13 @@ pub struct PretrainSummary {
     pub wall_seconds: f64,
 }
 
-/// Encoder features of a whole split, in evaluation mode, L2-normalised: `[N, D]`.
-pub fn embed(model: &Model, split: &DeviceSplit, augmenter: &Augmenter, batch: usize) -> Tensor {
+/// Encoder features of a whole split, in evaluation mode, without augmentation: `[N, D]`.
+pub fn encoder_features(
+    model: &Model,
+    split: &DeviceSplit,
+    augmenter: &Augmenter,
+    batch: usize,
+) -> Tensor {
     let index: Vec<i64> = (0..split.len() as i64).collect();
     let parts: Vec<Tensor> = index
         .chunks(batch.max(1))
@@ -40,7 +45,12 @@ pub fn embed(model: &Model, split: &DeviceSplit, augmenter: &Augmenter, batch: u
             tch::no_grad(|| model.net.features(&x, &Ctx::eval())).to_kind(Kind::Float)
         })
         .collect();
-    normalize(&Tensor::cat(&parts, 0))
+    Tensor::cat(&parts, 0)
+}
+
+/// `encoder_features`, L2-normalised (the kNN monitor's embedding).
+pub fn embed(model: &Model, split: &DeviceSplit, augmenter: &Augmenter, batch: usize) -> Tensor {
+    normalize(&encoder_features(model, split, augmenter, batch))
 }
 
 fn knn_due(epoch: usize, every: usize, last: usize) -> bool {
@@ -171,18 +181,7 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
             optim.step(lr);
             let v = loss.double_value(&[]);
             if !v.is_finite() {
-                return Err(TrainError::Diverged {
-                    loss: v,
-                    step: step + 1,
-                    epoch: epoch + 1,
-                    lr,
-                    suggest: cfg.optim.lr / 10.0,
-                    checkpoint: if ck_path.exists() {
-                        format!(" {}", ck_path.display())
-                    } else {
-                        " (none was written yet)".into()
-                    },
-                });
+                return Err(train::diverged(out, cfg.optim.lr, v, step, epoch, lr));
             }
             loss_sum += v;
             bar.set_message(format!("loss {:.3}", loss_sum / (i + 1) as f64));

@@ -4,7 +4,7 @@
 
 use crate::augment::Augmenter;
 use crate::data::loader::{self, DeviceSplit};
-use crate::models::{self, Ctx};
+use crate::models;
 use crate::optim::{OptimConfig, Optimizer, Schedule, ScheduleKind};
 use crate::train::metrics;
 use crate::train::{self, Config, Result, TrainError, checkpoint};
@@ -49,17 +49,7 @@ pub struct ProbeSummary {
 
 /// Raw (unnormalised) encoder features of a split: `[N, D]` on the host.
 fn features(model: &models::Model, split: &DeviceSplit, aug: &Augmenter) -> Tensor {
-    let index: Vec<i64> = (0..split.len() as i64).collect();
-    let parts: Vec<Tensor> = index
-        .chunks(500)
-        .map(|idx| {
-            let (images, _) = split.batch(idx);
-            tch::no_grad(|| model.net.features(&aug.eval_batch(&images), &Ctx::eval()))
-                .to_kind(Kind::Float)
-                .to_device(Device::Cpu)
-        })
-        .collect();
-    Tensor::cat(&parts, 0)
+    super::pretrain::encoder_features(model, split, aug, 500).to_device(Device::Cpu)
 }
 
 fn cache_path(out: &Path) -> PathBuf {

@@ -281,19 +281,7 @@ impl Trainer {
     }
 
     fn diverged(&self, loss: f64, step: usize, epoch: usize, lr: f64) -> TrainError {
-        let ck = self.out.join("checkpoints").join("last.safetensors");
-        TrainError::Diverged {
-            loss,
-            step: step + 1,
-            epoch: epoch + 1,
-            lr,
-            suggest: self.cfg.optim.lr / 10.0,
-            checkpoint: if ck.exists() {
-                format!(" {}", ck.display())
-            } else {
-                " (none was written yet)".into()
-            },
-        }
+        diverged(&self.out, self.cfg.optim.lr, loss, step, epoch, lr)
     }
 
     pub fn evaluate(&self) -> EvalResult {
@@ -404,6 +392,31 @@ impl Trainer {
         };
         self.last_eval = Some(eval);
         s
+    }
+}
+
+/// The error for a non-finite loss at 0-based `step` / `epoch`: names the step, suggests a
+/// tenth of the base learning rate, and says whether a checkpoint in `out` is intact.
+pub fn diverged(
+    out: &Path,
+    base_lr: f64,
+    loss: f64,
+    step: usize,
+    epoch: usize,
+    lr: f64,
+) -> TrainError {
+    let ck = out.join("checkpoints").join("last.safetensors");
+    TrainError::Diverged {
+        loss,
+        step: step + 1,
+        epoch: epoch + 1,
+        lr,
+        suggest: base_lr / 10.0,
+        checkpoint: if ck.exists() {
+            format!(" {}", ck.display())
+        } else {
+            " (none was written yet)".into()
+        },
     }
 }
 
