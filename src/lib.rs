@@ -16,3 +16,4 @@ pub mod optim;
 pub mod report;
 pub mod train;
 pub mod util;
+pub mod weights;

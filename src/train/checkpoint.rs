@@ -159,63 +159,11 @@ pub fn copy_weights(
     weights: &[(String, Tensor)],
     model: &mut Model,
 ) -> Result<(), CheckpointError> {
-    let vars = model.vs.variables();
-    let mut missing: Vec<&str> = vars
-        .keys()
-        .filter(|k| !weights.iter().any(|(n, _)| n == *k))
-        .map(String::as_str)
-        .collect();
-    let mut unexpected: Vec<&str> = weights
-        .iter()
-        .filter(|(n, _)| !vars.contains_key(n))
-        .map(|(n, _)| n.as_str())
-        .collect();
-    let mut shapes: Vec<String> = weights
-        .iter()
-        .filter_map(|(n, t)| {
-            let v = vars.get(n)?;
-            (v.size() != t.size())
-                .then(|| format!("{n} is {:?}, the model has {:?}", t.size(), v.size()))
-        })
-        .collect();
-    missing.sort();
-    unexpected.sort();
-    shapes.sort();
-    let mut problems = Vec::new();
-    let mut report = |what: &str, items: Vec<String>| {
-        if !items.is_empty() {
-            let more = if items.len() > 4 {
-                format!(", ... ({} in all)", items.len())
-            } else {
-                String::new()
-            };
-            problems.push(format!(
-                "{what}: {}{more}",
-                items[..items.len().min(4)].join(", ")
-            ));
-        }
+    let opts = crate::weights::LoadOptions {
+        strict: true,
+        replace_head: false,
     };
-    report("missing", missing.iter().map(|s| s.to_string()).collect());
-    report(
-        "unexpected",
-        unexpected.iter().map(|s| s.to_string()).collect(),
-    );
-    report("wrong shape", shapes);
-    if !problems.is_empty() {
-        return Err(bad(
-            path,
-            format!(
-                "weights do not fit the {} architecture; {}",
-                model.spec.name,
-                problems.join("; ")
-            ),
-        ));
-    }
-    tch::no_grad(|| {
-        for (name, t) in weights {
-            let mut var = vars[name].shallow_clone();
-            var.copy_(t);
-        }
-    });
-    Ok(())
+    crate::weights::load_into(path, weights, model, opts)
+        .map(|_| ())
+        .map_err(|e| bad(path, e.to_string().trim_start_matches(&format!("{}: ", path.display()))))
 }

@@ -1,0 +1,296 @@
+//! Pretrained weights: reading torchvision `.pth` files (with a safe pickle reader),
+//! `.safetensors` files and convkit checkpoints; loading them into a model with PyTorch's
+//! `load_state_dict` checks; and the official torchvision files to download.
+
+pub mod pickle;
+pub mod pth;
+
+use crate::data::download::{self, Checksum, Remote};
+use crate::models::{Model, is_buffer};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("{path}: {problem}")]
+    Bad { path: PathBuf, problem: String },
+    #[error(transparent)]
+    Download(#[from] crate::data::DataError),
+}
+
+fn bad(path: &Path, problem: impl Into<String>) -> WeightsError {
+    WeightsError::Bad {
+        path: path.to_path_buf(),
+        problem: problem.into(),
+    }
+}
+
+pub type Result<T> = std::result::Result<T, WeightsError>;
+
+/// ImageNet normalisation and input size, which belong to torchvision's and timm's weights.
+pub const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
+pub const IMAGENET_SIZE: i64 = 224;
+
+/// What a weights file is, from its first bytes (never from its name alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// `torch.save` zip archive.
+    Pth,
+    /// A bare pickle: `torch.save` before PyTorch 1.6.
+    LegacyPth,
+    Safetensors,
+}
+
+pub fn detect(path: &Path) -> Result<FileKind> {
+    let mut head = [0u8; 9];
+    let mut f = std::fs::File::open(path).map_err(|e| bad(path, e.to_string()))?;
+    let n = f.read(&mut head).map_err(|e| bad(path, e.to_string()))?;
+    match &head[..n] {
+        [b'P', b'K', 3, 4, ..] => Ok(FileKind::Pth),
+        [0x80, ..] => Ok(FileKind::LegacyPth),
+        [.., b'{'] if n == 9 => Ok(FileKind::Safetensors),
+        _ => Err(bad(
+            path,
+            "not a weights file: expected a torch.save .pth archive or a .safetensors file",
+        )),
+    }
+}
+
+/// The named tensors of a `.pth`, `.safetensors` or convkit checkpoint file, on the CPU.
+/// A convkit checkpoint contributes its model weights only.
+pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    match detect(path)? {
+        FileKind::Pth => pth::read(path),
+        FileKind::LegacyPth => Err(bad(
+            path,
+            "this .pth was written by torch.save before PyTorch 1.6 (not a zip archive), which \
+             convkit does not read; re-save it with a recent torch: \
+             torch.save(torch.load(f), 'new.pth')",
+        )),
+        FileKind::Safetensors => {
+            let tensors = Tensor::read_safetensors(path).map_err(|e| {
+                bad(
+                    path,
+                    format!("not a readable safetensors file (truncated or damaged?): {e}"),
+                )
+            })?;
+            Ok(checkpoint_model_section(tensors))
+        }
+    }
+}
+
+/// A convkit checkpoint stores `model.<key>`, `optim.<key>` and `meta`; other safetensors files
+/// are returned as they are.
+fn checkpoint_model_section(tensors: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
+    if !tensors.iter().any(|(n, _)| n == "meta") {
+        return tensors;
+    }
+    tensors
+        .into_iter()
+        .filter_map(|(n, t)| n.strip_prefix("model.").map(|k| (k.to_string(), t)))
+        .collect()
+}
+
+/// One row of `convkit weights inspect`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TensorInfo {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub dtype: String,
+}
+
+pub fn inspect(path: &Path) -> Result<Vec<TensorInfo>> {
+    let tensors = match detect(path)? {
+        FileKind::Safetensors => Tensor::read_safetensors(path)
+            .map_err(|e| bad(path, format!("not a readable safetensors file: {e}")))?,
+        _ => read(path)?,
+    };
+    Ok(tensors
+        .into_iter()
+        .map(|(name, t)| TensorInfo {
+            name,
+            shape: t.size(),
+            dtype: format!("{:?}", t.kind()).to_lowercase(),
+        })
+        .collect())
+}
+
+/// How a state dict matched a model.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LoadReport {
+    pub loaded: usize,
+    pub missing: Vec<String>,
+    pub unexpected: Vec<String>,
+    pub wrong_shape: Vec<String>,
+    /// Classifier tensors whose shape differs (another number of classes): the model keeps its
+    /// new, freshly initialised head.
+    pub replaced_head: Vec<String>,
+}
+
+impl LoadReport {
+    pub fn is_clean(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.wrong_shape.is_empty()
+    }
+    /// One line per kind of problem, at most four names each.
+    pub fn problems(&self) -> String {
+        let mut out = Vec::new();
+        for (what, items) in [
+            ("missing", &self.missing),
+            ("unexpected", &self.unexpected),
+            ("wrong shape", &self.wrong_shape),
+        ] {
+            if items.is_empty() {
+                continue;
+            }
+            let more = if items.len() > 4 {
+                format!(", ... ({} in all)", items.len())
+            } else {
+                String::new()
+            };
+            out.push(format!("{what}: {}{more}", items[..items.len().min(4)].join(", ")));
+        }
+        out.join("; ")
+    }
+}
+
+/// How to treat a state dict that does not fit exactly.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Refuse missing, unexpected or wrongly shaped tensors (PyTorch's `strict=True`).
+    pub strict: bool,
+    /// A classifier of another size is expected (a new head) rather than an error.
+    pub replace_head: bool,
+}
+
+/// Copies `weights` into the model's variables, checking names and shapes like PyTorch's
+/// `load_state_dict`. `num_batches_tracked` entries are accepted and ignored: convkit's BatchNorm
+/// uses a fixed momentum and never reads them.
+pub fn load_into(
+    path: &Path,
+    weights: &[(String, Tensor)],
+    model: &mut Model,
+    opts: LoadOptions,
+) -> Result<LoadReport> {
+    let vars = model.vs.variables();
+    let head = format!("{}.", model.net.classifier().name);
+    let weights: Vec<&(String, Tensor)> = weights
+        .iter()
+        .filter(|(n, _)| !n.ends_with("num_batches_tracked"))
+        .collect();
+    let mut report = LoadReport::default();
+    for (name, _) in &vars {
+        if !weights.iter().any(|(n, _)| n == name) {
+            report.missing.push(name.clone());
+        }
+    }
+    let mut accepted = Vec::new();
+    for (name, t) in weights {
+        match vars.get(name) {
+            None => report.unexpected.push(name.clone()),
+            Some(v) if v.size() == t.size() => accepted.push((name, v, t)),
+            Some(v) if opts.replace_head && name.starts_with(&head) => report
+                .replaced_head
+                .push(format!("{name} {:?} -> {:?}", t.size(), v.size())),
+            Some(v) => report
+                .wrong_shape
+                .push(format!("{name} is {:?}, the model has {:?}", t.size(), v.size())),
+        }
+    }
+    // Missing head tensors are expected when the head is replaced.
+    if !report.replaced_head.is_empty() {
+        report.missing.retain(|n| !n.starts_with(&head));
+    }
+    report.missing.sort();
+    report.unexpected.sort();
+    report.wrong_shape.sort();
+    if opts.strict && !report.is_clean() {
+        return Err(bad(
+            path,
+            format!(
+                "weights do not fit the {} architecture; {}",
+                model.spec.name,
+                report.problems()
+            ),
+        ));
+    }
+    if !accepted.iter().any(|(n, _, _)| !is_buffer(n)) {
+        return Err(bad(
+            path,
+            format!(
+                "none of the file's tensors fit the {} architecture; {}",
+                model.spec.name,
+                report.problems()
+            ),
+        ));
+    }
+    tch::no_grad(|| {
+        for (_, v, t) in &accepted {
+            v.shallow_clone().copy_(t);
+        }
+    });
+    report.loaded = accepted.len();
+    Ok(report)
+}
+
+/// torchvision's official ImageNet weights. The hex digits in each name are the start of the
+/// file's SHA-256, which torchvision itself checks.
+pub const TORCHVISION: [(&str, &str, &str); 4] = [
+    ("resnet18", "resnet18-f37072fd.pth", "ImageNet top-1 69.76%"),
+    ("resnet34", "resnet34-b627a593.pth", "ImageNet top-1 73.31%"),
+    ("resnet50", "resnet50-0676ba61.pth", "ImageNet top-1 76.13% (V1)"),
+    ("resnet50-v2", "resnet50-11ad3fa6.pth", "ImageNet top-1 80.86% (V2)"),
+];
+
+pub fn remote(name: &str) -> Option<Remote> {
+    let (_, file, _) = TORCHVISION.iter().find(|(n, _, _)| *n == name)?;
+    let hash = file.trim_end_matches(".pth").rsplit('-').next()?.to_string();
+    Some(Remote {
+        url: format!("https://download.pytorch.org/models/{file}"),
+        file_name: file.to_string(),
+        checksum: Checksum::Sha256Prefix(hash),
+    })
+}
+
+/// Where downloaded weights live: `<data dir>/weights`.
+pub fn weights_dir() -> PathBuf {
+    crate::data::data_dir().join("weights")
+}
+
+/// PyTorch's own cache, which users of torchvision already have filled.
+fn torch_hub_file(file: &str) -> Option<PathBuf> {
+    let home = std::env::var_os("TORCH_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/torch")))?;
+    let p = home.join("hub/checkpoints").join(file);
+    p.exists().then_some(p)
+}
+
+/// The verified local file of a named torchvision weight set, downloading it if needed.
+pub fn fetch(name: &str, progress: bool) -> Result<PathBuf> {
+    let r = remote(name).ok_or_else(|| {
+        let known: Vec<&str> = TORCHVISION.iter().map(|(n, _, _)| *n).collect();
+        bad(
+            Path::new(name),
+            format!("no such pretrained weights; known: {}", known.join(", ")),
+        )
+    })?;
+    if let Some(p) = torch_hub_file(&r.file_name) {
+        download::verify(&p, &r.checksum)?;
+        return Ok(p);
+    }
+    Ok(download::fetch(&r, &weights_dir(), progress)?)
+}
+
+/// A `--weights` argument: a file, or the name of a torchvision weight set.
+pub fn resolve(arg: &str, progress: bool) -> Result<PathBuf> {
+    let p = Path::new(arg);
+    if p.exists() {
+        return Ok(p.to_path_buf());
+    }
+    if remote(arg).is_some() {
+        return fetch(arg, progress);
+    }
+    Err(bad(p, "no such file (nor a known weights name)"))
+}

@@ -1,0 +1,169 @@
+//! Pretrained-weight files: torchvision-layout `.pth` and `.safetensors` files that the
+//! pip-installed torch writes (tests/fixtures/make_resnet.py) load into convkit's ResNets and
+//! give the same eval-mode logits; bad files fail clearly; a malicious pickle never runs.
+
+use convkit::models::{self, Ctx, ModelSpec, Stem};
+use convkit::weights::{self, LoadOptions};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use tch::{Device, Tensor};
+
+fn fixtures() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("convkit-weights-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let status = std::process::Command::new(root.join(".venv/bin/python"))
+            .arg(root.join("tests/fixtures/make_resnet.py"))
+            .arg(&dir)
+            .status()
+            .expect("the set-up script's .venv python runs (./dev test creates it)");
+        assert!(status.success(), "make_resnet.py failed");
+        dir
+    })
+}
+
+fn entry(tensors: &[(String, Tensor)], name: &str) -> Tensor {
+    tensors
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, t)| t.shallow_clone())
+        .unwrap()
+}
+
+fn strict() -> LoadOptions {
+    LoadOptions {
+        strict: true,
+        replace_head: false,
+    }
+}
+
+fn imagenet_model(name: &str, classes: i64) -> models::Model {
+    let mut spec = ModelSpec::new(name, classes);
+    spec.stem = Some(Stem::Imagenet);
+    models::build(&spec, Device::Cpu).unwrap()
+}
+
+/// max |ours - theirs| / max |theirs|
+fn relative_error(ours: &Tensor, theirs: &Tensor) -> f64 {
+    let diff = (ours - theirs).abs().max().double_value(&[]);
+    diff / theirs.abs().max().double_value(&[])
+}
+
+fn parity(name: &str, file: &str) {
+    let dir = fixtures();
+    let mut model = imagenet_model(name, 1000);
+    let w = weights::read(&dir.join(file)).unwrap();
+    let report = weights::load_into(&dir.join(file), &w, &mut model, strict()).unwrap();
+    assert!(report.is_clean());
+    let io = weights::read(&dir.join(format!("{name}-io.pth"))).unwrap();
+    let logits = tch::no_grad(|| model.forward(&entry(&io, "input"), &Ctx::eval()));
+    let expected = entry(&io, "logits");
+    assert_eq!(logits.size(), vec![2, 1000]);
+    let err = relative_error(&logits, &expected);
+    assert!(err < 1e-4, "{name} from {file}: relative error {err}");
+}
+
+#[test]
+fn resnet18_logits_match_torch_from_pth() {
+    parity("resnet18", "resnet18.pth");
+}
+
+#[test]
+fn resnet50_logits_match_torch_from_pth() {
+    parity("resnet50", "resnet50.pth");
+}
+
+#[test]
+fn resnet18_logits_match_torch_from_safetensors() {
+    parity("resnet18", "resnet18.safetensors");
+}
+
+#[test]
+fn pth_reader_keeps_dtypes_shapes_and_values() {
+    let dir = fixtures();
+    let w = weights::read(&dir.join("resnet18.pth")).unwrap();
+    // 62 weights/BN tensors + 20 num_batches_tracked, as torchvision's resnet18 state dict.
+    assert_eq!(w.len(), 122);
+    let nbt = entry(&w, "bn1.num_batches_tracked");
+    assert_eq!(nbt.kind(), tch::Kind::Int64);
+    assert_eq!(nbt.int64_value(&[]), 7);
+    assert_eq!(entry(&w, "layer2.0.downsample.0.weight").size(), vec![128, 64, 1, 1]);
+    let st = weights::read(&dir.join("resnet18.safetensors")).unwrap();
+    let a = entry(&w, "layer4.1.conv2.weight");
+    assert!(a.equal(&entry(&st, "layer4.1.conv2.weight")));
+    let info = weights::inspect(&dir.join("resnet18.pth")).unwrap();
+    let fc = info.iter().find(|i| i.name == "fc.weight").unwrap();
+    assert_eq!((fc.shape.clone(), fc.dtype.as_str()), (vec![1000, 512], "float"));
+}
+
+#[test]
+fn malicious_pickle_is_refused_and_never_runs() {
+    let dir = fixtures();
+    let err = weights::read(&dir.join("evil.pth")).unwrap_err().to_string();
+    assert!(err.contains("evil.pth"), "{err}");
+    assert!(err.contains("refused") && err.contains("system"), "{err}");
+    assert!(weights::inspect(&dir.join("evil.pth")).is_err());
+    assert!(!dir.join("pwned").exists(), "the pickle's code ran");
+}
+
+#[test]
+fn truncated_files_fail_with_the_file_name() {
+    let dir = fixtures();
+    for file in ["resnet18.pth", "resnet18.safetensors"] {
+        let bytes = std::fs::read(dir.join(file)).unwrap();
+        let cut = dir.join(format!("cut-{file}"));
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let err = weights::read(&cut).unwrap_err().to_string();
+        assert!(err.contains(&format!("cut-{file}")), "{err}");
+        assert!(err.contains("truncated"), "{err}");
+    }
+    let junk = dir.join("junk.pth");
+    std::fs::write(&junk, b"hello, world").unwrap();
+    let err = weights::read(&junk).unwrap_err().to_string();
+    assert!(err.contains("not a weights file"), "{err}");
+}
+
+#[test]
+fn weights_of_another_architecture_are_listed_not_loaded() {
+    let dir = fixtures();
+    let path = dir.join("resnet50.pth");
+    let w = weights::read(&path).unwrap();
+    let mut model = imagenet_model("resnet18", 1000);
+    let err = weights::load_into(&path, &w, &mut model, strict())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("resnet18 architecture"), "{err}");
+    assert!(err.contains("unexpected: ") && err.contains("wrong shape: "), "{err}");
+    // Non-strict loading takes what fits and reports the rest.
+    let relaxed = LoadOptions {
+        strict: false,
+        replace_head: false,
+    };
+    let r = weights::load_into(&path, &w, &mut model, relaxed).unwrap();
+    assert!(r.loaded > 0 && !r.unexpected.is_empty() && !r.wrong_shape.is_empty());
+}
+
+#[test]
+fn a_new_head_replaces_the_classifier_and_keeps_the_body() {
+    let dir = fixtures();
+    let path = dir.join("resnet18.pth");
+    let w = weights::read(&path).unwrap();
+    let mut model = imagenet_model("resnet18", 4);
+    let opts = LoadOptions {
+        strict: true,
+        replace_head: true,
+    };
+    let r = weights::load_into(&path, &w, &mut model, opts).unwrap();
+    assert_eq!(r.replaced_head.len(), 2, "{:?}", r.replaced_head);
+    let vars = model.vs.variables();
+    assert!(vars["conv1.weight"].equal(&entry(&w, "conv1.weight")));
+    assert_eq!(vars["fc.weight"].size(), vec![4, 512]);
+    // Without replace_head the same file is an error that names the head.
+    let mut model = imagenet_model("resnet18", 4);
+    let err = weights::load_into(&path, &w, &mut model, strict())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("fc.weight is [1000, 512]"), "{err}");
+}
