@@ -11,7 +11,9 @@ use tch::{Device, Tensor};
 fn fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("convkit-weights-{}", std::process::id()));
+        // One fixed folder under target/, rewritten by every run (no leftovers in /tmp).
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("weights-fixtures");
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let status = std::process::Command::new(root.join(".venv/bin/python"))
