@@ -78,6 +78,29 @@ def supcon(a):
     print(f"supcon: {rate:.2f} loss+grad/s ({1000 / rate:.2f} ms each; 2x1024 128-d features, t = 0.1)")
 
 
+def features(a):
+    """Pooled body features of a torchvision-layout ResNet (the parity fixture's modules)."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures"))
+    from make_resnet import Basic, Bottleneck, ResNet
+    layout = {"resnet18": (Basic, [2, 2, 2, 2]), "resnet50": (Bottleneck, [3, 4, 6, 3])}
+    model = ResNet(*layout[a.model]).eval()
+    fmt = torch.contiguous_format if a.nchw else torch.channels_last
+    model = model.to(memory_format=fmt)
+    x = torch.randn(a.infer_batch, 3, a.size, a.size).contiguous(memory_format=fmt)
+
+    def body():
+        with torch.no_grad():
+            y = model.maxpool(torch.relu(model.bn1(model.conv1(x))))
+            for i in range(4):
+                y = getattr(model, f"layer{i + 1}")(y)
+            y.mean((2, 3))
+
+    rate = a.infer_batch * a.steps / timed(body, a.warmup, a.steps)
+    print(f"features: {rate:.1f} img/s ({a.model} at {a.size}x{a.size}, batch {a.infer_batch}, {torch.get_num_threads()} threads)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=128)
@@ -87,12 +110,17 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--nchw", action="store_true", help="keep NCHW memory (convkit bench --nchw)")
     ap.add_argument("--supcon", action="store_true", help="time the SupCon loss (convkit bench --supcon)")
+    ap.add_argument("--features", action="store_true", help="time ResNet feature extraction (convkit bench --features)")
+    ap.add_argument("--model", default="resnet18")
+    ap.add_argument("--size", type=int, default=112)
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     if a.supcon:
         return supcon(a)
+    if a.features:
+        return features(a)
     model = Net8()
     decay = [p for p in model.parameters() if p.dim() > 1]
     no_decay = [p for p in model.parameters() if p.dim() <= 1]

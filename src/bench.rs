@@ -102,6 +102,18 @@ pub fn infer_rate(s: &BenchSpec) -> f64 {
     (s.infer_batch as usize * s.steps) as f64 / secs
 }
 
+/// Pooled body features (`Network::features`, eval mode, no gradients): what a linear probe
+/// or transfer set-up computes once per image.
+pub fn features_rate(s: &BenchSpec) -> f64 {
+    let (model, x) = model_and_input(s, s.infer_batch);
+    let secs = timed(s.device, s.warmup, s.steps, || {
+        tch::no_grad(|| {
+            let _ = model.net.features(&x, &Ctx::eval());
+        });
+    });
+    (s.infer_batch as usize * s.steps) as f64 / secs
+}
+
 /// The training input pipeline alone: shuffle, gather, crop + flip, normalise.
 pub fn loader_rate(s: &BenchSpec) -> f64 {
     let n = 10_000;

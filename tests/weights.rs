@@ -91,19 +91,27 @@ fn pth_reader_keeps_dtypes_shapes_and_values() {
     let nbt = entry(&w, "bn1.num_batches_tracked");
     assert_eq!(nbt.kind(), tch::Kind::Int64);
     assert_eq!(nbt.int64_value(&[]), 7);
-    assert_eq!(entry(&w, "layer2.0.downsample.0.weight").size(), vec![128, 64, 1, 1]);
+    assert_eq!(
+        entry(&w, "layer2.0.downsample.0.weight").size(),
+        vec![128, 64, 1, 1]
+    );
     let st = weights::read(&dir.join("resnet18.safetensors")).unwrap();
     let a = entry(&w, "layer4.1.conv2.weight");
     assert!(a.equal(&entry(&st, "layer4.1.conv2.weight")));
     let info = weights::inspect(&dir.join("resnet18.pth")).unwrap();
     let fc = info.iter().find(|i| i.name == "fc.weight").unwrap();
-    assert_eq!((fc.shape.clone(), fc.dtype.as_str()), (vec![1000, 512], "float"));
+    assert_eq!(
+        (fc.shape.clone(), fc.dtype.as_str()),
+        (vec![1000, 512], "float")
+    );
 }
 
 #[test]
 fn malicious_pickle_is_refused_and_never_runs() {
     let dir = fixtures();
-    let err = weights::read(&dir.join("evil.pth")).unwrap_err().to_string();
+    let err = weights::read(&dir.join("evil.pth"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("evil.pth"), "{err}");
     assert!(err.contains("refused") && err.contains("system"), "{err}");
     assert!(weights::inspect(&dir.join("evil.pth")).is_err());
@@ -137,7 +145,10 @@ fn weights_of_another_architecture_are_listed_not_loaded() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("resnet18 architecture"), "{err}");
-    assert!(err.contains("unexpected: ") && err.contains("wrong shape: "), "{err}");
+    assert!(
+        err.contains("unexpected: ") && err.contains("wrong shape: "),
+        "{err}"
+    );
     // Non-strict loading takes what fits and reports the rest.
     let relaxed = LoadOptions {
         strict: false,

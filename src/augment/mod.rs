@@ -167,6 +167,8 @@ impl From<Aug> for String {
 #[derive(Debug)]
 pub struct Augmenter {
     pub augs: Vec<Aug>,
+    /// Bilinear resize of every batch to this side, last (small images for ImageNet weights).
+    pub resize: Option<i64>,
     mean: Tensor,
     std: Tensor,
 }
@@ -182,6 +184,7 @@ impl Augmenter {
         };
         Augmenter {
             augs,
+            resize: None,
             mean: as_tensor(mean),
             std: as_tensor(std),
         }
@@ -189,7 +192,16 @@ impl Augmenter {
 
     /// u8 NHWC -> normalised float NCHW, without augmentation (evaluation).
     pub fn eval_batch(&self, images: &Tensor) -> Tensor {
-        self.normalise(&to_float_nchw(images))
+        self.resized(self.normalise(&to_float_nchw(images)))
+    }
+
+    fn resized(&self, x: Tensor) -> Tensor {
+        match self.resize {
+            Some(s) if x.size()[2..] != [s, s] => {
+                x.upsample_bilinear2d([s, s], false, None::<f64>, None::<f64>)
+            }
+            _ => x,
+        }
     }
 
     /// u8 NHWC -> augmented, normalised float NCHW.
@@ -244,7 +256,7 @@ impl Augmenter {
                 x = cutout(&x, &centres, *size);
             }
         }
-        x
+        self.resized(x)
     }
 
     /// Two independently augmented views of every image, batched view-major as `[2B, C, H, W]`

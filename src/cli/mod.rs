@@ -1,8 +1,10 @@
 //! The command line: argument structures and a thin layer over the library.
 
+mod experiment;
 mod predict;
 mod tools;
 mod train;
+mod transfer;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +29,14 @@ enum Command {
     Supcon(train::SupconArgs),
     /// Linear probe on the frozen encoder of a run
     Probe(train::ProbeArgs),
+    /// Adapt pretrained weights: linear-probe, head-then-unfreeze, partial:K, full (or scratch)
+    Finetune(transfer::FinetuneArgs),
+    /// Learning-rate range test: exponential sweep, plot, suggested rate
+    LrFind(transfer::LrFindArgs),
+    /// Download, list and inspect pretrained weights
+    Weights(transfer::WeightsArgs),
+    /// Comparisons of several runs with one report (transfer)
+    Experiment(experiment::ExperimentArgs),
     /// Evaluate a run or checkpoint on its test data (or on --data)
     Eval(predict::EvalArgs),
     /// Classify image files with a checkpoint
@@ -49,6 +59,10 @@ pub fn main() -> anyhow::Result<()> {
         Command::Train(a) => train::train(a),
         Command::Supcon(a) => train::supcon(a),
         Command::Probe(a) => train::probe(a),
+        Command::Finetune(a) => transfer::finetune(a),
+        Command::LrFind(a) => transfer::lr_find(a),
+        Command::Weights(a) => transfer::weights(a),
+        Command::Experiment(a) => experiment::experiment(a),
         Command::Eval(a) => predict::eval(a),
         Command::Predict(a) => predict::predict(a),
         Command::Summary(a) => tools::summary(a),

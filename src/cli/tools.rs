@@ -132,6 +132,12 @@ pub struct BenchArgs {
     /// Time only the SupCon loss (forward + backward, 2 x 1024 x 128 features)
     #[arg(long)]
     supcon: bool,
+    /// Time only feature extraction through the body (eval, no gradients), batch --infer-batch
+    #[arg(long)]
+    features: bool,
+    /// Input side in pixels
+    #[arg(long, default_value_t = 32)]
+    size: i64,
     /// Write summary.json here
     #[arg(long)]
     out: Option<PathBuf>,
@@ -152,11 +158,24 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         infer_batch: a.infer_batch,
         steps: a.steps,
         warmup: a.warmup,
-        size: 32,
+        size: a.size,
         classes: 10,
         device: train::parse_device(&a.device)?,
         channels_last: !a.nchw,
     };
+    if a.features {
+        crate::util::tune_allocator();
+        let rate = bench::features_rate(&spec);
+        println!(
+            "features: {rate:.1} img/s ({} at {}x{}, batch {}, {} threads)",
+            spec.model,
+            spec.size,
+            spec.size,
+            spec.infer_batch,
+            tch::get_num_threads()
+        );
+        return Ok(());
+    }
     let r = bench::run(&spec);
     println!(
         "model {} on {} ({} threads), batch {}",

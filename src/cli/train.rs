@@ -10,7 +10,7 @@ use std::path::PathBuf;
 pub struct TrainArgs {
     /// A shipped recipe (see `convkit list`) or a TOML file
     #[arg(long)]
-    config: Option<String>,
+    pub config: Option<String>,
     /// Data: a CIFAR folder or .tar.gz, an image folder, an IDX folder, `synthetic`, `cifar10`
     #[arg(long)]
     data: Option<String>,
@@ -40,20 +40,22 @@ pub struct TrainArgs {
     /// Any config field: --set optim.momentum=0.85 --set 'augment=["flip"]' (repeatable)
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
-    /// Run folder (default runs/train, runs/supcon for supcon)
+    /// Run folder (default runs/<command>)
     #[arg(long)]
-    out: Option<PathBuf>,
+    pub out: Option<PathBuf>,
     /// Continue the run in --out from its last checkpoint
     #[arg(long)]
     resume: bool,
+    #[command(flatten)]
+    transfer: super::transfer::TransferArgs,
 }
 
-fn quoted(s: &str) -> String {
+pub fn quoted(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
 impl TrainArgs {
-    fn overrides(&self) -> Vec<String> {
+    pub fn overrides(&self) -> Vec<String> {
         let mut o = Vec::new();
         let mut push = |k: &str, v: Option<String>| {
             if let Some(v) = v {
@@ -70,13 +72,14 @@ impl TrainArgs {
         push("train.device", self.device.as_deref().map(quoted));
         push("data.train_limit", self.train_limit.map(|v| v.to_string()));
         push("data.val_split", self.val_split.map(|v| format!("{v:?}")));
+        o.extend(self.transfer.overrides());
         o.extend(self.sets.iter().cloned());
         o
     }
 }
 
 impl TrainArgs {
-    fn options(&self) -> RunOptions {
+    pub fn options(&self) -> RunOptions {
         RunOptions {
             resume: self.resume,
             progress: train::progress::wanted(),

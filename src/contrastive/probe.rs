@@ -3,16 +3,16 @@
 //! cache in seconds.
 
 use crate::augment::Augmenter;
-use crate::data::loader::{self, DeviceSplit};
+use crate::data::loader::DeviceSplit;
 use crate::models;
-use crate::optim::{OptimConfig, Optimizer, Schedule, ScheduleKind};
+use crate::train::linear::{LinearProbe, LinearSpec};
 use crate::train::metrics;
 use crate::train::{self, Config, Result, TrainError, checkpoint};
 use crate::util::atomic_write;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tch::{Device, Kind, Reduction, Tensor, nn, nn::Module};
+use tch::{Device, Tensor};
 
 #[derive(Debug, Clone)]
 pub struct ProbeSpec {
@@ -104,18 +104,6 @@ fn get(t: &[(String, Tensor)], name: &str) -> Tensor {
         .expect("probe cache entry")
 }
 
-fn accuracy(linear: &nn::Linear, x: &Tensor, y: &Tensor) -> f64 {
-    tch::no_grad(|| {
-        linear
-            .forward(x)
-            .argmax(1, false)
-            .eq_tensor(y)
-            .to_kind(Kind::Float)
-            .mean(Kind::Float)
-            .double_value(&[])
-    })
-}
-
 /// Trains and evaluates a linear probe on the checkpoint in `run`; writes `out/summary.json`.
 pub fn run(run: &Path, out: &Path, spec: &ProbeSpec) -> Result<ProbeSummary> {
     let start = Instant::now();
@@ -132,55 +120,24 @@ pub fn run(run: &Path, out: &Path, spec: &ProbeSpec) -> Result<ProbeSummary> {
         get(&cache, "test_x").to_device(device),
         get(&cache, "test_y").to_device(device),
     );
-    // Standardise with training statistics so one learning rate suits every encoder.
-    let mean = train_x.mean_dim(0, true, Kind::Float);
-    let std = train_x.std_dim(0, false, true) + 1e-6;
-    let (train_x, test_x) = ((&train_x - &mean) / &std, (&test_x - &mean) / &std);
     let dim = train_x.size()[1];
     let classes = ck.meta.classes.len() as i64;
-    tch::manual_seed(0);
-    let vs = nn::VarStore::new(device);
-    let linear = nn::linear(vs.root() / "fc", dim, classes, Default::default());
-    let cfg = OptimConfig {
+    let linear = LinearSpec {
+        epochs: spec.epochs,
         lr: spec.lr,
+        batch_size: spec.batch_size,
         weight_decay: spec.weight_decay,
-        nesterov: false,
-        ..Default::default()
+        seed: 0,
     };
-    let mut optim = Optimizer::new(&vs, &cfg)?;
-    let schedule = Schedule {
-        kind: ScheduleKind::Cosine,
-        ..Default::default()
-    };
+    let probe = LinearProbe::fit(&train_x, &train_y, classes, &linear)?;
     let n = train_x.size()[0] as usize;
-    let spe = loader::steps_per_epoch(n, spec.batch_size, false);
-    for epoch in 0..spec.epochs {
-        let order = loader::epoch_order(n, 0, epoch);
-        for (i, idx) in loader::batches(&order, spec.batch_size, false)
-            .iter()
-            .enumerate()
-        {
-            let idx = Tensor::from_slice(idx).to_device(device);
-            let logits = linear.forward(&train_x.index_select(0, &idx));
-            let loss = logits.cross_entropy_loss(
-                &train_y.index_select(0, &idx),
-                None::<Tensor>,
-                Reduction::Mean,
-                -100,
-                0.0,
-            );
-            optim.zero_grad();
-            loss.backward();
-            optim.step(spec.lr * schedule.factor(epoch * spe + i, spe * spec.epochs, spe));
-        }
-    }
     let summary = ProbeSummary {
         checkpoint: ck.path.display().to_string(),
         feature_dim: dim,
         train_images: n,
         test_images: test_x.size()[0] as usize,
-        train_accuracy: accuracy(&linear, &train_x, &train_y),
-        test_accuracy: accuracy(&linear, &test_x, &test_y),
+        train_accuracy: probe.accuracy(&train_x, &train_y),
+        test_accuracy: probe.accuracy(&test_x, &test_y),
         epochs: spec.epochs,
         seconds: start.elapsed().as_secs_f64(),
     };

@@ -90,6 +90,38 @@ impl Split {
     pub fn labels_vec(&self) -> Vec<i64> {
         Vec::<i64>::try_from(&self.labels).unwrap_or_default()
     }
+    /// The images of the listed classes, relabelled `0..keep.len()` in the order given.
+    pub fn keep_classes(&self, keep: &[i64]) -> Split {
+        let labels = self.labels_vec();
+        let (index, new): (Vec<i64>, Vec<i64>) = labels
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| {
+                let pos = keep.iter().position(|k| k == l)?;
+                Some((i as i64, pos as i64))
+            })
+            .unzip();
+        Split {
+            images: self.images.index_select(0, &Tensor::from_slice(&index)),
+            labels: Tensor::from_slice(&new),
+        }
+    }
+    /// The first `n` images of every class (in the split's fixed order): small labelled budgets.
+    pub fn per_class(&self, n: usize) -> Split {
+        let mut seen = std::collections::HashMap::new();
+        let index: Vec<i64> = self
+            .labels_vec()
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| {
+                let c = seen.entry(**l).or_insert(0usize);
+                *c += 1;
+                *c <= n
+            })
+            .map(|(i, _)| i as i64)
+            .collect();
+        self.select(&index)
+    }
 }
 
 /// A data set with train and test splits, class names and normalisation statistics.
@@ -146,6 +178,25 @@ impl Dataset {
             self.std = vec![self.std[0]; 3];
         }
         self
+    }
+
+    /// Keeps only the named classes (in the order given), relabelled from 0.
+    pub fn keep_classes(mut self, names: &[String]) -> Result<Self> {
+        let mut keep = Vec::new();
+        for n in names {
+            let i = self.classes.iter().position(|c| c == n).ok_or_else(|| {
+                DataError::Other(format!(
+                    "data set {} has no class '{n}'; its classes: {}",
+                    self.name,
+                    self.classes.join(", ")
+                ))
+            })?;
+            keep.push(i as i64);
+        }
+        self.train = self.train.keep_classes(&keep);
+        self.test = self.test.keep_classes(&keep);
+        self.classes = names.to_vec();
+        Ok(self)
     }
 
     /// Keeps the first `n` training images (the order is already shuffled per source).

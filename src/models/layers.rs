@@ -25,6 +25,8 @@ pub struct LayerInfo {
 #[derive(Default)]
 pub struct Ctx {
     pub train: bool,
+    /// BatchNorm layers that run in eval mode even when training (frozen, `train_bn = false`).
+    pub bn_eval: std::rc::Rc<[String]>,
     trace: Option<RefCell<Vec<LayerInfo>>>,
     stages: Option<RefCell<Vec<(String, Tensor)>>>,
 }
@@ -38,6 +40,14 @@ impl Ctx {
     }
     pub fn eval() -> Self {
         Ctx::default()
+    }
+    /// Training mode with the listed BatchNorm layers held in eval mode.
+    pub fn train_with_bn_eval(bn_eval: std::rc::Rc<[String]>) -> Self {
+        Ctx {
+            train: true,
+            bn_eval,
+            ..Default::default()
+        }
     }
     pub fn tracing() -> Self {
         Ctx {
@@ -163,7 +173,8 @@ impl Bn {
         }
     }
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
-        let y = self.inner.forward_t(x, ctx.train);
+        let train = ctx.train && !ctx.bn_eval.contains(&self.name);
+        let y = self.inner.forward_t(x, train);
         ctx.record(|| LayerInfo {
             name: self.name.clone(),
             kind: "batchnorm",

@@ -168,8 +168,13 @@ pub fn confusion_chart(
 }
 
 /// (epoch, value) points of one metric, for line charts.
+/// Epochs without a value (test metrics of epochs that were not evaluated) are left out.
 pub fn epoch_series(history: &[EpochMetrics], f: fn(&EpochMetrics) -> f64) -> Vec<(f64, f64)> {
-    history.iter().map(|m| (m.epoch as f64, f(m))).collect()
+    history
+        .iter()
+        .map(|m| (m.epoch as f64, f(m)))
+        .filter(|(_, v)| v.is_finite())
+        .collect()
 }
 
 /// Writes `plots/{loss,accuracy,lr,confusion}.png` and `report.html` into a run folder.

@@ -165,5 +165,11 @@ pub fn copy_weights(
     };
     crate::weights::load_into(path, weights, model, opts)
         .map(|_| ())
-        .map_err(|e| bad(path, e.to_string().trim_start_matches(&format!("{}: ", path.display()))))
+        .map_err(|e| {
+            bad(
+                path,
+                e.to_string()
+                    .trim_start_matches(&format!("{}: ", path.display())),
+            )
+        })
 }

@@ -19,6 +19,8 @@ pub struct Config {
     pub augment: Vec<Aug>,
     /// Contrastive pre-training (`convkit supcon`) only.
     pub contrastive: ContrastiveConfig,
+    /// Pretrained weights, freezing and per-group learning rates.
+    pub transfer: crate::transfer::TransferConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,6 +71,7 @@ impl Default for Config {
                 Aug::Flip,
             ],
             contrastive: ContrastiveConfig::default(),
+            transfer: Default::default(),
         }
     }
 }
@@ -91,6 +94,10 @@ pub struct DataConfig {
     pub test_limit: Option<usize>,
     /// Repeat grayscale images to 3 channels (for RGB models).
     pub rgb: bool,
+    /// Keep only these classes (by name, relabelled in this order).
+    pub classes: Option<Vec<String>>,
+    /// Keep the first N training images of each class (small label budgets).
+    pub train_per_class: Option<usize>,
 }
 
 impl Default for DataConfig {
@@ -103,6 +110,8 @@ impl Default for DataConfig {
             train_limit: None,
             test_limit: None,
             rgb: false,
+            classes: None,
+            train_per_class: None,
         }
     }
 }
@@ -111,6 +120,8 @@ impl Default for DataConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
     pub name: String,
+    /// The head's size; must match the data when given (default: taken from the data).
+    pub classes: Option<i64>,
     pub stem: Option<Stem>,
     pub widths: Option<Vec<i64>>,
 }
@@ -119,6 +130,7 @@ impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
             name: "resnet20".into(),
+            classes: None,
             stem: None,
             widths: None,
         }
@@ -157,6 +169,8 @@ pub struct TrainSettings {
     pub drop_last: bool,
     /// CPU threads for libtorch (0: libtorch's default).
     pub threads: usize,
+    /// Evaluate on the test set every N epochs (and always after the last); 0: last only.
+    pub eval_every: usize,
 }
 
 impl Default for TrainSettings {
@@ -173,12 +187,14 @@ impl Default for TrainSettings {
             channels_last: true,
             drop_last: true,
             threads: 0,
+            eval_every: 1,
         }
     }
 }
 
 /// Recipes shipped with convkit, usable by name with `--config`.
-pub const RECIPES: [(&str, &str); 5] = [
+pub const RECIPES: [(&str, &str); 6] = [
+    ("finetune", include_str!("../../recipes/finetune.toml")),
     (
         "cifar10-supcon",
         include_str!("../../recipes/cifar10-supcon.toml"),

@@ -10,14 +10,33 @@ pub struct EpochMetrics {
     pub lr: f64,
     pub train_loss: f64,
     pub train_accuracy: f64,
+    /// Test metrics are null for epochs that were not evaluated (`train.eval_every`).
+    #[serde(with = "nan_as_null")]
     pub test_loss: f64,
+    #[serde(with = "nan_as_null")]
     pub test_accuracy: f64,
+    #[serde(with = "nan_as_null")]
     pub test_top5: f64,
     /// Training time of this epoch (evaluation excluded).
     pub epoch_seconds: f64,
     /// Training time since the start of the run (evaluation excluded).
     pub train_seconds: f64,
     pub images_per_second: f64,
+}
+
+/// JSON has no NaN: a missing value is written as null and read back as NaN.
+mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else {
+            s.serialize_none()
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
 }
 
 /// Rewrites `metrics.jsonl` from the history (atomic, so resumed runs never duplicate lines).

@@ -6,6 +6,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod evaluate;
+pub mod linear;
 pub mod metrics;
 pub mod progress;
 
@@ -35,6 +36,8 @@ pub enum TrainError {
     Checkpoint(#[from] checkpoint::CheckpointError),
     #[error(transparent)]
     Optim(#[from] crate::optim::OptimError),
+    #[error(transparent)]
+    Weights(#[from] crate::weights::WeightsError),
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error("{0}")]
@@ -105,6 +108,9 @@ pub struct TrainSummary {
     /// Wall-clock of this invocation, data loading and evaluation included.
     pub wall_seconds: f64,
     pub per_class_accuracy: Vec<(String, f64)>,
+    /// Pretrained weights, frozen groups and per-group rates, when the run used any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<crate::transfer::TransferSummary>,
 }
 
 /// Loads the data a config names.
@@ -119,7 +125,14 @@ pub fn load_data(cfg: &Config, default_size: i64) -> Result<Dataset> {
         .map_err(TrainError::Invalid)?;
     spec.image_size = cfg.data.image_size.unwrap_or(default_size as u32);
     spec.val_split = cfg.data.val_split;
-    let mut ds = data::load(&spec)?.limit_train(cfg.data.train_limit);
+    let mut ds = data::load(&spec)?;
+    if let Some(names) = &cfg.data.classes {
+        ds = ds.keep_classes(names)?;
+    }
+    if let Some(n) = cfg.data.train_per_class {
+        ds.train = ds.train.per_class(n);
+    }
+    let mut ds = ds.limit_train(cfg.data.train_limit);
     if let Some(n) = cfg.data.test_limit {
         ds.test = ds.test.take(n);
     }
@@ -153,6 +166,8 @@ pub struct Trainer {
     pub history: Vec<EpochMetrics>,
     train_seconds: f64,
     pub last_eval: Option<EvalResult>,
+    pub transfer: Option<crate::transfer::TransferSummary>,
+    bn_eval: std::rc::Rc<[String]>,
 }
 
 impl Trainer {
@@ -164,14 +179,33 @@ impl Trainer {
         }
         let device = parse_device(&cfg.train.device)?;
         let probe = cfg.model.spec(1, 3);
-        let data = load_data(&cfg, probe.default_input_size())?;
-        let spec = cfg.model.spec(data.classes.len() as i64, data.channels());
+        let mut data = load_data(&cfg, probe.default_input_size())?;
+        let classes = data.classes.len() as i64;
+        if let Some(k) = cfg.model.classes.filter(|k| *k != classes) {
+            return Err(TrainError::Invalid(format!(
+                "the model's head is set to {k} classes, but {} has {classes} ({})",
+                data.name,
+                data.classes.join(", ")
+            )));
+        }
+        let spec = cfg.model.spec(classes, data.channels());
         tch::manual_seed(mix_seed(cfg.train.seed, 0xA11CE) as i64);
         let mut model = models::build(&spec, device)?;
+        let mut transfer = None;
+        if cfg.transfer.is_active() {
+            transfer = Some(prepare_transfer(&cfg, &mut data, &mut model, resume)?);
+        }
         if cfg.train.channels_last {
             model.to_channels_last();
         }
         let mut optim = Optimizer::new(&model.vs, &cfg.optim)?;
+        let mut bn_eval: std::rc::Rc<[String]> = Default::default();
+        if let Some(t) = &mut transfer {
+            let applied = crate::transfer::apply(&cfg.transfer, &model, &mut optim)
+                .map_err(TrainError::Invalid)?;
+            bn_eval = applied.bn_eval.into();
+            t.groups = applied.groups;
+        }
         let (mut history, mut train_seconds) = (Vec::new(), 0.0);
         if resume {
             let ck = checkpoint::read(&out.join("checkpoints").join("last.safetensors"))?;
@@ -180,7 +214,8 @@ impl Trainer {
             history = ck.meta.history.clone();
             train_seconds = ck.meta.train_seconds;
         }
-        let augmenter = Augmenter::new(cfg.augment.clone(), &data.mean, &data.std, device);
+        let mut augmenter = Augmenter::new(cfg.augment.clone(), &data.mean, &data.std, device);
+        augmenter.resize = cfg.transfer.resize;
         Ok(Trainer {
             train: DeviceSplit::new(&data.train, device),
             test: DeviceSplit::new(&data.test, device),
@@ -194,6 +229,8 @@ impl Trainer {
             history,
             train_seconds,
             last_eval: None,
+            transfer,
+            bn_eval,
         })
     }
 
@@ -232,23 +269,8 @@ impl Trainer {
         for (i, idx) in batches.iter().enumerate() {
             let step = epoch * spe + i;
             lr = self.cfg.optim.lr * self.cfg.schedule.factor(step, total, spe);
-            let (images, labels) = self.train.batch(idx);
-            let x = self.augmenter.train_batch(&images, &mut rng);
-            let logits = tch::autocast(self.use_autocast(), || {
-                self.model.forward(&x, &Ctx::train())
-            });
-            let loss = logits.to_kind(Kind::Float).cross_entropy_loss(
-                &labels,
-                None::<Tensor>,
-                Reduction::Mean,
-                -100,
-                self.cfg.train.label_smoothing,
-            );
-            self.optim.zero_grad();
-            loss.backward();
-            self.optim.step(lr);
-            let hits = logits.argmax(1, false).eq_tensor(&labels).sum(Kind::Float);
-            pending += Tensor::stack(&[loss.detach() * idx.len() as f64, hits], 0);
+            let (loss, hits) = self.train_step(idx, &mut rng, lr);
+            pending += Tensor::stack(&[loss * idx.len() as f64, hits], 0);
             seen += idx.len();
             if (i + 1) % check_every == 0 || i + 1 == batches.len() {
                 let v = Vec::<f64>::try_from(pending.to_kind(Kind::Double)).unwrap_or_default();
@@ -280,6 +302,27 @@ impl Trainer {
         ))
     }
 
+    /// Augments the batch `idx`, runs forward and backward and updates the weights; returns the
+    /// mean loss and the number of correct predictions (device tensors: no host sync).
+    fn train_step(&mut self, idx: &[i64], rng: &mut StdRng, lr: f64) -> (Tensor, Tensor) {
+        let (images, labels) = self.train.batch(idx);
+        let x = self.augmenter.train_batch(&images, rng);
+        let ctx = Ctx::train_with_bn_eval(self.bn_eval.clone());
+        let logits = tch::autocast(self.use_autocast(), || self.model.forward(&x, &ctx));
+        let loss = logits.to_kind(Kind::Float).cross_entropy_loss(
+            &labels,
+            None::<Tensor>,
+            Reduction::Mean,
+            -100,
+            self.cfg.train.label_smoothing,
+        );
+        self.optim.zero_grad();
+        loss.backward();
+        self.optim.step(lr);
+        let hits = logits.argmax(1, false).eq_tensor(&labels).sum(Kind::Float);
+        (loss.detach(), hits)
+    }
+
     fn diverged(&self, loss: f64, step: usize, epoch: usize, lr: f64) -> TrainError {
         diverged(&self.out, self.cfg.optim.lr, loss, step, epoch, lr)
     }
@@ -292,6 +335,58 @@ impl Trainer {
             self.cfg.train.eval_batch_size,
             self.cfg.train.tta_flip,
             self.use_autocast(),
+        )
+    }
+
+    /// One training step at each learning rate of `lrs` in turn (cycling through epochs of
+    /// data), returning each step's loss; stops early once `stop` says so (the loss exploded).
+    /// For `convkit lr-find`: the model's weights change.
+    pub fn lr_sweep(
+        &mut self,
+        lrs: &[f64],
+        stop: impl Fn(&[f64]) -> bool,
+        progress: bool,
+    ) -> Vec<f64> {
+        let bs = self.cfg.train.batch_size;
+        let bar = progress::steps_bar(lrs.len() as u64, "lr-find".into(), progress);
+        let mut rng = StdRng::seed_from_u64(mix_seed(self.cfg.train.seed, 77));
+        let mut losses = Vec::new();
+        let mut epoch = 0;
+        'outer: loop {
+            let order = loader::epoch_order(self.train.len(), self.cfg.train.seed, epoch);
+            for idx in loader::batches(&order, bs, true) {
+                let Some(&lr) = lrs.get(losses.len()) else {
+                    break 'outer;
+                };
+                let (loss, _) = self.train_step(&idx, &mut rng, lr);
+                losses.push(loss.double_value(&[]));
+                bar.inc(1);
+                if stop(&losses) {
+                    break 'outer;
+                }
+            }
+            epoch += 1;
+            if self.train.len() < bs {
+                break;
+            }
+        }
+        bar.finish_and_clear();
+        losses
+    }
+
+    /// The training and test splits as they sit on the device.
+    pub fn splits(&self) -> (&DeviceSplit, &DeviceSplit) {
+        (&self.train, &self.test)
+    }
+
+    /// Pooled features of the model's body for every image of `split` (eval mode, no
+    /// augmentation, with the run's normalisation and resize).
+    pub fn encoder_features(&self, split: &DeviceSplit) -> Tensor {
+        crate::contrastive::pretrain::encoder_features(
+            &self.model,
+            split,
+            &self.augmenter,
+            self.cfg.train.eval_batch_size,
         )
     }
 
@@ -325,33 +420,45 @@ impl Trainer {
         for epoch in start..end {
             let (loss, acc, secs, lr) = self.train_epoch(epoch, opts.progress)?;
             self.train_seconds += secs;
-            let eval = self.evaluate();
+            let every = self.cfg.train.eval_every;
+            let last = epoch + 1 == self.cfg.train.epochs;
+            let eval = (last || (every > 0 && (epoch + 1) % every == 0)).then(|| self.evaluate());
+            let test = |f: fn(&EvalResult) -> f64| eval.as_ref().map_or(f64::NAN, f);
             let m = EpochMetrics {
                 epoch: epoch + 1,
                 lr,
                 train_loss: loss,
                 train_accuracy: acc,
-                test_loss: eval.loss,
-                test_accuracy: eval.accuracy,
-                test_top5: eval.top5,
+                test_loss: test(|e| e.loss),
+                test_accuracy: test(|e| e.accuracy),
+                test_top5: test(|e| e.top5),
                 epoch_seconds: secs,
                 train_seconds: self.train_seconds,
                 images_per_second: self.train.len() as f64 / secs.max(1e-9),
             };
+            let test = if m.test_accuracy.is_finite() {
+                format!(
+                    "test {:5.1}% (top-5 {:5.1}%)",
+                    100.0 * m.test_accuracy,
+                    100.0 * m.test_top5
+                )
+            } else {
+                "test not evaluated".into()
+            };
             eprintln!(
-                "epoch {:>3}/{}  loss {:.4}  train {:5.1}%  test {:5.1}% (top-5 {:5.1}%)  lr {:.4}  {}  {:.0} img/s",
+                "epoch {:>3}/{}  loss {:.4}  train {:5.1}%  {test}  lr {:.4}  {}  {:.0} img/s",
                 m.epoch,
                 self.cfg.train.epochs,
                 m.train_loss,
                 100.0 * m.train_accuracy,
-                100.0 * m.test_accuracy,
-                100.0 * m.test_top5,
                 lr,
                 fmt_seconds(secs),
                 m.images_per_second
             );
             self.history.push(m);
-            self.last_eval = Some(eval);
+            if eval.is_some() {
+                self.last_eval = eval;
+            }
             metrics::write_jsonl(&self.out.join("metrics.jsonl"), &self.history)?;
             let ck = self.out.join("checkpoints").join("last.safetensors");
             checkpoint::save(
@@ -389,10 +496,49 @@ impl Trainer {
                 .cloned()
                 .zip(eval.confusion.per_class_accuracy())
                 .collect(),
+            transfer: self.transfer.clone(),
         };
         self.last_eval = Some(eval);
         s
     }
+}
+
+/// Chooses the normalisation that belongs to the weights and loads them (not when resuming:
+/// the checkpoint then holds the weights).
+fn prepare_transfer(
+    cfg: &Config,
+    data: &mut Dataset,
+    model: &mut Model,
+    resume: bool,
+) -> Result<crate::transfer::TransferSummary> {
+    let t = &cfg.transfer;
+    let path = t
+        .weights
+        .as_deref()
+        .map(|w| crate::weights::resolve(w, true))
+        .transpose()?;
+    let meta = path
+        .as_ref()
+        .and_then(|p| checkpoint::read(p).ok())
+        .map(|l| l.meta);
+    let (norm, mean, std) = crate::transfer::normalisation(t, meta.as_ref(), &data.mean, &data.std)
+        .map_err(TrainError::Invalid)?;
+    data.mean = mean;
+    data.std = std;
+    let mut summary = crate::transfer::TransferSummary {
+        weights: path.as_ref().map(|p| p.display().to_string()),
+        normalisation: norm,
+        train_bn: t.train_bn,
+        resize: t.resize,
+        ..Default::default()
+    };
+    if let (Some(p), false) = (&path, resume) {
+        let report = crate::transfer::load_weights(t, p, model)?;
+        summary.loaded_tensors = report.loaded;
+        summary.replaced_head = report.replaced_head.clone();
+        summary.not_loaded = report.problems();
+    }
+    Ok(summary)
 }
 
 /// The error for a non-finite loss at 0-based `step` / `epoch`: names the step, suggests a
@@ -470,9 +616,52 @@ fn print_start(t: &Trainer) {
         models::summary::thousands(t.model.parameter_count()),
         t.device
     );
+    if let Some(tr) = &t.transfer {
+        print_transfer(tr);
+    }
     if !t.history.is_empty() {
         eprintln!("resuming after epoch {}", t.history.len());
     }
+}
+
+fn print_transfer(tr: &crate::transfer::TransferSummary) {
+    if let Some(w) = &tr.weights {
+        eprintln!(
+            "weights: {w} ({} tensors loaded{}{}; normalisation: {})",
+            tr.loaded_tensors,
+            if tr.replaced_head.is_empty() {
+                String::new()
+            } else {
+                format!("; new head: {}", tr.replaced_head.join(", "))
+            },
+            if tr.not_loaded.is_empty() {
+                String::new()
+            } else {
+                format!("; not loaded: {}", tr.not_loaded)
+            },
+            tr.normalisation
+        );
+    }
+    let groups: Vec<String> = tr
+        .groups
+        .iter()
+        .map(|g| {
+            if g.frozen {
+                format!("{} frozen", g.name)
+            } else {
+                format!("{} lr {:.2e}", g.name, g.lr)
+            }
+        })
+        .collect();
+    eprintln!(
+        "groups: {}  (BatchNorm in frozen groups {})",
+        groups.join(", "),
+        if tr.train_bn {
+            "keeps training: train_bn = true"
+        } else {
+            "held in eval mode: train_bn = false"
+        }
+    );
 }
 
 /// The closing table.

@@ -47,10 +47,12 @@ pub fn detect(path: &Path) -> Result<FileKind> {
     let mut head = [0u8; 9];
     let mut f = std::fs::File::open(path).map_err(|e| bad(path, e.to_string()))?;
     let n = f.read(&mut head).map_err(|e| bad(path, e.to_string()))?;
+    // safetensors: a little-endian u64 header length, then the JSON header; a bare pickle:
+    // PROTO 2-5 (the length's first byte can also be 0x80, so safetensors is checked first).
     match &head[..n] {
         [b'P', b'K', 3, 4, ..] => Ok(FileKind::Pth),
-        [0x80, ..] => Ok(FileKind::LegacyPth),
         [.., b'{'] if n == 9 => Ok(FileKind::Safetensors),
+        [0x80, 2..=5, ..] => Ok(FileKind::LegacyPth),
         _ => Err(bad(
             path,
             "not a weights file: expected a torch.save .pth archive or a .safetensors file",
@@ -81,8 +83,9 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
     }
 }
 
-/// A convkit checkpoint stores `model.<key>`, `optim.<key>` and `meta`; other safetensors files
-/// are returned as they are.
+/// A convkit checkpoint stores `model.<key>`, `optim.<key>` and `meta`; its model section is
+/// returned without a contrastive projection head (`head.*`), which is dropped after
+/// pre-training. Other safetensors files are returned as they are.
 fn checkpoint_model_section(tensors: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
     if !tensors.iter().any(|(n, _)| n == "meta") {
         return tensors;
@@ -90,6 +93,7 @@ fn checkpoint_model_section(tensors: Vec<(String, Tensor)>) -> Vec<(String, Tens
     tensors
         .into_iter()
         .filter_map(|(n, t)| n.strip_prefix("model.").map(|k| (k.to_string(), t)))
+        .filter(|(k, _)| !k.starts_with("head."))
         .collect()
 }
 
@@ -149,7 +153,10 @@ impl LoadReport {
             } else {
                 String::new()
             };
-            out.push(format!("{what}: {}{more}", items[..items.len().min(4)].join(", ")));
+            out.push(format!(
+                "{what}: {}{more}",
+                items[..items.len().min(4)].join(", ")
+            ));
         }
         out.join("; ")
     }
@@ -193,9 +200,11 @@ pub fn load_into(
             Some(v) if opts.replace_head && name.starts_with(&head) => report
                 .replaced_head
                 .push(format!("{name} {:?} -> {:?}", t.size(), v.size())),
-            Some(v) => report
-                .wrong_shape
-                .push(format!("{name} is {:?}, the model has {:?}", t.size(), v.size())),
+            Some(v) => report.wrong_shape.push(format!(
+                "{name} is {:?}, the model has {:?}",
+                t.size(),
+                v.size()
+            )),
         }
     }
     // Missing head tensors are expected when the head is replaced.
@@ -239,13 +248,25 @@ pub fn load_into(
 pub const TORCHVISION: [(&str, &str, &str); 4] = [
     ("resnet18", "resnet18-f37072fd.pth", "ImageNet top-1 69.76%"),
     ("resnet34", "resnet34-b627a593.pth", "ImageNet top-1 73.31%"),
-    ("resnet50", "resnet50-0676ba61.pth", "ImageNet top-1 76.13% (V1)"),
-    ("resnet50-v2", "resnet50-11ad3fa6.pth", "ImageNet top-1 80.86% (V2)"),
+    (
+        "resnet50",
+        "resnet50-0676ba61.pth",
+        "ImageNet top-1 76.13% (V1)",
+    ),
+    (
+        "resnet50-v2",
+        "resnet50-11ad3fa6.pth",
+        "ImageNet top-1 80.86% (V2)",
+    ),
 ];
 
 pub fn remote(name: &str) -> Option<Remote> {
     let (_, file, _) = TORCHVISION.iter().find(|(n, _, _)| *n == name)?;
-    let hash = file.trim_end_matches(".pth").rsplit('-').next()?.to_string();
+    let hash = file
+        .trim_end_matches(".pth")
+        .rsplit('-')
+        .next()?
+        .to_string();
     Some(Remote {
         url: format!("https://download.pytorch.org/models/{file}"),
         file_name: file.to_string(),
@@ -283,9 +304,13 @@ pub fn fetch(name: &str, progress: bool) -> Result<PathBuf> {
     Ok(download::fetch(&r, &weights_dir(), progress)?)
 }
 
-/// A `--weights` argument: a file, or the name of a torchvision weight set.
+/// A `--weights` argument: a file, a convkit run folder, or the name of a torchvision weight
+/// set.
 pub fn resolve(arg: &str, progress: bool) -> Result<PathBuf> {
     let p = Path::new(arg);
+    if p.is_dir() {
+        return Ok(crate::train::checkpoint::resolve(p));
+    }
     if p.exists() {
         return Ok(p.to_path_buf());
     }

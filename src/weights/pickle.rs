@@ -71,20 +71,27 @@ fn allowed_global(module: &str, name: &str) -> Option<Global> {
         ("collections", "OrderedDict") => Some(Global::OrderedDict),
         ("torch._utils", "_rebuild_tensor_v2") => Some(Global::RebuildTensor),
         ("torch._utils", "_rebuild_parameter") => Some(Global::RebuildParameter),
-        ("torch", s) => STORAGES.iter().find(|x| **x == s).map(|x| Global::Storage(x)),
+        ("torch", s) => STORAGES
+            .iter()
+            .find(|x| **x == s)
+            .map(|x| Global::Storage(x)),
         _ => None,
     }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum PickleError {
-    #[error("refused: the pickle uses opcode {opcode:#04x} ('{name}') at byte {at}, which a state dict never needs")]
+    #[error(
+        "refused: the pickle uses opcode {opcode:#04x} ('{name}') at byte {at}, which a state dict never needs"
+    )]
     ForbiddenOpcode {
         opcode: u8,
         name: &'static str,
         at: usize,
     },
-    #[error("refused: the pickle names the global '{0}.{1}', which is not part of a state dict (it was not imported or run)")]
+    #[error(
+        "refused: the pickle names the global '{0}.{1}', which is not part of a state dict (it was not imported or run)"
+    )]
     ForbiddenGlobal(String, String),
     #[error("the pickle ends early (at byte {0}): the file is truncated")]
     Truncated(usize),
@@ -202,7 +209,11 @@ impl<'a> Machine<'a> {
             .ok_or_else(|| self.bad(format!("memo entry {k} is not set")))
     }
     fn memo_put(&mut self, k: u32) -> Res<()> {
-        let v = self.stack.last().cloned().ok_or_else(|| self.bad("empty stack"))?;
+        let v = self
+            .stack
+            .last()
+            .cloned()
+            .ok_or_else(|| self.bad("empty stack"))?;
         self.memo.insert(k, v);
         Ok(())
     }
@@ -505,7 +516,9 @@ mod tests {
         let mut p = vec![0x80, 2, b'}', b'q', 0, b'(', 0x8c, 1, b'a', b'q', 1];
         p.extend([b'K', 1, b'J']);
         p.extend((-2i32).to_le_bytes());
-        p.extend([0x8c, 1, b'x', 0x87, 0x8c, 1, b'b', b']', b'(', 0x88, b'N', b'G']);
+        p.extend([
+            0x8c, 1, b'x', 0x87, 0x8c, 1, b'b', b']', b'(', 0x88, b'N', b'G',
+        ]);
         p.extend(1.5f64.to_be_bytes());
         p.extend([b'e', b'u', b'.']);
         let v = load(&p).unwrap();

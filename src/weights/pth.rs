@@ -55,7 +55,12 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>, WeightsError> {
         .file_names()
         .map(str::to_string)
         .find(|n| n.ends_with("data.pkl") && n.matches('/').count() == 1)
-        .ok_or_else(|| bad(path, "the archive has no <name>/data.pkl: not a torch.save file"))?;
+        .ok_or_else(|| {
+            bad(
+                path,
+                "the archive has no <name>/data.pkl: not a torch.save file",
+            )
+        })?;
     let prefix = pkl.trim_end_matches("data.pkl").to_string();
     if let Ok(order) = read_entry(&mut zip, &format!("{prefix}byteorder"), path)
         && order != b"little"

@@ -1,0 +1,301 @@
+//! `convkit finetune --strategy ...`: the usual ways to adapt a pretrained network, each a
+//! transformation of one training config, so every strategy shares the trainer, its
+//! checkpoints, reports and summary.
+
+use super::TransferConfig;
+use crate::data::loader::DeviceSplit;
+use crate::models;
+use crate::train::linear::{self, LinearSpec};
+use crate::train::{self, Config, Result, RunOptions, TrainError, Trainer, metrics};
+use crate::util::{atomic_write, fnv1a};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Instant;
+use tch::{Device, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// No pretrained weights: the baseline.
+    Scratch,
+    /// Frozen body; a linear classifier on cached features.
+    LinearProbe,
+    /// fastai's `fine_tune`: the head alone first, then everything with discriminative rates.
+    HeadThenUnfreeze,
+    /// The top `k` stages and the head train; the rest stays frozen.
+    Partial(usize),
+    /// Every layer with one rate.
+    Full,
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "scratch" => Ok(Strategy::Scratch),
+            "linear-probe" => Ok(Strategy::LinearProbe),
+            "head-then-unfreeze" => Ok(Strategy::HeadThenUnfreeze),
+            "full" => Ok(Strategy::Full),
+            "partial" => Ok(Strategy::Partial(1)),
+            _ => match s.strip_prefix("partial:").map(str::parse) {
+                Some(Ok(k)) => Ok(Strategy::Partial(k)),
+                _ => Err(format!(
+                    "unknown strategy '{s}' (scratch, linear-probe, head-then-unfreeze, partial:K, full)"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Strategy::Scratch => write!(f, "scratch"),
+            Strategy::LinearProbe => write!(f, "linear-probe"),
+            Strategy::HeadThenUnfreeze => write!(f, "head-then-unfreeze"),
+            Strategy::Partial(k) => write!(f, "partial:{k}"),
+            Strategy::Full => write!(f, "full"),
+        }
+    }
+}
+
+/// The headline of a fine-tuning run (its `summary.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FinetuneSummary {
+    pub strategy: String,
+    pub test_accuracy: f64,
+    pub train_images: usize,
+    pub test_images: usize,
+    pub epochs: usize,
+    /// Wall-clock of the whole strategy, feature extraction and evaluation included.
+    pub seconds: f64,
+    /// Linear probe only: the chosen L2 strength and the validation accuracy of each candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l2: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub l2_validation: Vec<(f64, f64)>,
+}
+
+/// Options beyond the config.
+#[derive(Debug, Clone, Default)]
+pub struct FinetuneOptions {
+    /// head-then-unfreeze: epochs with the body frozen (default: a fifth of the budget, >= 1).
+    pub head_epochs: Option<usize>,
+    pub run: RunOptions,
+}
+
+/// The model's group names (built once on the CPU, without data).
+fn group_names(cfg: &Config) -> Result<Vec<String>> {
+    let spec = cfg.model.spec(2, 3);
+    let model = models::build(&spec, Device::Cpu)?;
+    Ok(super::param_groups(&model)
+        .into_iter()
+        .map(|g| g.name)
+        .collect())
+}
+
+fn require_weights(cfg: &Config, strategy: Strategy) -> Result<()> {
+    match (&cfg.transfer.weights, strategy) {
+        (None, s) if s != Strategy::Scratch => Err(TrainError::Invalid(format!(
+            "strategy {s} needs pretrained weights (--weights FILE or a torchvision name)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Runs one strategy into `out`; writes `out/summary.json` (a [`FinetuneSummary`]).
+pub fn run(
+    mut cfg: Config,
+    strategy: Strategy,
+    out: &Path,
+    opts: &FinetuneOptions,
+) -> Result<FinetuneSummary> {
+    require_weights(&cfg, strategy)?;
+    let start = Instant::now();
+    let groups = group_names(&cfg)?;
+    let mut summary = match strategy {
+        Strategy::LinearProbe => return linear_probe(&cfg, out, start),
+        Strategy::HeadThenUnfreeze => return head_then_unfreeze(cfg, &groups, out, opts, start),
+        Strategy::Scratch => {
+            cfg.transfer = TransferConfig {
+                resize: cfg.transfer.resize,
+                ..Default::default()
+            };
+            from_train(train::run(cfg, out, &opts.run)?, strategy)
+        }
+        Strategy::Full => {
+            cfg.transfer.freeze.clear();
+            cfg.transfer.freeze_to = None;
+            from_train(train::run(cfg, out, &opts.run)?, strategy)
+        }
+        Strategy::Partial(k) => {
+            let stages = groups.len().saturating_sub(1);
+            if k > stages {
+                return Err(TrainError::Invalid(format!(
+                    "partial:{k}: the model has only {stages} groups below the head ({})",
+                    groups.join(", ")
+                )));
+            }
+            cfg.transfer.freeze.clear();
+            cfg.transfer.freeze_to = Some(stages - k);
+            from_train(train::run(cfg, out, &opts.run)?, strategy)
+        }
+    };
+    summary.seconds = start.elapsed().as_secs_f64();
+    metrics::write_json(&out.join("summary.json"), &summary)?;
+    Ok(summary)
+}
+
+fn from_train(s: train::TrainSummary, strategy: Strategy) -> FinetuneSummary {
+    FinetuneSummary {
+        strategy: strategy.to_string(),
+        test_accuracy: s.test_accuracy,
+        train_images: s.train_images,
+        test_images: s.test_images,
+        epochs: s.epochs,
+        seconds: s.wall_seconds,
+        l2: None,
+        l2_validation: vec![],
+    }
+}
+
+/// Phase 1 trains the head alone (into `out/head`); phase 2 starts from its checkpoint and
+/// trains every group, the lowest at lr / lr_mult (fastai: half the base rate, lr_mult 100).
+fn head_then_unfreeze(
+    cfg: Config,
+    groups: &[String],
+    out: &Path,
+    opts: &FinetuneOptions,
+    start: Instant,
+) -> Result<FinetuneSummary> {
+    let total = cfg.train.epochs;
+    if total < 2 {
+        return Err(TrainError::Invalid(
+            "head-then-unfreeze needs at least 2 epochs (head, then all layers)".into(),
+        ));
+    }
+    let head_epochs = opts
+        .head_epochs
+        .unwrap_or((total / 5).max(1))
+        .clamp(1, total - 1);
+    let mut head = cfg.clone();
+    head.train.epochs = head_epochs;
+    head.train.eval_every = 0;
+    head.transfer.freeze = groups[..groups.len() - 1].to_vec();
+    head.transfer.freeze_to = None;
+    let head_out = out.join("head");
+    let head_done = head_out.join("summary.json").exists() && opts.run.resume;
+    if !head_done {
+        let run = RunOptions {
+            resume: false,
+            ..opts.run.clone()
+        };
+        train::run(head, &head_out, &run)?;
+    }
+    let mut all = cfg;
+    all.train.epochs = total - head_epochs;
+    all.optim.lr /= 2.0;
+    if all.transfer.lr_mult <= 1.0 && all.transfer.layer_decay.is_none() {
+        all.transfer.lr_mult = 100.0;
+    }
+    all.transfer.freeze.clear();
+    all.transfer.freeze_to = None;
+    all.transfer.weights = Some(
+        head_out
+            .join("checkpoints")
+            .join("last.safetensors")
+            .display()
+            .to_string(),
+    );
+    let mut s = from_train(train::run(all, out, &opts.run)?, Strategy::HeadThenUnfreeze);
+    s.epochs = total;
+    s.seconds = start.elapsed().as_secs_f64();
+    metrics::write_json(&out.join("summary.json"), &s)?;
+    Ok(s)
+}
+
+/// Identifies cached features: the data, the model, the weights file (path, size, time) and
+/// the input resize.
+fn feature_tag(cfg: &Config) -> i64 {
+    let weights = cfg.transfer.weights.as_deref().unwrap_or_default();
+    let stamp = std::fs::metadata(weights)
+        .map(|m| format!("{}|{:?}", m.len(), m.modified().ok()))
+        .unwrap_or_default();
+    let key = format!(
+        "{}|{:?}|{weights}|{stamp}|{:?}|{}",
+        toml::to_string(&cfg.data).unwrap_or_default(),
+        cfg.model,
+        cfg.transfer.resize,
+        cfg.transfer.normalise
+    );
+    fnv1a(key.as_bytes()) as i64
+}
+
+/// `[train_x, train_y, test_x, test_y, classes]` on the host, from `out/features.safetensors` when it
+/// belongs to this config, else computed through the frozen body and cached.
+pub fn cached_features(cfg: &Config, out: &Path) -> Result<[Tensor; 5]> {
+    let path = out.join("features.safetensors");
+    let tag = Tensor::from_slice(&[feature_tag(cfg)]);
+    let names = ["train_x", "train_y", "test_x", "test_y", "classes"];
+    if let Ok(t) = Tensor::read_safetensors(&path)
+        && t.iter().any(|(n, v)| n == "tag" && v.equal(&tag))
+    {
+        let get = |name: &str| {
+            t.iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.shallow_clone())
+        };
+        if let [Some(a), Some(b), Some(c), Some(d), Some(e)] = names.map(get) {
+            return Ok([a, b, c, d, e]);
+        }
+    }
+    let mut frozen = cfg.clone();
+    frozen.transfer.freeze_to = None;
+    frozen.transfer.freeze.clear();
+    let trainer = Trainer::new(frozen, out, false)?;
+    let feats = |split: &DeviceSplit| trainer.encoder_features(split).to_device(Device::Cpu);
+    let (train_split, test_split) = trainer.splits();
+    let result = [
+        feats(train_split),
+        trainer.data.train.labels.shallow_clone(),
+        feats(test_split),
+        trainer.data.test.labels.shallow_clone(),
+        Tensor::from_slice(&[trainer.data.classes.len() as i64]),
+    ];
+    let mut tensors: Vec<(String, Tensor)> = names
+        .iter()
+        .zip(&result)
+        .map(|(n, t)| (n.to_string(), t.shallow_clone()))
+        .collect();
+    tensors.push(("tag".into(), tag));
+    std::fs::create_dir_all(out)?;
+    atomic_write(&path, |tmp| {
+        Tensor::write_safetensors(&tensors, tmp).map_err(|e| std::io::Error::other(e.to_string()))
+    })?;
+    Ok(result)
+}
+
+fn linear_probe(cfg: &Config, out: &Path, start: Instant) -> Result<FinetuneSummary> {
+    std::fs::create_dir_all(out)?;
+    let device = train::parse_device(&cfg.train.device)?;
+    let [train_x, train_y, test_x, test_y, classes] =
+        cached_features(cfg, out)?.map(|t| t.to_device(device));
+    let classes = classes.int64_value(&[0]);
+    let spec = LinearSpec {
+        epochs: cfg.train.epochs,
+        seed: cfg.train.seed,
+        ..Default::default()
+    };
+    let (probe, l2, table) = linear::fit_with_l2_search(&train_x, &train_y, classes, &spec)?;
+    let s = FinetuneSummary {
+        strategy: Strategy::LinearProbe.to_string(),
+        test_accuracy: probe.accuracy(&test_x, &test_y),
+        train_images: train_x.size()[0] as usize,
+        test_images: test_x.size()[0] as usize,
+        epochs: cfg.train.epochs,
+        seconds: start.elapsed().as_secs_f64(),
+        l2: Some(l2),
+        l2_validation: table,
+    };
+    metrics::write_json(&out.join("summary.json"), &s)?;
+    Ok(s)
+}

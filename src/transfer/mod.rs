@@ -1,0 +1,259 @@
+//! Transfer learning: start from pretrained weights, replace the head, freeze groups, and give
+//! each group its own learning rate (fastai's `slice`, an explicit list, or timm's layer decay).
+//!
+//! Defaults follow fastai: BatchNorm layers inside frozen groups keep training (their affine
+//! parameters and running statistics), because ImageNet statistics rarely fit the new data;
+//! `train_bn = false` holds them fixed in eval mode instead.
+
+pub mod finetune;
+pub mod groups;
+pub mod lr_find;
+
+pub use groups::{Group, batchnorm_layers, param_groups};
+
+use crate::models::Model;
+use crate::optim::Optimizer;
+use crate::weights::{self, LoadOptions, LoadReport};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransferConfig {
+    /// A `.pth`, `.safetensors` or convkit checkpoint file, or a torchvision name (`resnet18`).
+    pub weights: Option<String>,
+    /// Refuse weights with missing, unexpected or wrongly shaped tensors (a classifier of
+    /// another size is always replaced, not refused).
+    pub strict: bool,
+    /// Groups to freeze, by name (`stem`, `layer1`, ..., `head`).
+    pub freeze: Vec<String>,
+    /// Freeze the first N groups (fastai's `freeze_to`); combined with `freeze`.
+    pub freeze_to: Option<usize>,
+    /// BatchNorm inside frozen groups keeps training (fastai's default).
+    pub train_bn: bool,
+    /// Discriminative rates: the first group gets lr / lr_mult, the head lr, the groups between
+    /// a log-spread (fastai's `slice(lr / lr_mult, lr)`).
+    pub lr_mult: f64,
+    /// Explicit learning rate per group, first to last (overrides lr_mult).
+    pub lr_groups: Option<Vec<f64>>,
+    /// timm's layer-wise decay: group i of n gets lr * decay^(n - 1 - i).
+    pub layer_decay: Option<f64>,
+    /// Upsample every batch to this side on the device (e.g. 32 -> 224 for ImageNet weights).
+    pub resize: Option<i64>,
+    /// `auto` (the weights' own: ImageNet mean/std for torchvision and timm files, the stored
+    /// statistics for convkit checkpoints), `data` or `imagenet`.
+    pub normalise: String,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        TransferConfig {
+            weights: None,
+            strict: true,
+            freeze: vec![],
+            freeze_to: None,
+            train_bn: true,
+            lr_mult: 1.0,
+            lr_groups: None,
+            layer_decay: None,
+            resize: None,
+            normalise: "auto".into(),
+        }
+    }
+}
+
+impl TransferConfig {
+    /// Anything beyond plain training from scratch?
+    pub fn is_active(&self) -> bool {
+        *self != TransferConfig::default()
+    }
+}
+
+/// One group as the run summary shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupSummary {
+    pub name: String,
+    pub lr: f64,
+    pub frozen: bool,
+    pub parameters: i64,
+}
+
+/// What transfer set-up did, for the run summary.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TransferSummary {
+    pub weights: Option<String>,
+    pub loaded_tensors: usize,
+    pub replaced_head: Vec<String>,
+    pub not_loaded: String,
+    pub normalisation: String,
+    pub train_bn: bool,
+    pub resize: Option<i64>,
+    pub groups: Vec<GroupSummary>,
+}
+
+/// Learning-rate scale (relative to the base rate) for each of `n` groups.
+pub fn group_scales(cfg: &TransferConfig, base_lr: f64, n: usize) -> Result<Vec<f64>, String> {
+    if let Some(rates) = &cfg.lr_groups {
+        if rates.len() != n {
+            return Err(format!(
+                "lr_groups lists {} rates but the model has {n} groups",
+                rates.len()
+            ));
+        }
+        return Ok(rates.iter().map(|r| r / base_lr).collect());
+    }
+    let last = (n.max(2) - 1) as f64;
+    if let Some(d) = cfg.layer_decay {
+        if !(d > 0.0 && d <= 1.0) {
+            return Err(format!("layer_decay {d} must lie in (0, 1]"));
+        }
+        return Ok((0..n).map(|i| d.powf(last - i as f64)).collect());
+    }
+    if cfg.lr_mult < 1.0 {
+        return Err(format!("lr_mult {} must be at least 1", cfg.lr_mult));
+    }
+    Ok((0..n)
+        .map(|i| cfg.lr_mult.powf(-(last - i as f64) / last))
+        .collect())
+}
+
+/// The groups to freeze, checked against the model's group names.
+pub fn frozen_groups(cfg: &TransferConfig, groups: &[Group]) -> Result<Vec<String>, String> {
+    let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+    let mut frozen = Vec::new();
+    for f in &cfg.freeze {
+        if !names.contains(&f.as_str()) {
+            return Err(format!(
+                "cannot freeze '{f}': the model's groups are {}",
+                names.join(", ")
+            ));
+        }
+        frozen.push(f.clone());
+    }
+    if let Some(k) = cfg.freeze_to {
+        if k > names.len() {
+            return Err(format!(
+                "freeze_to {k}: the model has only {} groups ({})",
+                names.len(),
+                names.join(", ")
+            ));
+        }
+        frozen.extend(names[..k].iter().map(|s| s.to_string()));
+    }
+    frozen.sort();
+    frozen.dedup();
+    Ok(frozen)
+}
+
+/// Freezing and learning rates applied to an optimiser over the model.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    /// BatchNorm layers held in eval mode during training (`train_bn = false`).
+    pub bn_eval: Vec<String>,
+    pub groups: Vec<GroupSummary>,
+}
+
+/// Sets each parameter's learning-rate scale and freezes (no gradient, no update) the
+/// parameters of frozen groups.
+pub fn apply(
+    cfg: &TransferConfig,
+    model: &Model,
+    optim: &mut Optimizer,
+) -> Result<Applied, String> {
+    let groups = param_groups(model);
+    let scales = group_scales(cfg, optim.config.lr, groups.len())?;
+    let frozen = frozen_groups(cfg, &groups)?;
+    let bn_layers = batchnorm_layers(model);
+    let is_bn_param = |var: &str| bn_layers.iter().any(|b| var.starts_with(&format!("{b}.")));
+    let group_of = |var: &str| groups.iter().position(|g| g.vars.iter().any(|v| v == var));
+    for p in &mut optim.params {
+        let g = group_of(&p.name).expect("every variable is in a group");
+        let keeps_training =
+            !frozen.contains(&groups[g].name) || (cfg.train_bn && is_bn_param(&p.name));
+        p.lr_scale = if keeps_training { scales[g] } else { 0.0 };
+        let _ = p.tensor.set_requires_grad(keeps_training);
+    }
+    let bn_eval = if cfg.train_bn {
+        vec![]
+    } else {
+        bn_layers
+            .iter()
+            .filter(|b| {
+                let var = format!("{b}.weight");
+                group_of(&var).is_some_and(|g| frozen.contains(&groups[g].name))
+            })
+            .cloned()
+            .collect()
+    };
+    let vars = model.vs.variables();
+    let summary = groups
+        .iter()
+        .zip(&scales)
+        .map(|(g, s)| GroupSummary {
+            name: g.name.clone(),
+            lr: optim.config.lr * s,
+            frozen: frozen.contains(&g.name),
+            parameters: g
+                .vars
+                .iter()
+                .filter(|v| !crate::models::is_buffer(v))
+                .map(|v| vars[v].numel() as i64)
+                .sum(),
+        })
+        .collect();
+    Ok(Applied {
+        bn_eval,
+        groups: summary,
+    })
+}
+
+/// Where the normalisation comes from, and the statistics to use.
+pub fn normalisation(
+    cfg: &TransferConfig,
+    weights_meta: Option<&crate::train::checkpoint::Meta>,
+    data_mean: &[f64],
+    data_std: &[f64],
+) -> Result<(String, Vec<f64>, Vec<f64>), String> {
+    let imagenet = || {
+        (
+            "imagenet".to_string(),
+            weights::IMAGENET_MEAN.to_vec(),
+            weights::IMAGENET_STD.to_vec(),
+        )
+    };
+    let data = || ("data".to_string(), data_mean.to_vec(), data_std.to_vec());
+    let chosen = match (cfg.normalise.as_str(), &cfg.weights, weights_meta) {
+        ("data", _, _) | ("auto", None, _) => data(),
+        ("imagenet", _, _) => imagenet(),
+        ("auto", Some(_), Some(m)) => ("checkpoint".into(), m.mean.clone(), m.std.clone()),
+        ("auto", Some(_), None) => imagenet(),
+        (other, _, _) => {
+            return Err(format!(
+                "normalise '{other}': expected auto, data or imagenet"
+            ));
+        }
+    };
+    if chosen.1.len() != data_mean.len() {
+        return Err(format!(
+            "{} normalisation has {} channels but the images have {}",
+            chosen.0,
+            chosen.1.len(),
+            data_mean.len()
+        ));
+    }
+    Ok(chosen)
+}
+
+/// Loads pretrained weights into a model whose head may have another size.
+pub fn load_weights(
+    cfg: &TransferConfig,
+    path: &Path,
+    model: &mut Model,
+) -> weights::Result<LoadReport> {
+    let tensors = weights::read(path)?;
+    let opts = LoadOptions {
+        strict: cfg.strict,
+        replace_head: true,
+    };
+    weights::load_into(path, &tensors, model, opts)
+}
