@@ -1,8 +1,10 @@
 //! Format readers against files written here in the real formats, bad input, the decode cache,
 //! and downloads from a local HTTP server.
 
+mod common;
+
 use convkit::data::{self, DataSpec, Format, cifar, download, idx};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -332,23 +334,6 @@ fn synthetic_set_is_deterministic_and_balanced() {
 }
 
 /// Serves one file once over HTTP on a local port.
-fn serve_once(body: Vec<u8>) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut buf = [0u8; 4096];
-        let _ = s.read(&mut buf);
-        let head = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(&body).unwrap();
-    });
-    format!("http://{addr}/cifar-10-binary.tar.gz")
-}
-
 fn md5_hex(bytes: &[u8]) -> String {
     use md5::Digest;
     download::hex(&md5::Md5::digest(bytes))
@@ -359,7 +344,7 @@ fn download_verifies_md5_and_writes_atomically() {
     let dir = temp_dir("download");
     let body: Vec<u8> = (0..100_000u32).map(|i| (i % 256) as u8).collect();
     let remote = download::Remote {
-        url: serve_once(body.clone()),
+        url: common::serve_once(body.clone()),
         file_name: "cifar-10-binary.tar.gz".into(),
         checksum: download::Checksum::Md5(md5_hex(&body)),
     };
@@ -381,7 +366,7 @@ fn download_verifies_md5_and_writes_atomically() {
 fn download_with_wrong_checksum_leaves_no_file() {
     let dir = temp_dir("download-bad");
     let remote = download::Remote {
-        url: serve_once(b"truncated".to_vec()),
+        url: common::serve_once(b"truncated".to_vec()),
         file_name: "cifar-10-binary.tar.gz".into(),
         checksum: download::Checksum::Md5("c32a1d4ab5d03f1284b67883e8d87530".into()),
     };

@@ -2,8 +2,12 @@
 //! pip-installed torch writes (tests/fixtures/make_resnet.py) load into convkit's ResNets and
 //! give the same eval-mode logits; bad files fail clearly; a malicious pickle never runs.
 
+mod common;
+
+use convkit::data::download::{self, Checksum, Remote};
 use convkit::models::{self, Ctx, ModelSpec, Stem};
 use convkit::weights::{self, LoadOptions};
+use sha2::Digest;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use tch::{Device, Tensor};
@@ -179,4 +183,70 @@ fn a_new_head_replaces_the_classifier_and_keeps_the_body() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("fc.weight is [1000, 512]"), "{err}");
+}
+
+#[test]
+fn official_weights_are_named_with_their_sha256_prefix() {
+    let r = weights::remote("resnet50").unwrap();
+    assert_eq!(
+        r.url,
+        "https://download.pytorch.org/models/resnet50-0676ba61.pth"
+    );
+    assert!(matches!(r.checksum, Checksum::Sha256Prefix(ref h) if h == "0676ba61"));
+    assert!(weights::remote("resnet51").is_none());
+    let err = weights::resolve("resnet51", false).unwrap_err().to_string();
+    assert!(
+        err.contains("resnet51") && err.contains("no such file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn downloaded_weights_are_verified_then_read() {
+    let dir = fixtures();
+    let body = std::fs::read(dir.join("resnet18.pth")).unwrap();
+    let hash = download::hex(&sha2::Sha256::digest(&body));
+    let good = Remote {
+        url: common::serve_once(body.clone()),
+        file_name: format!("resnet18-{}.pth", &hash[..8]),
+        checksum: Checksum::Sha256Prefix(hash[..8].to_string()),
+    };
+    let into = dir.join("download");
+    let path = download::fetch(&good, &into, false).unwrap();
+    assert_eq!(weights::read(&path).unwrap().len(), 122);
+    let bad = Remote {
+        url: common::serve_once(body),
+        file_name: "resnet18-00000000.pth".into(),
+        checksum: Checksum::Sha256Prefix("00000000".into()),
+    };
+    let err = download::fetch(&bad, &into, false).unwrap_err().to_string();
+    assert!(err.contains("checksum mismatch"), "{err}");
+    assert!(!into.join("resnet18-00000000.pth").exists());
+}
+
+#[test]
+fn command_line_inspect_lists_tensors_and_refuses_a_malicious_pickle() {
+    let dir = fixtures();
+    let run = |file: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_convkit"))
+            .args(["weights", "inspect"])
+            .arg(dir.join(file))
+            .output()
+            .unwrap()
+    };
+    let ok = run("resnet18.pth");
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success());
+    assert!(
+        text.contains("layer4.1.bn2.running_var") && text.contains("122 tensors"),
+        "{text}"
+    );
+    let evil = run("evil.pth");
+    let err = String::from_utf8_lossy(&evil.stderr);
+    assert!(!evil.status.success());
+    assert!(
+        err.contains("refused") && err.contains("posix.system"),
+        "{err}"
+    );
+    assert!(!dir.join("pwned").exists(), "the pickle's code ran");
 }

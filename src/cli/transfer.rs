@@ -87,6 +87,10 @@ pub struct FinetuneArgs {
     /// head-then-unfreeze: epochs with the body frozen (default: a fifth of --epochs)
     #[arg(long)]
     head_epochs: Option<usize>,
+    /// Benchmark: the linear probe (cold cache) against training the head through the frozen
+    /// body for the same epochs; prints both times and the speed-up
+    #[arg(long)]
+    compare_frozen: bool,
 }
 
 pub fn finetune(a: FinetuneArgs) -> Result<()> {
@@ -104,6 +108,20 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
         head_epochs: a.head_epochs,
         run: a.train.options(),
     };
+    if a.compare_frozen {
+        let r = finetune::probe_vs_frozen(&cfg, &out, &opts)?;
+        println!(
+            "linear probe on cached features: {:.1} s ({:.2}%); head through the frozen body: {:.1} s ({:.2}%); {} epochs, {} images",
+            r.probe_seconds,
+            100.0 * r.probe_accuracy,
+            r.frozen_seconds,
+            100.0 * r.frozen_accuracy,
+            r.epochs,
+            r.train_images
+        );
+        println!("probe speedup: {:.1}", r.speedup);
+        return Ok(());
+    }
     let s = finetune::run(cfg, strategy, &out, &opts)?;
     println!(
         "{}: test accuracy {:.2}% ({} training images, {} epochs, {:.1} s){}; {}",

@@ -299,3 +299,45 @@ fn linear_probe(cfg: &Config, out: &Path, start: Instant) -> Result<FinetuneSumm
     metrics::write_json(&out.join("summary.json"), &s)?;
     Ok(s)
 }
+
+/// The linear probe against training the same head through the frozen body (every group but
+/// the head frozen, BatchNorm held, the same epochs and data), both end to end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbeSpeed {
+    pub epochs: usize,
+    pub train_images: usize,
+    pub probe_seconds: f64,
+    pub probe_accuracy: f64,
+    pub frozen_seconds: f64,
+    pub frozen_accuracy: f64,
+    /// frozen_seconds / probe_seconds
+    pub speedup: f64,
+}
+
+pub fn probe_vs_frozen(cfg: &Config, out: &Path, opts: &FinetuneOptions) -> Result<ProbeSpeed> {
+    require_weights(cfg, Strategy::LinearProbe)?;
+    let probe_dir = out.join("linear-probe");
+    // A cold start: the feature cache is part of what is measured.
+    let _ = std::fs::remove_dir_all(&probe_dir);
+    let probe = linear_probe(cfg, &probe_dir, Instant::now())?;
+    let groups = group_names(cfg)?;
+    let mut frozen = cfg.clone();
+    frozen.transfer.freeze = groups[..groups.len() - 1].to_vec();
+    frozen.transfer.freeze_to = None;
+    frozen.transfer.train_bn = false;
+    frozen.train.eval_every = 0;
+    let start = Instant::now();
+    let s = train::run(frozen, &out.join("frozen-body"), &opts.run)?;
+    let frozen_seconds = start.elapsed().as_secs_f64();
+    let r = ProbeSpeed {
+        epochs: cfg.train.epochs,
+        train_images: probe.train_images,
+        probe_seconds: probe.seconds,
+        probe_accuracy: probe.test_accuracy,
+        frozen_seconds,
+        frozen_accuracy: s.test_accuracy,
+        speedup: frozen_seconds / probe.seconds,
+    };
+    metrics::write_json(&out.join("probe-speed.json"), &r)?;
+    Ok(r)
+}

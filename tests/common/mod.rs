@@ -1,0 +1,22 @@
+//! Helpers shared by the integration tests.
+
+use std::io::{Read, Write};
+
+/// Serves `body` once over HTTP on a free local port; returns the URL (a stand-in for the
+/// real download servers, which this machine cannot reach).
+pub fn serve_once(body: Vec<u8>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&body).unwrap();
+    });
+    format!("http://{addr}/cifar-10-binary.tar.gz")
+}
