@@ -87,6 +87,9 @@ pub struct FinetuneArgs {
     /// head-then-unfreeze: epochs with the body frozen (default: a fifth of --epochs)
     #[arg(long)]
     head_epochs: Option<usize>,
+    /// head-then-unfreeze: rate multiple for the head-only phase (default 10)
+    #[arg(long)]
+    head_lr_mult: Option<f64>,
     /// Benchmark: the linear probe (cold cache) against training the head through the frozen
     /// body for the same epochs; prints both times and the speed-up
     #[arg(long)]
@@ -106,6 +109,7 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
         .unwrap_or_else(|| "runs/finetune".into());
     let opts = finetune::FinetuneOptions {
         head_epochs: a.head_epochs,
+        head_lr_mult: a.head_lr_mult,
         run: a.train.options(),
     };
     if a.compare_frozen {
@@ -130,7 +134,7 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
         s.train_images,
         s.epochs,
         s.seconds,
-        s.l2.map(|l| format!(", L2 {l:e} chosen on a validation split"))
+        s.l2.map(|l| format!(", L2 {l:e} chosen by 5-fold cross-validation"))
             .unwrap_or_default(),
         out.join("summary.json").display()
     );

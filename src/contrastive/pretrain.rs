@@ -29,6 +29,24 @@ pub struct PretrainSummary {
     pub wall_seconds: f64,
 }
 
+/// `f` applied to every batch of a split (evaluation input: no augmentation), concatenated.
+fn over_split(
+    split: &DeviceSplit,
+    augmenter: &Augmenter,
+    batch: usize,
+    f: impl Fn(&Tensor) -> Tensor,
+) -> Tensor {
+    let index: Vec<i64> = (0..split.len() as i64).collect();
+    let parts: Vec<Tensor> = index
+        .chunks(batch.max(1))
+        .map(|idx| {
+            let (images, _) = split.batch(idx);
+            tch::no_grad(|| f(&augmenter.eval_batch(&images))).to_kind(Kind::Float)
+        })
+        .collect();
+    Tensor::cat(&parts, 0)
+}
+
 /// Encoder features of a whole split, in evaluation mode, without augmentation: `[N, D]`.
 pub fn encoder_features(
     model: &Model,
@@ -36,16 +54,30 @@ pub fn encoder_features(
     augmenter: &Augmenter,
     batch: usize,
 ) -> Tensor {
-    let index: Vec<i64> = (0..split.len() as i64).collect();
-    let parts: Vec<Tensor> = index
-        .chunks(batch.max(1))
-        .map(|idx| {
-            let (images, _) = split.batch(idx);
-            let x = augmenter.eval_batch(&images);
-            tch::no_grad(|| model.net.features(&x, &Ctx::eval())).to_kind(Kind::Float)
-        })
-        .collect();
-    Tensor::cat(&parts, 0)
+    over_split(split, augmenter, batch, |x| {
+        model.net.features(x, &Ctx::eval())
+    })
+}
+
+/// The global average of every stage's output (stem, layer1, ...), concatenated: `[N, sum C]`.
+/// Earlier stages hold more generic features, which carry better to a distant target domain
+/// (DINO's linear evaluation likewise concatenates several blocks).
+pub fn stage_features(
+    model: &Model,
+    split: &DeviceSplit,
+    augmenter: &Augmenter,
+    batch: usize,
+) -> Tensor {
+    over_split(split, augmenter, batch, |x| {
+        let ctx = Ctx::capturing();
+        let _ = model.net.features(x, &ctx);
+        let pooled: Vec<Tensor> = ctx
+            .take_stages()
+            .iter()
+            .map(|(_, t)| t.mean_dim([2i64, 3].as_slice(), false, Kind::Float))
+            .collect();
+        Tensor::cat(&pooled, 1)
+    })
 }
 
 /// `encoder_features`, L2-normalised (the kNN monitor's embedding).

@@ -224,6 +224,46 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// Weights, normalisation and the parameter groups with their rates.
+fn transfer_html(t: &crate::transfer::TransferSummary) -> String {
+    let groups: String = t
+        .groups
+        .iter()
+        .map(|g| {
+            let lr = if g.frozen {
+                "frozen".to_string()
+            } else {
+                format!("{:.2e}", g.lr)
+            };
+            format!(
+                "<tr><td>{}</td><td>{lr}</td><td>{}</td></tr>",
+                escape(&g.name),
+                crate::models::summary::thousands(g.parameters)
+            )
+        })
+        .collect();
+    format!(
+        "<h2>Transfer</h2><p>weights: {} ({} tensors loaded{}); normalisation: {}; BatchNorm in \
+         frozen groups {}{}</p><table><tr><th>group</th><th>learning rate</th><th>parameters</th></tr>{groups}</table>",
+        escape(t.weights.as_deref().unwrap_or("none")),
+        t.loaded_tensors,
+        if t.replaced_head.is_empty() {
+            String::new()
+        } else {
+            format!("; new head: {}", escape(&t.replaced_head.join(", ")))
+        },
+        escape(&t.normalisation),
+        if t.train_bn {
+            "keeps training (train_bn = true)"
+        } else {
+            "held in eval mode (train_bn = false)"
+        },
+        t.resize
+            .map(|r| format!("; inputs resized to {r}x{r}"))
+            .unwrap_or_default()
+    )
+}
+
 fn render_html(cfg: &Config, history: &[EpochMetrics], s: &TrainSummary) -> String {
     let headline = [
         (
@@ -257,6 +297,7 @@ fn render_html(cfg: &Config, history: &[EpochMetrics], s: &TrainSummary) -> Stri
         .iter()
         .map(|(c, a)| format!("<tr><td>{}</td><td>{:.1}%</td></tr>", escape(c), 100.0 * a))
         .collect();
+    let transfer = s.transfer.as_ref().map(transfer_html).unwrap_or_default();
     let epochs: String = history
         .iter()
         .map(|m| {
@@ -271,7 +312,7 @@ fn render_html(cfg: &Config, history: &[EpochMetrics], s: &TrainSummary) -> Stri
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}img{{max-width:540px;margin:4px}}pre{{background:#f6f6f6;padding:1em}}</style>
 </head><body><h1>convkit run: {model} on {data}</h1>
-<table>{rows}</table>
+<table>{rows}</table>{transfer}
 <h2>Curves</h2><img src="plots/loss.png"><img src="plots/accuracy.png"><img src="plots/lr.png">
 <h2>Confusion matrix</h2><img src="plots/confusion.png">
 <h2>Per-class accuracy</h2><table><tr><th>class</th><th>accuracy</th></tr>{per_class}</table>

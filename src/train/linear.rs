@@ -62,13 +62,13 @@ impl LinearProbe {
             ..Default::default()
         };
         let n = x.size()[0] as usize;
-        let spe = loader::steps_per_epoch(n, spec.batch_size, false);
+        // At least ~10 steps per epoch: with 100 images a batch of 256 would give the probe one
+        // step per epoch and leave it far from converged.
+        let batch = spec.batch_size.min((n / 10).max(16));
+        let spe = loader::steps_per_epoch(n, batch, false);
         for epoch in 0..spec.epochs {
             let order = loader::epoch_order(n, spec.seed, epoch);
-            for (i, idx) in loader::batches(&order, spec.batch_size, false)
-                .iter()
-                .enumerate()
-            {
+            for (i, idx) in loader::batches(&order, batch, false).iter().enumerate() {
                 let idx = Tensor::from_slice(idx).to_device(device);
                 let loss = linear.forward(&x.index_select(0, &idx)).cross_entropy_loss(
                     &y.index_select(0, &idx),
@@ -104,36 +104,45 @@ impl LinearProbe {
     }
 }
 
+/// The fitted probe, the chosen L2 strength and each candidate's mean validation accuracy.
+pub type L2Search = (LinearProbe, f64, Vec<(f64, f64)>);
+
 /// The L2 strengths tried by [`fit_with_l2_search`].
 pub const L2_CANDIDATES: [f64; 6] = [0.0, 1e-4, 1e-3, 1e-2, 5e-2, 0.1];
 
-/// Chooses the L2 strength on a held-out fifth of the training features (every class kept in
-/// proportion by taking every fifth image), then refits on all of them. Returns the probe, the
-/// chosen strength and each candidate's validation accuracy.
+/// Chooses the L2 strength by 5-fold cross-validation on the training features (fold k holds
+/// every fifth image from k, so classes stay in proportion), then refits on all of them.
+/// Returns the probe, the chosen strength and each candidate's mean validation accuracy.
 pub fn fit_with_l2_search(
     x: &Tensor,
     y: &Tensor,
     classes: i64,
     spec: &LinearSpec,
-) -> Result<(LinearProbe, f64, Vec<(f64, f64)>), OptimError> {
+) -> Result<L2Search, OptimError> {
+    const FOLDS: i64 = 5;
     let n = x.size()[0];
     let device = x.device();
-    let (val, fit): (Vec<i64>, Vec<i64>) = (0..n).partition(|i| i % 5 == 0);
+    let pick = |idx: &[i64]| Tensor::from_slice(idx).to_device(device);
     let mut table = Vec::new();
-    if !val.is_empty() && !fit.is_empty() {
-        let pick = |idx: &[i64]| Tensor::from_slice(idx).to_device(device);
-        let (fi, vi) = (pick(&fit), pick(&val));
-        let (fx, fy) = (x.index_select(0, &fi), y.index_select(0, &fi));
-        let (vx, vy) = (x.index_select(0, &vi), y.index_select(0, &vi));
+    if n >= 2 * FOLDS {
         for wd in L2_CANDIDATES {
             let s = LinearSpec {
                 weight_decay: wd,
                 ..spec.clone()
             };
-            table.push((
-                wd,
-                LinearProbe::fit(&fx, &fy, classes, &s)?.accuracy(&vx, &vy),
-            ));
+            let mut total = 0.0;
+            for k in 0..FOLDS {
+                let (val, fit): (Vec<i64>, Vec<i64>) = (0..n).partition(|i| i % FOLDS == k);
+                let (fi, vi) = (pick(&fit), pick(&val));
+                let probe = LinearProbe::fit(
+                    &x.index_select(0, &fi),
+                    &y.index_select(0, &fi),
+                    classes,
+                    &s,
+                )?;
+                total += probe.accuracy(&x.index_select(0, &vi), &y.index_select(0, &vi));
+            }
+            table.push((wd, total / FOLDS as f64));
         }
     }
     // The strongest penalty among the best (ties favour regularisation on small data).

@@ -358,7 +358,7 @@ impl Trainer {
                 let Some(&lr) = lrs.get(losses.len()) else {
                     break 'outer;
                 };
-                let (loss, _) = self.train_step(&idx, &mut rng, lr);
+                let (loss, _) = self.train_step(idx, &mut rng, lr);
                 losses.push(loss.double_value(&[]));
                 bar.inc(1);
                 if stop(&losses) {
@@ -381,8 +381,15 @@ impl Trainer {
 
     /// Pooled features of the model's body for every image of `split` (eval mode, no
     /// augmentation, with the run's normalisation and resize).
-    pub fn encoder_features(&self, split: &DeviceSplit) -> Tensor {
-        crate::contrastive::pretrain::encoder_features(
+    /// With `stages`, the pooled output of every stage, concatenated.
+    pub fn encoder_features(&self, split: &DeviceSplit, stages: bool) -> Tensor {
+        use crate::contrastive::pretrain::{encoder_features, stage_features};
+        let f = if stages {
+            stage_features
+        } else {
+            encoder_features
+        };
+        f(
             &self.model,
             split,
             &self.augmenter,

@@ -80,6 +80,10 @@ pub struct FinetuneSummary {
 pub struct FinetuneOptions {
     /// head-then-unfreeze: epochs with the body frozen (default: a fifth of the budget, >= 1).
     pub head_epochs: Option<usize>,
+    /// head-then-unfreeze: the head-only phase runs at this multiple of the base rate (default
+    /// 10: a new linear layer on fixed features needs a larger rate than the pretrained body,
+    /// as Caffe's fine-tuning recipes give new layers 10x).
+    pub head_lr_mult: Option<f64>,
     pub run: RunOptions,
 }
 
@@ -158,8 +162,9 @@ fn from_train(s: train::TrainSummary, strategy: Strategy) -> FinetuneSummary {
     }
 }
 
-/// Phase 1 trains the head alone (into `out/head`); phase 2 starts from its checkpoint and
-/// trains every group, the lowest at lr / lr_mult (fastai: half the base rate, lr_mult 100).
+/// Phase 1 trains the head alone (into `out/head`, at `head_lr_mult` times the base rate);
+/// phase 2 starts from its checkpoint and trains every group, the head at half the base rate
+/// and the lowest group at that over lr_mult (fastai's fine_tune: lr_mult 100).
 fn head_then_unfreeze(
     cfg: Config,
     groups: &[String],
@@ -179,6 +184,7 @@ fn head_then_unfreeze(
         .clamp(1, total - 1);
     let mut head = cfg.clone();
     head.train.epochs = head_epochs;
+    head.optim.lr *= opts.head_lr_mult.unwrap_or(10.0);
     head.train.eval_every = 0;
     head.transfer.freeze = groups[..groups.len() - 1].to_vec();
     head.transfer.freeze_to = None;
@@ -221,11 +227,12 @@ fn feature_tag(cfg: &Config) -> i64 {
         .map(|m| format!("{}|{:?}", m.len(), m.modified().ok()))
         .unwrap_or_default();
     let key = format!(
-        "{}|{:?}|{weights}|{stamp}|{:?}|{}",
+        "{}|{:?}|{weights}|{stamp}|{:?}|{}|{}",
         toml::to_string(&cfg.data).unwrap_or_default(),
         cfg.model,
         cfg.transfer.resize,
-        cfg.transfer.normalise
+        cfg.transfer.normalise,
+        cfg.transfer.probe_features
     );
     fnv1a(key.as_bytes()) as i64
 }
@@ -252,7 +259,20 @@ pub fn cached_features(cfg: &Config, out: &Path) -> Result<[Tensor; 5]> {
     frozen.transfer.freeze_to = None;
     frozen.transfer.freeze.clear();
     let trainer = Trainer::new(frozen, out, false)?;
-    let feats = |split: &DeviceSplit| trainer.encoder_features(split).to_device(Device::Cpu);
+    let stages = match cfg.transfer.probe_features.as_str() {
+        "final" => false,
+        "stages" => true,
+        other => {
+            return Err(TrainError::Invalid(format!(
+                "transfer.probe_features '{other}': expected final or stages"
+            )));
+        }
+    };
+    let feats = |split: &DeviceSplit| {
+        trainer
+            .encoder_features(split, stages)
+            .to_device(Device::Cpu)
+    };
     let (train_split, test_split) = trainer.splits();
     let result = [
         feats(train_split),

@@ -43,6 +43,9 @@ pub struct TransferConfig {
     /// `auto` (the weights' own: ImageNet mean/std for torchvision and timm files, the stored
     /// statistics for convkit checkpoints), `data` or `imagenet`.
     pub normalise: String,
+    /// Linear probes read `final` (the pooled features the classifier sees) or `stages` (every
+    /// stage's pooled output, concatenated).
+    pub probe_features: String,
 }
 
 impl Default for TransferConfig {
@@ -58,6 +61,7 @@ impl Default for TransferConfig {
             layer_decay: None,
             resize: None,
             normalise: "auto".into(),
+            probe_features: "final".into(),
         }
     }
 }
@@ -244,7 +248,11 @@ pub fn normalisation(
     Ok(chosen)
 }
 
-/// Loads pretrained weights into a model whose head may have another size.
+/// Loads pretrained weights into a model whose head may have another size. A replaced head
+/// starts at zero (MAE and BEiT initialise new heads with std 2e-5): its first predictions are
+/// uniform, so early steps neither push random gradients into the pretrained body nor start
+/// from confidently wrong answers, which a randomly initialised head on strongly clustered
+/// features does.
 pub fn load_weights(
     cfg: &TransferConfig,
     path: &Path,
@@ -255,5 +263,15 @@ pub fn load_weights(
         strict: cfg.strict,
         replace_head: true,
     };
-    weights::load_into(path, &tensors, model, opts)
+    let report = weights::load_into(path, &tensors, model, opts)?;
+    if !report.replaced_head.is_empty() {
+        let fc = &model.net.classifier().inner;
+        tch::no_grad(|| {
+            let _ = fc.ws.shallow_clone().zero_();
+            if let Some(b) = &fc.bs {
+                let _ = b.shallow_clone().zero_();
+            }
+        });
+    }
+    Ok(report)
 }

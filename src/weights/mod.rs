@@ -187,7 +187,7 @@ pub fn load_into(
         .filter(|(n, _)| !n.ends_with("num_batches_tracked"))
         .collect();
     let mut report = LoadReport::default();
-    for (name, _) in &vars {
+    for name in vars.keys() {
         if !weights.iter().any(|(n, _)| n == name) {
             report.missing.push(name.clone());
         }
