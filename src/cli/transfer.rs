@@ -134,7 +134,7 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
         s.train_images,
         s.epochs,
         s.seconds,
-        s.l2.map(|l| format!(", L2 {l:e} chosen by 5-fold cross-validation"))
+        s.l2.map(|l| format!(", L2 {l:e} chosen by cross-validation"))
             .unwrap_or_default(),
         out.join("summary.json").display()
     );

@@ -310,7 +310,7 @@ fn report(spec: &Spec, out: &Path, s: &Summary) -> Result<()> {
         format!("total time {}", fmt_seconds(s.seconds)),
         "scratch: no pretrained weights; linear-probe: frozen body, cached features (every \
          stage's pooled output, concatenated), L2 chosen \
-         by 5-fold cross-validation; head-then-unfreeze: the head alone for a fifth of the epochs at 10x \
+         by cross-validation; head-then-unfreeze: the head alone for a fifth of the epochs at 10x \
          the rate, then every layer at lr/2 with rates spread over 100x; full: every layer at one rate."
             .to_string(),
     ];
