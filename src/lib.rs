@@ -12,6 +12,7 @@ pub mod cli;
 pub mod contrastive;
 pub mod data;
 pub mod experiment;
+pub mod inspect;
 pub mod models;
 pub mod optim;
 pub mod report;

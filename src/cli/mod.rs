@@ -1,6 +1,7 @@
 //! The command line: argument structures and a thin layer over the library.
 
 mod experiment;
+mod inspect;
 mod predict;
 mod tools;
 mod train;
@@ -37,6 +38,8 @@ enum Command {
     Weights(transfer::WeightsArgs),
     /// Comparisons of several runs with one report (transfer)
     Experiment(experiment::ExperimentArgs),
+    /// How a trained CNN sees: filters, activations, Grad-CAM, shift equivariance
+    Inspect(inspect::InspectArgs),
     /// Evaluate a run or checkpoint on its test data (or on --data)
     Eval(predict::EvalArgs),
     /// Classify image files with a checkpoint
@@ -63,6 +66,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::LrFind(a) => transfer::lr_find(a),
         Command::Weights(a) => transfer::weights(a),
         Command::Experiment(a) => experiment::experiment(a),
+        Command::Inspect(a) => inspect::inspect(a),
         Command::Eval(a) => predict::eval(a),
         Command::Predict(a) => predict::predict(a),
         Command::Summary(a) => tools::summary(a),

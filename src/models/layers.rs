@@ -18,6 +18,8 @@ pub struct LayerInfo {
     /// For convolutions: the parameters a fully connected layer with the same input and output
     /// sizes would need.
     pub dense_params: Option<i64>,
+    /// Convolutions and pooling: (kernel, stride), for receptive fields.
+    pub window: Option<(i64, i64)>,
 }
 
 /// How a forward pass runs: training or evaluation mode, optionally tracing layers or capturing
@@ -141,6 +143,7 @@ impl Conv {
                 params,
                 flops: 2 * macs,
                 dense_params: Some(din * dout + dout),
+                window: Some((self.kernel, self.stride)),
             }
         });
         y
@@ -182,6 +185,7 @@ impl Bn {
             params: 2 * x.size()[1],
             flops: 2 * numel(&y.size()[1..]),
             dense_params: None,
+            window: None,
         });
         y
     }
@@ -224,6 +228,7 @@ impl Fc {
                 params: w[0] * w[1] + self.inner.bs.as_ref().map_or(0, |b| b.numel() as i64),
                 flops: 2 * w[0] * w[1],
                 dense_params: None,
+                window: None,
             }
         });
         y
@@ -240,6 +245,7 @@ pub fn max_pool(x: &Tensor, k: i64, s: i64, pad: i64, name: &str, ctx: &Ctx) -> 
         params: 0,
         flops: 0,
         dense_params: None,
+        window: Some((k, s)),
     });
     y
 }
@@ -264,6 +270,7 @@ fn record_pool(y: Tensor, name: &str, ctx: &Ctx) -> Tensor {
         params: 0,
         flops: 0,
         dense_params: None,
+        window: None,
     });
     y
 }

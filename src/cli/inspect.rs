@@ -1,0 +1,286 @@
+//! `convkit inspect filters|activations|gradcam|shift`.
+
+use crate::augment::Augmenter;
+use crate::data::folder::load_image;
+use crate::inspect::{self, picture, shift};
+use crate::train::{self, Config, checkpoint, metrics};
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Subcommand, Debug)]
+pub enum InspectCommand {
+    /// PNG grid of the first convolution's filters
+    Filters {
+        /// A run folder or checkpoint
+        checkpoint: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Per stage: the most active feature maps for an image, output shape, receptive field
+    Activations {
+        checkpoint: PathBuf,
+        image: PathBuf,
+        /// Feature maps per stage
+        #[arg(long, default_value_t = 16)]
+        maps: i64,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Grad-CAM heat map of the predicted (or --class) class over the image
+    Gradcam {
+        checkpoint: PathBuf,
+        image: PathBuf,
+        /// A class name the model knows (default: the predicted class)
+        #[arg(long)]
+        class: Option<String>,
+        /// The stage whose maps are weighted (default: the last one)
+        #[arg(long)]
+        layer: Option<String>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Equivariance error per stage and changed predictions for shifts of 1..8 pixels
+    Shift {
+        checkpoint: PathBuf,
+        /// Data to shift (default: the run's own test images)
+        #[arg(long)]
+        data: Option<String>,
+        /// Test images used
+        #[arg(long, default_value_t = 500)]
+        images: usize,
+        #[arg(long, default_value_t = 8)]
+        max_shift: i64,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    #[command(subcommand)]
+    command: InspectCommand,
+}
+
+/// `--out`, or `inspect/` in the run folder the checkpoint belongs to.
+fn out_dir(out: Option<PathBuf>, ck: &checkpoint::Loaded) -> Result<PathBuf> {
+    let dir = out.unwrap_or_else(|| {
+        ck.path
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("."))
+            .join("inspect")
+    });
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// An image file as the model sees it: u8 `[1, H, W, C]` and the normalised input.
+fn model_input(ck: &checkpoint::Loaded, path: &Path) -> Result<(Tensor, Tensor)> {
+    let mut img = load_image(path, ck.meta.image_size as u32)?;
+    if ck.meta.spec.in_channels == 1 {
+        img = img
+            .to_kind(Kind::Float)
+            .mean_dim(3, true, Kind::Float)
+            .round()
+            .to_kind(Kind::Uint8);
+    }
+    let aug = Augmenter::new(vec![], &ck.meta.mean, &ck.meta.std, Device::Cpu);
+    let x = aug.eval_batch(&img);
+    Ok((img, x))
+}
+
+pub fn inspect(a: InspectArgs) -> Result<()> {
+    match a.command {
+        InspectCommand::Filters { checkpoint, out } => filters(&checkpoint, out),
+        InspectCommand::Activations {
+            checkpoint,
+            image,
+            maps,
+            out,
+        } => activations(&checkpoint, &image, maps, out),
+        InspectCommand::Gradcam {
+            checkpoint,
+            image,
+            class,
+            layer,
+            out,
+        } => gradcam(&checkpoint, &image, class, layer, out),
+        InspectCommand::Shift {
+            checkpoint,
+            data,
+            images,
+            max_shift,
+            out,
+        } => shift_table(&checkpoint, data, images, max_shift, out),
+    }
+}
+
+fn filters(path: &Path, out: Option<PathBuf>) -> Result<()> {
+    let ck = checkpoint::read(path)?;
+    let model = ck.build_model(Device::Cpu)?;
+    let (name, w) = inspect::first_filters(&model, ck.meta.image_size)
+        .context("the model has no convolution")?;
+    let dir = out_dir(out, &ck)?;
+    let file = dir.join("filters.png");
+    let k = w.size()[2] as usize;
+    picture::grid(&picture::filter_tiles(&w), (48 / k).max(1), &file)?;
+    println!(
+        "{} filters of {name} ({:?}): {}",
+        w.size()[0],
+        w.size(),
+        file.display()
+    );
+    Ok(())
+}
+
+fn activations(path: &Path, image: &Path, maps: i64, out: Option<PathBuf>) -> Result<()> {
+    let ck = checkpoint::read(path)?;
+    let model = ck.build_model(Device::Cpu)?;
+    let (_, x) = model_input(&ck, image)?;
+    let fields = inspect::receptive_fields(&inspect::trace(&model, ck.meta.image_size));
+    let dir = out_dir(out, &ck)?;
+    println!(
+        "{:<12} {:<18} {:>16} {:>6}",
+        "stage", "output", "receptive field", "jump"
+    );
+    for (stage, t) in inspect::stage_outputs(&model, &x) {
+        let tiles = picture::top_maps(&t.get(0), maps);
+        let h = t.size()[2] as usize;
+        let file = dir.join(format!("activations-{stage}.png"));
+        picture::grid(&tiles, (64 / h).max(1), &file)?;
+        let f = fields.iter().find(|f| f.stage == stage);
+        println!(
+            "{stage:<12} {:<18} {:>16} {:>6}   {}",
+            format!("{:?}", t.size()),
+            f.map_or("-".into(), |f| format!("{0}x{0} px", f.receptive_field)),
+            f.map_or("-".into(), |f| f.jump.to_string()),
+            file.display()
+        );
+    }
+    Ok(())
+}
+
+fn gradcam(
+    path: &Path,
+    image: &Path,
+    class: Option<String>,
+    layer: Option<String>,
+    out: Option<PathBuf>,
+) -> Result<()> {
+    let ck = checkpoint::read(path)?;
+    let model = ck.build_model(Device::Cpu)?;
+    let classes = &ck.meta.classes;
+    let class_index = match &class {
+        Some(name) => Some(classes.iter().position(|c| c == name).with_context(|| {
+            format!(
+                "{}: the model has no class '{name}'; its classes: {}",
+                ck.path.display(),
+                classes.join(", ")
+            )
+        })? as i64),
+        None => None,
+    };
+    let (img, x) = model_input(&ck, image)?;
+    let stages = inspect::stage_outputs(&model, &x);
+    let layer = match layer {
+        Some(l) => l,
+        None => stages.last().map(|(n, _)| n.clone()).context("no stages")?,
+    };
+    let (cam, logits) =
+        inspect::grad_cam(&model, &x, &layer, class_index).map_err(anyhow::Error::msg)?;
+    let probs = logits.softmax(1, Kind::Float).get(0);
+    let target = class_index.unwrap_or_else(|| probs.argmax(0, false).int64_value(&[]));
+    let size = ck.meta.image_size;
+    let picture = img.get(0).to_kind(Kind::Float) / 255.0;
+    let picture = if picture.size()[2] == 1 {
+        picture.repeat([1, 1, 3])
+    } else {
+        picture
+    };
+    let blended = picture::overlay(&picture, &inspect::upsample(&cam, size));
+    let dir = out_dir(out, &ck)?;
+    let file = dir.join("gradcam.png");
+    picture::grid(&[picture, blended], (224 / size as usize).max(1), &file)?;
+    let (px, py) = inspect::peak(&cam, size);
+    println!(
+        "Grad-CAM of '{}' ({:.1}%) at {layer}: peak at x={px}, y={py}; {}",
+        classes[target as usize],
+        100.0 * probs.double_value(&[target]),
+        file.display()
+    );
+    Ok(())
+}
+
+fn shift_table(
+    path: &Path,
+    data: Option<String>,
+    images: usize,
+    max_shift: i64,
+    out: Option<PathBuf>,
+) -> Result<()> {
+    let ck = checkpoint::read(path)?;
+    let model = ck.build_model(Device::Cpu)?;
+    let mut cfg: Config = toml::from_str(&ck.meta.config).context("checkpoint config")?;
+    if let Some(d) = data {
+        cfg.data.source = d;
+        cfg.data.format = None;
+    }
+    cfg.data.train_limit = Some(1);
+    cfg.data.test_limit = Some(images);
+    let ds = train::load_data(&cfg, ck.meta.image_size)?;
+    if ds.test.is_empty() {
+        bail!("{}: no test images to shift", cfg.data.source);
+    }
+    let aug = Augmenter::new(vec![], &ck.meta.mean, &ck.meta.std, Device::Cpu);
+    let x = aug.eval_batch(&ds.test.images);
+    let jumps: Vec<(String, i64)> =
+        inspect::receptive_fields(&inspect::trace(&model, ck.meta.image_size))
+            .into_iter()
+            .map(|f| (f.stage, f.jump))
+            .collect();
+    let rows = shift::measure(&model, &x, &jumps, max_shift);
+    let dir = out_dir(out, &ck)?;
+    let mut header = format!("{:<20} {:>4}", "layer", "jump");
+    for k in 1..=max_shift {
+        header.push_str(&format!(" {:>7}", format!("k={k}")));
+    }
+    println!("{header}");
+    for r in &rows {
+        let mut line = format!("{:<20} {:>4}", r.layer, r.jump);
+        for v in &r.values {
+            line.push_str(&format!(" {v:>7.3}"));
+        }
+        println!("{line}");
+    }
+    metrics::write_json(&dir.join("shift.json"), &rows)?;
+    let series: Vec<(&str, Vec<(f64, f64)>)> = rows
+        .iter()
+        .map(|r| {
+            let pts = r
+                .values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| ((i + 1) as f64, *v))
+                .collect();
+            (r.layer.as_str(), pts)
+        })
+        .collect();
+    let file = dir.join("shift.png");
+    crate::report::line_chart(
+        &file,
+        "shift equivariance error and changed predictions",
+        (
+            "shift k (pixels, diagonal)",
+            "relative error / fraction changed",
+        ),
+        &series,
+    )?;
+    println!(
+        "{} images; relative error = ||f(shift(x)) - shift(f(x))|| / ||f(x)||, output shifted by k/jump; {}",
+        ds.test.len(),
+        file.display()
+    );
+    Ok(())
+}
