@@ -1,6 +1,6 @@
 //! `convkit experiment ...`: comparisons of several runs in one report.
 
-use crate::experiment::transfer;
+use crate::experiment::{residual, transfer};
 use crate::train::progress;
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -10,6 +10,35 @@ use std::path::PathBuf;
 pub enum ExperimentCommand {
     /// Pre-train on the CIFAR-10 animals, transfer to the vehicles with 25/100/400 labels per class
     Transfer(TransferArgs),
+    /// Plain vs residual nets of depth 20 and 56: loss curves, accuracy, gradients at init
+    Residual(ResidualArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ResidualArgs {
+    /// CIFAR-10 (or any 32x32 RGB source)
+    #[arg(long)]
+    data: String,
+    /// Training images used (the first N)
+    #[arg(long, default_value_t = 10_000)]
+    train_images: usize,
+    /// Test images evaluated after every epoch (the first N)
+    #[arg(long, default_value_t = 2_000)]
+    test_images: usize,
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "plain20,resnet20,plain56,resnet56"
+    )]
+    models: Vec<String>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[arg(long, default_value = "runs/experiment-residual")]
+    out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -50,6 +79,21 @@ pub struct TransferArgs {
 
 pub fn experiment(a: ExperimentArgs) -> Result<()> {
     match a.command {
+        ExperimentCommand::Residual(r) => {
+            let spec = residual::Spec {
+                data: r.data,
+                train_images: r.train_images,
+                test_images: r.test_images,
+                epochs: r.epochs,
+                models: r.models,
+                seed: r.seed,
+                device: r.device,
+                progress: progress::wanted(),
+            };
+            let s = residual::run(&spec, &r.out)?;
+            println!("{}", residual::table(&s).text());
+            println!("report: {}", r.out.join("report.html").display());
+        }
         ExperimentCommand::Transfer(t) => {
             let strategies = t
                 .strategies

@@ -1,9 +1,12 @@
 //! Experiments: several runs under one folder, compared in a table, a plot, `summary.json` and
 //! `report.html`. Each run keeps its own run folder (checkpoints, metrics, report) inside.
 
+pub mod residual;
 pub mod transfer;
 
+use crate::train::{Config, Result};
 use crate::util::atomic_write_bytes;
+use serde::Deserialize;
 use std::path::Path;
 
 /// A table for the report: header cells and rows of cells.
@@ -97,4 +100,36 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}img{{max-width:640
         table = table.html(),
     );
     atomic_write_bytes(&out.join("report.html"), html.as_bytes())
+}
+
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// What to do with a run folder: reuse its finished result, resume its checkpoint, or start
+/// afresh. Only a folder made from the same config counts (`experiment-config.toml`).
+pub enum Prior<T> {
+    Done(T),
+    Resume,
+    Fresh,
+}
+
+pub fn prior<T: for<'de> Deserialize<'de>>(dir: &Path, cfg: &Config) -> Result<Prior<T>> {
+    let marker = dir.join("experiment-config.toml");
+    let same = std::fs::read_to_string(&marker).is_ok_and(|t| t == cfg.to_toml());
+    if !same {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir)?;
+        crate::util::atomic_write_bytes(&marker, cfg.to_toml().as_bytes())?;
+        return Ok(Prior::Fresh);
+    }
+    if let Some(s) = read_json(&dir.join("summary.json")) {
+        return Ok(Prior::Done(s));
+    }
+    let ck = dir.join("checkpoints").join("last.safetensors");
+    Ok(if ck.exists() {
+        Prior::Resume
+    } else {
+        Prior::Fresh
+    })
 }

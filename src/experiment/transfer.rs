@@ -8,7 +8,7 @@
 //! repeated and an interrupted pre-training resumes, so a killed experiment continues where it
 //! stopped.
 
-use super::{Table, write_report};
+use super::{Prior, Table, prior, write_report};
 use crate::train::{self, Config, Result, RunOptions, config, metrics};
 use crate::transfer::finetune::{self, FinetuneOptions, FinetuneSummary, Strategy};
 use crate::util::fmt_seconds;
@@ -120,38 +120,6 @@ fn transfer_config(spec: &Spec, weights: &Path, budget: usize) -> Result<Config>
     // of it than the last (measured: 58.4% vs 52.5% at 25 images per class).
     cfg.transfer.probe_features = "stages".into();
     Ok(cfg)
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-}
-
-/// What to do with a run folder: reuse its finished result, resume its checkpoint, or start
-/// afresh. Only a folder made from the same config counts (`experiment-config.toml`).
-enum Prior<T> {
-    Done(T),
-    Resume,
-    Fresh,
-}
-
-fn prior<T: for<'de> Deserialize<'de>>(dir: &Path, cfg: &Config) -> Result<Prior<T>> {
-    let marker = dir.join("experiment-config.toml");
-    let same = std::fs::read_to_string(&marker).is_ok_and(|t| t == cfg.to_toml());
-    if !same {
-        let _ = std::fs::remove_dir_all(dir);
-        std::fs::create_dir_all(dir)?;
-        crate::util::atomic_write_bytes(&marker, cfg.to_toml().as_bytes())?;
-        return Ok(Prior::Fresh);
-    }
-    if let Some(s) = read_json(&dir.join("summary.json")) {
-        return Ok(Prior::Done(s));
-    }
-    let ck = dir.join("checkpoints").join("last.safetensors");
-    Ok(if ck.exists() {
-        Prior::Resume
-    } else {
-        Prior::Fresh
-    })
 }
 
 fn pretrain(spec: &Spec, out: &Path) -> Result<Pretrain> {
