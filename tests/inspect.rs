@@ -75,6 +75,7 @@ fn grad_cam_peaks_fall_inside_the_objects() {
         }
         area += ((x1 - x0 + 1) * (y1 - y0 + 1)) as f64 / (32.0 * 32.0);
     }
+    command_line_gradcam(&out, &drawn[0]);
     let rate = inside as f64 / drawn.len() as f64;
     let chance = area / drawn.len() as f64;
     // A peak placed at random lands inside the box as often as the box covers the image
@@ -104,4 +105,36 @@ fn bad_input_gets_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("junk.jpg"), "{err}");
+}
+
+/// `convkit inspect gradcam` on a PNG of one synthetic image: a picture for a known class, a
+/// clear error for an unknown one.
+fn command_line_gradcam(run: &std::path::Path, d: &synthetic::Drawn) {
+    let png = run.join("shape.png");
+    image::RgbImage::from_raw(32, 32, d.pixels.clone())
+        .unwrap()
+        .save(&png)
+        .unwrap();
+    let convkit = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_convkit"))
+            .args(["inspect", "gradcam"])
+            .arg(run)
+            .arg(&png)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let ok = convkit(&["--class", "disk"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(run.join("inspect").join("gradcam.png").exists());
+    let bad = convkit(&["--class", "truck"]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("no class 'truck'") && err.contains("disk"),
+        "{err}"
+    );
 }
