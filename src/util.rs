@@ -95,3 +95,9 @@ pub fn tune_allocator() {
         }
     }
 }
+
+/// A JSON file parsed as `T`, or None when it is missing or does not parse (a run folder that
+/// never finished is treated like an absent one).
+pub fn read_json<T: for<'de> serde::Deserialize<'de>>(path: &Path) -> Option<T> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}

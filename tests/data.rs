@@ -7,18 +7,11 @@ use convkit::data::{self, DataSpec, Format, cifar, download, idx};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("convkit-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// One `CONVKIT_DATA` folder for every test in this binary, set once before any reads it.
 fn shared_data_dir() -> &'static Path {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = temp_dir("data-dir");
+        let dir = common::temp_dir("data-data-dir");
         // SAFETY: set once, under the OnceLock, before any test reads the variable.
         unsafe { std::env::set_var("CONVKIT_DATA", &dir) };
         dir
@@ -58,7 +51,7 @@ fn write_cifar10_folder(dir: &Path, per_batch: usize) -> (Vec<u8>, Vec<u8>) {
 
 #[test]
 fn cifar10_folder_round_trips_pixels_labels_and_layout() {
-    let dir = temp_dir("cifar-folder");
+    let dir = common::temp_dir("data-cifar-folder");
     let (px, labels) = write_cifar10_folder(&dir, 4);
     let ds = data::load(&DataSpec::new(dir.to_str().unwrap())).unwrap();
     assert_eq!(ds.train.images.size(), vec![20, 32, 32, 3]);
@@ -79,7 +72,7 @@ fn cifar10_folder_round_trips_pixels_labels_and_layout() {
 
 #[test]
 fn cifar10_reads_straight_from_tar_gz() {
-    let dir = temp_dir("cifar-tgz");
+    let dir = common::temp_dir("data-cifar-tgz");
     let (px, _) = write_cifar10_folder(&dir, 3);
     let archive = dir.join("cifar-10-binary.tar.gz");
     let file = std::fs::File::create(&archive).unwrap();
@@ -100,7 +93,7 @@ fn cifar10_reads_straight_from_tar_gz() {
 
 #[test]
 fn cifar100_uses_fine_labels() {
-    let dir = temp_dir("cifar100");
+    let dir = common::temp_dir("data-cifar100");
     let mut rec = vec![3u8, 77u8];
     rec.extend(vec![9u8; 3072]);
     std::fs::write(dir.join("train.bin"), rec.repeat(2)).unwrap();
@@ -112,7 +105,7 @@ fn cifar100_uses_fine_labels() {
 
 #[test]
 fn cifar_batch_of_wrong_size_names_the_file() {
-    let dir = temp_dir("cifar-bad");
+    let dir = common::temp_dir("data-cifar-bad");
     write_cifar10_folder(&dir, 2);
     let bad = dir.join("cifar-10-batches-bin").join("data_batch_3.bin");
     std::fs::write(&bad, vec![0u8; 3073 * 2 - 100]).unwrap();
@@ -128,7 +121,7 @@ fn cifar_batch_of_wrong_size_names_the_file() {
 
 #[test]
 fn label_outside_class_range_is_an_error() {
-    let dir = temp_dir("cifar-label");
+    let dir = common::temp_dir("data-cifar-label");
     write_cifar10_folder(&dir, 2);
     let (px, _) = images(2, 10);
     let bytes = cifar::encode_records(&px, &[1, 12]);
@@ -177,7 +170,7 @@ fn write_idx(dir: &Path, gz: bool) {
 #[test]
 fn idx_reads_gzip_and_plain_files() {
     for gz in [true, false] {
-        let dir = temp_dir(&format!("idx-{gz}"));
+        let dir = common::temp_dir(&format!("data-idx-{gz}"));
         write_idx(&dir, gz);
         let mut spec = DataSpec::new(dir.to_str().unwrap());
         spec.use_cache = false;
@@ -192,7 +185,7 @@ fn idx_reads_gzip_and_plain_files() {
 
 #[test]
 fn idx_with_wrong_magic_names_the_file() {
-    let dir = temp_dir("idx-magic");
+    let dir = common::temp_dir("data-idx-magic");
     write_idx(&dir, false);
     let path = dir.join("train-images-idx3-ubyte");
     let mut bytes = std::fs::read(&path).unwrap();
@@ -251,7 +244,7 @@ fn write_folder_tree(root: &Path) {
 
 #[test]
 fn image_folder_resizes_and_caches() {
-    let root = temp_dir("folder");
+    let root = common::temp_dir("data-folder");
     write_folder_tree(&root);
     let cache = shared_data_dir();
     let mut spec = DataSpec::new(root.to_str().unwrap());
@@ -271,7 +264,7 @@ fn image_folder_resizes_and_caches() {
 
 #[test]
 fn single_folder_is_split_by_val_split() {
-    let root = temp_dir("folder-split");
+    let root = common::temp_dir("data-folder-split");
     for c in ["a", "b"] {
         std::fs::create_dir_all(root.join(c)).unwrap();
         for i in 0..10 {
@@ -287,7 +280,7 @@ fn single_folder_is_split_by_val_split() {
 
 #[test]
 fn corrupt_image_names_the_file() {
-    let root = temp_dir("folder-corrupt");
+    let root = common::temp_dir("data-folder-corrupt");
     write_folder_tree(&root);
     let bad = root.join("train").join("dog").join("1.png");
     let bytes = std::fs::read(&bad).unwrap();
@@ -311,7 +304,7 @@ fn corrupt_image_names_the_file() {
 
 #[test]
 fn empty_class_folder_is_an_error() {
-    let root = temp_dir("folder-empty");
+    let root = common::temp_dir("data-folder-empty");
     write_folder_tree(&root);
     std::fs::create_dir_all(root.join("train").join("emu")).unwrap();
     let mut spec = DataSpec::new(root.to_str().unwrap());
@@ -341,7 +334,7 @@ fn md5_hex(bytes: &[u8]) -> String {
 
 #[test]
 fn download_verifies_md5_and_writes_atomically() {
-    let dir = temp_dir("download");
+    let dir = common::temp_dir("data-download");
     let body: Vec<u8> = (0..100_000u32).map(|i| (i % 256) as u8).collect();
     let remote = download::Remote {
         url: common::serve_once(body.clone()),
@@ -364,7 +357,7 @@ fn download_verifies_md5_and_writes_atomically() {
 
 #[test]
 fn download_with_wrong_checksum_leaves_no_file() {
-    let dir = temp_dir("download-bad");
+    let dir = common::temp_dir("data-download-bad");
     let remote = download::Remote {
         url: common::serve_once(b"truncated".to_vec()),
         file_name: "cifar-10-binary.tar.gz".into(),
@@ -382,7 +375,7 @@ fn download_with_wrong_checksum_leaves_no_file() {
 
 #[test]
 fn offline_download_says_where_to_put_the_file() {
-    let dir = temp_dir("download-offline");
+    let dir = common::temp_dir("data-download-offline");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

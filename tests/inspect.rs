@@ -1,12 +1,12 @@
 //! Inspection tools: receptive fields against the analytic values, Grad-CAM localising objects
 //! whose boxes are known (the synthetic set), and clear errors for bad input.
+mod common;
 
 use convkit::augment::Augmenter;
 use convkit::data::synthetic;
 use convkit::inspect;
 use convkit::models::{self, ModelSpec, Stem};
 use convkit::train::{self, RunOptions, checkpoint, config};
-use std::path::PathBuf;
 use tch::Device;
 
 #[test]
@@ -34,16 +34,9 @@ fn resnet18_receptive_fields_match_the_analytic_values() {
     assert_eq!(fields[4].output, vec![1, 512, 7, 7]);
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("convkit-inspect-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn grad_cam_peaks_fall_inside_the_objects() {
-    let out = temp_dir("gradcam");
+    let out = common::temp_dir("inspect-gradcam");
     let overrides = [
         "data.train_limit=4000".to_string(),
         "data.test_limit=200".into(),
@@ -89,7 +82,7 @@ fn grad_cam_peaks_fall_inside_the_objects() {
 
 #[test]
 fn bad_input_gets_clear_errors() {
-    let out = temp_dir("bad");
+    let out = common::temp_dir("inspect-bad");
     let mut spec = ModelSpec::new("resnet20", 10);
     spec.stem = None;
     let model = models::build(&spec, Device::Cpu).unwrap();
@@ -107,8 +100,8 @@ fn bad_input_gets_clear_errors() {
     assert!(err.contains("junk.jpg"), "{err}");
 }
 
-/// `convkit inspect gradcam` on a PNG of one synthetic image: a picture for a known class, a
-/// clear error for an unknown one.
+/// `convkit inspect gradcam` on a PNG of one synthetic image: a picture for a known class, shown
+/// in the run's report, and a clear error for an unknown one.
 fn command_line_gradcam(run: &std::path::Path, d: &synthetic::Drawn) {
     let png = run.join("shape.png");
     image::RgbImage::from_raw(32, 32, d.pixels.clone())
@@ -130,7 +123,12 @@ fn command_line_gradcam(run: &std::path::Path, d: &synthetic::Drawn) {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    assert!(run.join("inspect").join("gradcam.png").exists());
+    assert!(run.join("inspect").join("gradcam-shape-disk.png").exists());
+    let report = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(
+        report.contains("<h2>Inspection</h2>") && report.contains("inspect/gradcam-shape-disk.png"),
+        "the run's report does not show the Grad-CAM picture"
+    );
     let bad = convkit(&["--class", "truck"]);
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(

@@ -1,17 +1,11 @@
 //! Real training on small budgets: learning, exact resume, divergence handling, checkpoints,
 //! the command line, and a subset of the JPEG CIFAR-10 copy.
+mod common;
 
 use convkit::models::{self, ModelSpec};
 use convkit::train::{self, Config, RunOptions, checkpoint, config, metrics};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("convkit-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A small, quick config on the synthetic set.
 fn small_config(train_images: usize, epochs: usize) -> Config {
@@ -32,7 +26,7 @@ fn small_config(train_images: usize, epochs: usize) -> Config {
 
 #[test]
 fn synthetic_training_learns_and_writes_a_report() {
-    let out = temp_dir("learn");
+    let out = common::temp_dir("train-learn");
     let s = train::run(small_config(3000, 3), &out, &RunOptions::default()).unwrap();
     let history = metrics::read_jsonl(&out.join("metrics.jsonl")).unwrap();
     assert_eq!(history.len(), 3);
@@ -70,7 +64,10 @@ fn synthetic_training_learns_and_writes_a_report() {
 
 #[test]
 fn resumed_run_ends_exactly_like_an_uninterrupted_one() {
-    let (a, b) = (temp_dir("straight"), temp_dir("resumed"));
+    let (a, b) = (
+        common::temp_dir("train-straight"),
+        common::temp_dir("train-resumed"),
+    );
     let straight = train::run(small_config(1000, 2), &a, &RunOptions::default()).unwrap();
     let first = RunOptions {
         stop_after: Some(1),
@@ -106,7 +103,7 @@ fn resumed_run_ends_exactly_like_an_uninterrupted_one() {
 
 #[test]
 fn diverging_loss_stops_with_advice_and_keeps_the_checkpoint() {
-    let out = temp_dir("nan");
+    let out = common::temp_dir("train-nan");
     train::run(
         small_config(500, 2),
         &out,
@@ -148,7 +145,7 @@ fn diverging_loss_stops_with_advice_and_keeps_the_checkpoint() {
 
 #[test]
 fn checkpoint_of_another_architecture_is_refused() {
-    let out = temp_dir("arch");
+    let out = common::temp_dir("train-arch");
     train::run(small_config(300, 1), &out, &RunOptions::default()).unwrap();
     let loaded = checkpoint::read(&out).unwrap();
     let mut other = models::build(&ModelSpec::new("resnet20", 10), tch::Device::Cpu).unwrap();
@@ -191,7 +188,7 @@ fn convkit(args: &[&str]) -> (bool, String, String) {
 
 #[test]
 fn command_line_train_eval_predict_summary() {
-    let out = temp_dir("cli");
+    let out = common::temp_dir("train-cli");
     let run = out.join("run");
     let run_s = run.to_str().unwrap();
     let (ok, _, err) = convkit(&[
@@ -273,7 +270,7 @@ fn cifar10_jpeg_subset_clears_the_floor() {
         );
         return;
     };
-    let cache = temp_dir("jpeg-cache");
+    let cache = common::temp_dir("train-jpeg-cache");
     // SAFETY of set_var: the only test in this binary that reads CONVKIT_DATA's value.
     unsafe { std::env::set_var("CONVKIT_DATA", &cache) };
     let overrides = [
@@ -288,7 +285,7 @@ fn cifar10_jpeg_subset_clears_the_floor() {
         "train.device=\"cpu\"".into(),
     ];
     let cfg = config::load(Some("cifar10-fast-cpu"), &overrides).unwrap();
-    let out = temp_dir("jpeg");
+    let out = common::temp_dir("train-jpeg");
     let s = train::run(cfg, &out, &RunOptions::default()).unwrap();
     assert_eq!((s.train_images, s.test_images), (5000, 2000));
     let classes_seen = s

@@ -1,6 +1,7 @@
 //! Transfer learning on the synthetic set: pretrained weights load with a new head, frozen
 //! groups stay put (and their BatchNorm follows train_bn), discriminative rates are spread as
 //! fastai and timm spread them, the strategies run end to end, lr-find suggests a rate.
+mod common;
 
 use convkit::augment::Augmenter;
 use convkit::train::{self, Config, RunOptions, checkpoint, config};
@@ -9,13 +10,6 @@ use convkit::transfer::{TransferConfig, group_scales, lr_find};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("convkit-transfer-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn small_config(train_images: usize, epochs: usize, extra: &[&str]) -> Config {
     let mut o: Vec<String> = vec![
@@ -37,7 +31,7 @@ fn small_config(train_images: usize, epochs: usize, extra: &[&str]) -> Config {
 fn pretrained() -> &'static Path {
     static RUN: OnceLock<PathBuf> = OnceLock::new();
     RUN.get_or_init(|| {
-        let out = temp_dir("pretrained");
+        let out = common::temp_dir("transfer-pretrained");
         let s = train::run(small_config(3000, 3, &[]), &out, &RunOptions::default()).unwrap();
         assert!(
             s.test_accuracy > 0.5,
@@ -64,7 +58,7 @@ fn get<'a>(t: &'a [(String, Tensor)], name: &str) -> &'a Tensor {
 fn frozen_groups_stay_put_and_batchnorm_follows_train_bn() {
     let before = model_tensors(pretrained());
     for train_bn in [false, true] {
-        let out = temp_dir(&format!("freeze-{train_bn}"));
+        let out = common::temp_dir(&format!("transfer-freeze-{train_bn}"));
         let w = weights_arg();
         let bn = format!("transfer.train_bn={train_bn}");
         let cfg = small_config(500, 1, &[&w, "transfer.freeze=[\"stem\", \"layer1\"]", &bn]);
@@ -118,7 +112,7 @@ fn discriminative_rates_spread_like_fastai_and_timm() {
 
 #[test]
 fn group_rates_reach_the_optimiser_and_bad_names_are_refused() {
-    let out = temp_dir("rates");
+    let out = common::temp_dir("transfer-rates");
     let w = weights_arg();
     let cfg = small_config(200, 1, &[&w, "transfer.lr_mult=100.0", "train.epochs=1"]);
     let t = train::Trainer::new(cfg, &out, false).unwrap();
@@ -148,7 +142,7 @@ fn group_rates_reach_the_optimiser_and_bad_names_are_refused() {
 
 #[test]
 fn a_head_size_that_does_not_match_the_data_is_an_error() {
-    let out = temp_dir("head");
+    let out = common::temp_dir("transfer-head");
     let cfg = small_config(200, 1, &["model.classes=5"]);
     let err = train::Trainer::new(cfg, &out, false)
         .err()
@@ -168,7 +162,7 @@ fn new_head_for_fewer_classes_and_strategies_beat_chance() {
         "data.train_limit=100000",
         &w,
     ];
-    let out = temp_dir("strategies");
+    let out = common::temp_dir("transfer-strategies");
     let mut acc = Vec::new();
     for strategy in [
         Strategy::LinearProbe,
@@ -202,7 +196,7 @@ fn new_head_for_fewer_classes_and_strategies_beat_chance() {
 
 #[test]
 fn strategies_other_than_scratch_need_weights() {
-    let out = temp_dir("noweights");
+    let out = common::temp_dir("transfer-noweights");
     let err = finetune::run(
         small_config(100, 2, &[]),
         Strategy::Full,
@@ -218,7 +212,7 @@ fn strategies_other_than_scratch_need_weights() {
 
 #[test]
 fn lr_find_sweeps_and_suggests_a_rate_inside_the_sweep() {
-    let out = temp_dir("lrfind");
+    let out = common::temp_dir("transfer-lrfind");
     let cfg = small_config(2000, 1, &[]);
     let spec = lr_find::SweepSpec {
         start: 1e-5,

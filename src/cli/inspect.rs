@@ -63,17 +63,67 @@ pub struct InspectArgs {
     command: InspectCommand,
 }
 
-/// `--out`, or `inspect/` in the run folder the checkpoint belongs to.
-fn out_dir(out: Option<PathBuf>, ck: &checkpoint::Loaded) -> Result<PathBuf> {
-    let dir = out.unwrap_or_else(|| {
-        ck.path
+/// Where the pictures go: `--out`, or `inspect/` in the run folder the checkpoint belongs to,
+/// in which case the run's report shows them too (see [`Pictures::finish`]).
+struct Pictures {
+    dir: PathBuf,
+    run: Option<PathBuf>,
+}
+
+impl Pictures {
+    fn new(out: Option<PathBuf>, ck: &checkpoint::Loaded) -> Result<Self> {
+        let run = ck
+            .path
             .parent()
             .and_then(Path::parent)
-            .unwrap_or(Path::new("."))
-            .join("inspect")
-    });
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
+            .map(Path::to_path_buf);
+        let (dir, run) = match out {
+            Some(dir) => (dir, None),
+            None => {
+                let run = run.unwrap_or_else(|| PathBuf::from("."));
+                (run.join("inspect"), Some(run))
+            }
+        };
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Self { dir, run })
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Adds everything in `inspect/` to the run's report.html, when there is one.
+    fn finish(&self) -> Result<()> {
+        if let Some(run) = &self.run
+            && crate::report::refresh_inspect_section(run)?
+        {
+            println!("report: {}", run.join("report.html").display());
+        }
+        Ok(())
+    }
+}
+
+/// A file-name-safe tag for an input image, so pictures of several images sit side by side.
+fn image_tag(image: &Path) -> String {
+    file_tag(
+        image
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("image"),
+    )
+}
+
+fn file_tag(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// An image file as the model sees it: u8 `[1, H, W, C]` and the normalised input.
@@ -122,8 +172,8 @@ fn filters(path: &Path, out: Option<PathBuf>) -> Result<()> {
     let model = ck.build_model(Device::Cpu)?;
     let (name, w) = inspect::first_filters(&model, ck.meta.image_size)
         .context("the model has no convolution")?;
-    let dir = out_dir(out, &ck)?;
-    let file = dir.join("filters.png");
+    let pictures = Pictures::new(out, &ck)?;
+    let file = pictures.file("filters.png");
     let k = w.size()[2] as usize;
     picture::grid(&picture::filter_tiles(&w), (48 / k).max(1), &file)?;
     println!(
@@ -132,7 +182,7 @@ fn filters(path: &Path, out: Option<PathBuf>) -> Result<()> {
         w.size(),
         file.display()
     );
-    Ok(())
+    pictures.finish()
 }
 
 fn activations(path: &Path, image: &Path, maps: i64, out: Option<PathBuf>) -> Result<()> {
@@ -140,7 +190,8 @@ fn activations(path: &Path, image: &Path, maps: i64, out: Option<PathBuf>) -> Re
     let model = ck.build_model(Device::Cpu)?;
     let (_, x) = model_input(&ck, image)?;
     let fields = inspect::receptive_fields(&inspect::trace(&model, ck.meta.image_size));
-    let dir = out_dir(out, &ck)?;
+    let pictures = Pictures::new(out, &ck)?;
+    let tag = image_tag(image);
     println!(
         "{:<12} {:<18} {:>16} {:>6}",
         "stage", "output", "receptive field", "jump"
@@ -148,7 +199,7 @@ fn activations(path: &Path, image: &Path, maps: i64, out: Option<PathBuf>) -> Re
     for (stage, t) in inspect::stage_outputs(&model, &x) {
         let tiles = picture::top_maps(&t.get(0), maps);
         let h = t.size()[2] as usize;
-        let file = dir.join(format!("activations-{stage}.png"));
+        let file = pictures.file(&format!("activations-{tag}-{stage}.png"));
         picture::grid(&tiles, (64 / h).max(1), &file)?;
         let f = fields.iter().find(|f| f.stage == stage);
         println!(
@@ -159,7 +210,7 @@ fn activations(path: &Path, image: &Path, maps: i64, out: Option<PathBuf>) -> Re
             file.display()
         );
     }
-    Ok(())
+    pictures.finish()
 }
 
 fn gradcam(
@@ -200,8 +251,12 @@ fn gradcam(
         picture
     };
     let blended = picture::overlay(&picture, &inspect::upsample(&cam, size));
-    let dir = out_dir(out, &ck)?;
-    let file = dir.join("gradcam.png");
+    let pictures = Pictures::new(out, &ck)?;
+    let file = pictures.file(&format!(
+        "gradcam-{}-{}.png",
+        image_tag(image),
+        file_tag(&classes[target as usize])
+    ));
     picture::grid(&[picture, blended], (224 / size as usize).max(1), &file)?;
     let (px, py) = inspect::peak(&cam, size);
     println!(
@@ -210,7 +265,7 @@ fn gradcam(
         100.0 * probs.double_value(&[target]),
         file.display()
     );
-    Ok(())
+    pictures.finish()
 }
 
 fn shift_table(
@@ -241,7 +296,7 @@ fn shift_table(
             .map(|f| (f.stage, f.jump))
             .collect();
     let rows = shift::measure(&model, &x, &jumps, max_shift);
-    let dir = out_dir(out, &ck)?;
+    let pictures = Pictures::new(out, &ck)?;
     let mut header = format!("{:<20} {:>4}", "layer", "jump");
     for k in 1..=max_shift {
         header.push_str(&format!(" {:>7}", format!("k={k}")));
@@ -254,7 +309,7 @@ fn shift_table(
         }
         println!("{line}");
     }
-    metrics::write_json(&dir.join("shift.json"), &rows)?;
+    metrics::write_json(&pictures.file("shift.json"), &rows)?;
     let series: Vec<(&str, Vec<(f64, f64)>)> = rows
         .iter()
         .map(|r| {
@@ -267,7 +322,7 @@ fn shift_table(
             (r.layer.as_str(), pts)
         })
         .collect();
-    let file = dir.join("shift.png");
+    let file = pictures.file("shift.png");
     crate::report::line_chart(
         &file,
         "shift equivariance error and changed predictions",
@@ -282,5 +337,5 @@ fn shift_table(
         ds.test.len(),
         file.display()
     );
-    Ok(())
+    pictures.finish()
 }

@@ -5,7 +5,7 @@ pub mod residual;
 pub mod transfer;
 
 use crate::train::{Config, Result};
-use crate::util::atomic_write_bytes;
+use crate::util::{atomic_write_bytes, read_json};
 use serde::Deserialize;
 use std::path::Path;
 
@@ -100,10 +100,6 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}img{{max-width:640
         table = table.html(),
     );
     atomic_write_bytes(&out.join("report.html"), html.as_bytes())
-}
-
-pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 /// What to do with a run folder: reuse its finished result, resume its checkpoint, or start

@@ -32,7 +32,7 @@ pub fn relative_error(fx: &Tensor, f_shifted_x: &Tensor, k: i64, jump: i64) -> f
 }
 
 /// One row of the shift table: a stage (or `prediction`) and its value for k = 1..=max.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ShiftRow {
     pub layer: String,
     pub jump: i64,

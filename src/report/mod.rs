@@ -214,8 +214,107 @@ pub fn run_report(
         &[("lr", series(|m| m.lr))],
     )?;
     confusion_chart(&plots.join("confusion.png"), confusion, classes)?;
-    let html = render_html(cfg, history, summary);
+    let html = render_html(cfg, history, summary, &inspect_section(out));
     crate::util::atomic_write_bytes(&out.join("report.html"), html.as_bytes())
+}
+
+const INSPECT_START: &str = "<!--inspect-->";
+const INSPECT_END: &str = "<!--/inspect-->";
+
+/// The report's "Inspection" block: every picture `convkit inspect` left in `<run>/inspect/`,
+/// grouped by command, and the shift table when one was measured. Empty when there are none.
+pub fn inspect_section(run: &Path) -> String {
+    let dir = run.join("inspect");
+    // In the order they were made (a network's stages come out stem first), names to break ties.
+    let mut dated: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let modified = e.metadata().and_then(|m| m.modified()).ok()?;
+            Some((modified, e.file_name().into_string().ok()?))
+        })
+        .filter(|(_, n)| n.ends_with(".png"))
+        .collect();
+    dated.sort();
+    let pictures: Vec<String> = dated.into_iter().map(|(_, n)| n).collect();
+    let shift = shift_table_html(&dir.join("shift.json"));
+    if pictures.is_empty() && shift.is_empty() {
+        return format!("{INSPECT_START}{INSPECT_END}");
+    }
+    let kinds = [
+        ("filters", "First-layer filters"),
+        ("activations", "Most active feature maps per stage"),
+        ("gradcam", "Grad-CAM (image, heat map of the class)"),
+        ("shift", "Shift equivariance"),
+    ];
+    let mut html = String::from("<h2>Inspection</h2>");
+    for (prefix, title) in kinds {
+        let imgs: String = pictures
+            .iter()
+            .filter(|n| n.starts_with(prefix))
+            .map(|n| {
+                format!(
+                    "<figure><img src=\"inspect/{0}\"><figcaption>{0}</figcaption></figure>",
+                    escape(n)
+                )
+            })
+            .collect();
+        if !imgs.is_empty() {
+            html.push_str(&format!("<h3>{title}</h3>{imgs}"));
+        }
+        if prefix == "shift" {
+            html.push_str(&shift);
+        }
+    }
+    format!("{INSPECT_START}{html}{INSPECT_END}")
+}
+
+/// `shift.json` as a table: one row per stage, one column per shift.
+fn shift_table_html(path: &Path) -> String {
+    let Some(rows) = crate::util::read_json::<Vec<crate::inspect::shift::ShiftRow>>(path) else {
+        return String::new();
+    };
+    let shifts = rows.first().map_or(0, |r| r.values.len());
+    let head: String = (1..=shifts).map(|k| format!("<th>k={k}</th>")).collect();
+    let body: String = rows
+        .iter()
+        .map(|r| {
+            let cells: String = r
+                .values
+                .iter()
+                .map(|v| format!("<td>{v:.3}</td>"))
+                .collect();
+            format!(
+                "<tr><td>{}</td><td>{}</td>{cells}</tr>",
+                escape(&r.layer),
+                r.jump
+            )
+        })
+        .collect();
+    format!("<table><tr><th>layer</th><th>jump</th>{head}</tr>{body}</table>")
+}
+
+/// Replaces the inspection block of `<run>/report.html` with what `<run>/inspect/` holds now.
+/// Returns false when the run has no report (a checkpoint outside a run folder).
+pub fn refresh_inspect_section(run: &Path) -> std::io::Result<bool> {
+    let path = run.join("report.html");
+    let Ok(html) = std::fs::read_to_string(&path) else {
+        return Ok(false);
+    };
+    let section = inspect_section(run);
+    let updated = match (html.find(INSPECT_START), html.find(INSPECT_END)) {
+        (Some(a), Some(b)) if a < b => {
+            format!("{}{section}{}", &html[..a], &html[b + INSPECT_END.len()..])
+        }
+        // A report written before the block existed: put it before the config.
+        _ => match html.find("<h2>Config</h2>") {
+            Some(at) => format!("{}{section}{}", &html[..at], &html[at..]),
+            None => return Ok(false),
+        },
+    };
+    crate::util::atomic_write_bytes(&path, updated.as_bytes())?;
+    Ok(true)
 }
 
 fn escape(s: &str) -> String {
@@ -264,7 +363,7 @@ fn transfer_html(t: &crate::transfer::TransferSummary) -> String {
     )
 }
 
-fn render_html(cfg: &Config, history: &[EpochMetrics], s: &TrainSummary) -> String {
+fn render_html(cfg: &Config, history: &[EpochMetrics], s: &TrainSummary, inspect: &str) -> String {
     let headline = [
         (
             "model",
@@ -310,14 +409,14 @@ fn render_html(cfg: &Config, history: &[EpochMetrics], s: &TrainSummary) -> Stri
     format!(
         r#"<!doctype html><html><head><meta charset="utf-8"><title>convkit run: {model}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}img{{max-width:540px;margin:4px}}pre{{background:#f6f6f6;padding:1em}}</style>
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}img{{max-width:540px;margin:4px}}figure{{display:inline-block;margin:4px}}pre{{background:#f6f6f6;padding:1em}}</style>
 </head><body><h1>convkit run: {model} on {data}</h1>
 <table>{rows}</table>{transfer}
 <h2>Curves</h2><img src="plots/loss.png"><img src="plots/accuracy.png"><img src="plots/lr.png">
 <h2>Confusion matrix</h2><img src="plots/confusion.png">
 <h2>Per-class accuracy</h2><table><tr><th>class</th><th>accuracy</th></tr>{per_class}</table>
 <h2>Epochs</h2><table><tr><th>epoch</th><th>train loss</th><th>test loss</th><th>train acc</th><th>test acc</th><th>lr</th><th>seconds</th><th>img/s</th></tr>{epochs}</table>
-<h2>Config</h2><pre>{config}</pre></body></html>"#,
+{inspect}<h2>Config</h2><pre>{config}</pre></body></html>"#,
         model = escape(&s.model),
         data = escape(&s.dataset),
         config = escape(&cfg.to_toml()),

@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests. Each test binary uses some of them.
+#![allow(dead_code)]
 
 use std::io::{Read, Write};
 
@@ -19,4 +20,13 @@ pub fn serve_once(body: Vec<u8>) -> String {
         s.write_all(&body).unwrap();
     });
     format!("http://{addr}/cifar-10-binary.tar.gz")
+}
+
+/// An empty folder `convkit-<name>-<pid>` in the system's temp dir (emptied if a previous run
+/// of the same process id left one).
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("convkit-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
