@@ -293,6 +293,36 @@ fn sgd_momentum_steps_match_hand_computation() {
 }
 
 #[test]
+fn lars_scales_weight_steps_by_the_trust_ratio() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let w = vs.root().var("w", &[2, 2], nn::Init::Const(2.0));
+    let b = vs.root().var("b", &[2], nn::Init::Const(1.0));
+    let z = vs.root().var("z", &[1, 2], nn::Init::Const(0.0));
+    let c = Tensor::from_slice(&[3.0f32, 0.0, 0.0, 4.0]).reshape([2, 2]);
+    let cfg = OptimConfig {
+        name: "lars".into(),
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 0.0,
+        trust: 0.001,
+        ..Default::default()
+    };
+    let mut opt = Optimizer::new(&vs, &cfg).unwrap();
+    let loss = (&w * &c).sum(Kind::Float) + b.sum(Kind::Float) * 2.0 + (&z * 5.0).sum(Kind::Float);
+    loss.backward();
+    opt.step(0.5);
+    // ||w|| = 4, ||g|| = 5: ratio 0.001 * 4 / 5 = 8e-4, so w -= 0.5 * 8e-4 * g.
+    let want = [2.0 - 0.5 * 8e-4 * 3.0, 2.0, 2.0, 2.0 - 0.5 * 8e-4 * 4.0];
+    let got = Vec::<f64>::try_from(w.flatten(0, -1).to_kind(Kind::Double)).unwrap();
+    for i in 0..4 {
+        assert!((got[i] - want[i]).abs() < 1e-7, "{got:?} vs {want:?}");
+    }
+    // 1-D parameters take the plain step; a zero weight keeps ratio 1 instead of freezing.
+    assert!((b.double_value(&[0]) - (1.0 - 0.5 * 2.0)).abs() < 1e-6);
+    assert!((z.double_value(&[0, 0]) + 0.5 * 5.0).abs() < 1e-6);
+}
+
+#[test]
 fn adamw_first_step_moves_by_lr() {
     let vs = nn::VarStore::new(Device::Cpu);
     let w = vs.root().var("w", &[1, 1], nn::Init::Const(1.0));

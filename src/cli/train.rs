@@ -105,6 +105,9 @@ pub struct SupconArgs {
     /// Contrastive temperature (default 0.1)
     #[arg(long)]
     temperature: Option<f64>,
+    /// sgd, or lars (layer-wise trust ratio, for batches of 1024 and more)
+    #[arg(long)]
+    optimizer: Option<String>,
 }
 
 pub fn supcon(a: SupconArgs) -> Result<()> {
@@ -114,6 +117,9 @@ pub fn supcon(a: SupconArgs) -> Result<()> {
     }
     if let Some(t) = a.temperature {
         overrides.push(format!("contrastive.temperature={t:?}"));
+    }
+    if let Some(o) = &a.optimizer {
+        overrides.push(format!("optim.name={}", quoted(o)));
     }
     let cfg = config::load(
         Some(a.train.config.as_deref().unwrap_or("cifar10-supcon")),
@@ -128,13 +134,19 @@ pub fn supcon(a: SupconArgs) -> Result<()> {
 pub struct ProbeArgs {
     /// A supcon run folder or checkpoint
     run: PathBuf,
-    #[arg(long, default_value_t = 30)]
-    epochs: usize,
+    /// Epochs (default: 30 for the linear probe, the finetune recipe's 5 with --finetune)
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Linear probe learning rate
     #[arg(long, default_value_t = 0.1)]
     lr: f64,
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Where summary.json and the feature cache go (default: the run folder's probe/)
+    /// Train the encoder end to end with a new linear head instead of freezing it
+    #[arg(long)]
+    finetune: bool,
+    /// Where summary.json and the feature cache go (default: the run folder's probe/, or
+    /// finetune/ with --finetune)
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -151,10 +163,13 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
                 .map(PathBuf::from)
                 .unwrap_or_default()
         };
-        base.join("probe")
+        base.join(if a.finetune { "finetune" } else { "probe" })
     });
+    if a.finetune {
+        return probe_finetune(&a, &out);
+    }
     let spec = probe::ProbeSpec {
-        epochs: a.epochs,
+        epochs: a.epochs.unwrap_or(30),
         lr: a.lr,
         device: a.device.clone(),
         ..Default::default()
@@ -165,6 +180,30 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
         s.feature_dim,
         100.0 * s.test_accuracy,
         100.0 * s.train_accuracy,
+        s.epochs,
+        s.seconds,
+        out.join("summary.json").display()
+    );
+    Ok(())
+}
+
+/// `probe --finetune`: the whole encoder and a new head trained on the run's data.
+fn probe_finetune(a: &ProbeArgs, out: &std::path::Path) -> Result<()> {
+    use crate::transfer::finetune;
+    let mut cfg = crate::contrastive::probe::finetune_config(&a.run, a.epochs)?;
+    cfg.train.device = a.device.clone();
+    let opts = finetune::FinetuneOptions {
+        head_epochs: None,
+        head_lr_mult: None,
+        run: RunOptions {
+            progress: train::progress::wanted(),
+            ..Default::default()
+        },
+    };
+    let s = finetune::run(cfg, finetune::Strategy::Full, out, &opts)?;
+    println!(
+        "end-to-end fine-tuning of the encoder: test accuracy {:.2}%, {} epochs, {:.1} s; {}",
+        100.0 * s.test_accuracy,
         s.epochs,
         s.seconds,
         out.join("summary.json").display()

@@ -104,6 +104,28 @@ fn get(t: &[(String, Tensor)], name: &str) -> Tensor {
         .expect("probe cache entry")
 }
 
+/// The config `convkit probe --finetune` trains with: the contrastive run's data and encoder
+/// (its checkpoint as the weights, with a new head for the classes), trained end to end with
+/// the `finetune` recipe's optimiser, schedule, batch size and augmentation at one rate.
+pub fn finetune_config(run: &Path, epochs: Option<usize>) -> Result<Config> {
+    let ck = checkpoint::read(run)?;
+    let mut cfg: Config = toml::from_str(&ck.meta.config)
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", ck.path.display())))?;
+    let recipe = crate::train::config::load(Some("finetune"), &[])
+        .map_err(|e| TrainError::Invalid(e.to_string()))?;
+    cfg.optim = recipe.optim;
+    cfg.schedule = recipe.schedule;
+    cfg.augment = recipe.augment;
+    cfg.train.batch_size = recipe.train.batch_size;
+    cfg.train.epochs = epochs.unwrap_or(recipe.train.epochs);
+    cfg.contrastive = Default::default();
+    cfg.transfer = crate::transfer::TransferConfig {
+        weights: Some(ck.path.display().to_string()),
+        ..recipe.transfer
+    };
+    Ok(cfg)
+}
+
 /// Trains and evaluates a linear probe on the checkpoint in `run`; writes `out/summary.json`.
 pub fn run(run: &Path, out: &Path, spec: &ProbeSpec) -> Result<ProbeSummary> {
     let start = Instant::now();

@@ -11,7 +11,7 @@ use tch::{Tensor, nn};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OptimConfig {
-    /// `sgd` or `adamw`.
+    /// `sgd`, `adamw` or `lars` (SGD with a layer-wise trust ratio, for large batches).
     pub name: String,
     pub lr: f64,
     pub momentum: f64,
@@ -22,6 +22,9 @@ pub struct OptimConfig {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
+    /// LARS trust coefficient: each weight's step is scaled to `trust * ||w|| / ||g + wd w||`
+    /// of the learning rate (You et al. 2017).
+    pub trust: f64,
 }
 
 impl Default for OptimConfig {
@@ -35,6 +38,7 @@ impl Default for OptimConfig {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
+            trust: 0.001,
         }
     }
 }
@@ -60,7 +64,7 @@ pub struct Optimizer {
 
 #[derive(Debug, thiserror::Error)]
 pub enum OptimError {
-    #[error("unknown optimiser '{0}' (sgd or adamw)")]
+    #[error("unknown optimiser '{0}' (sgd, adamw or lars)")]
     Unknown(String),
     #[error("optimiser state: {0}")]
     State(String),
@@ -70,7 +74,7 @@ impl Optimizer {
     /// Optimises every trainable variable of `vs`, sorted by name for a stable order.
     pub fn new(vs: &nn::VarStore, config: &OptimConfig) -> Result<Self, OptimError> {
         let slots = match config.name.as_str() {
-            "sgd" => 1,
+            "sgd" | "lars" => 1,
             "adamw" => 2,
             other => return Err(OptimError::Unknown(other.to_string())),
         };
@@ -120,6 +124,7 @@ impl Optimizer {
                 let wd = if p.decay { c.weight_decay } else { 0.0 };
                 match c.name.as_str() {
                     "adamw" => adamw(p, &grad, lr, wd, &c, self.steps),
+                    "lars" => lars(p, &grad, lr, wd, &c),
                     _ => sgd(p, &grad, lr, wd, &c),
                 }
             }
@@ -167,11 +172,37 @@ impl Optimizer {
 /// PyTorch's SGD: g += wd p; buf = momentum buf + g; step along g + momentum buf (Nesterov)
 /// or buf.
 fn sgd(p: &mut Param, grad: &Tensor, lr: f64, wd: f64, c: &OptimConfig) {
-    let mut g = if wd != 0.0 {
+    let g = with_decay(p, grad, wd);
+    momentum_step(p, g, lr, c);
+}
+
+fn with_decay(p: &Param, grad: &Tensor, wd: f64) -> Tensor {
+    if wd != 0.0 {
         grad + &p.tensor * wd
     } else {
         grad.shallow_clone()
+    }
+}
+
+/// LARS as SupCon's and SimCLR's reference code uses it: the decayed gradient of every weight
+/// is scaled by `trust ||w|| / ||g + wd w||` (1 where either norm is 0) before momentum;
+/// BatchNorm parameters and biases (1-D, `decay == false`) are neither decayed nor scaled.
+/// The ratio stays a tensor, so the step never waits for the device.
+fn lars(p: &mut Param, grad: &Tensor, lr: f64, wd: f64, c: &OptimConfig) {
+    let g = with_decay(p, grad, wd);
+    let g = if p.decay {
+        let (w_norm, g_norm) = (p.tensor.norm(), g.norm());
+        let one = w_norm.ones_like();
+        let ratio = (&w_norm * c.trust / &g_norm).nan_to_num(1.0, 1.0, 1.0);
+        let ratio = ratio.where_self(&w_norm.gt(0.0).logical_and(&g_norm.gt(0.0)), &one);
+        g * ratio
+    } else {
+        g
     };
+    momentum_step(p, g, lr, c);
+}
+
+fn momentum_step(p: &mut Param, mut g: Tensor, lr: f64, c: &OptimConfig) {
     if c.momentum != 0.0 {
         let buf = &mut p.state[0];
         let _ = buf.g_mul_scalar_(c.momentum).g_add_(&g);
