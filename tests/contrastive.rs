@@ -1,5 +1,6 @@
 //! The SupCon loss against an independent plain-loop f64 implementation and against values
 //! PyTorch computes with the reference formula (tests/fixtures/make_supcon.py).
+mod common;
 
 use convkit::contrastive::{ContrastMode, ContrastiveError, supcon_loss};
 use tch::{Device, Kind, Tensor};
@@ -261,21 +262,18 @@ fn supcon_config(epochs: usize, batch: usize) -> convkit::train::Config {
         // The synthetic classes are shapes: crops that cut the shape out carry no class signal.
         "augment=[\"flip\"]".into(),
         "contrastive.knn_k=50".into(),
+        "contrastive.embed_images=0".into(),
     ];
     convkit::train::config::load(Some("cifar10-supcon"), &overrides).unwrap()
-}
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("convkit-supcon-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
 }
 
 #[test]
 fn supcon_pretraining_improves_knn_and_the_probe_learns() {
     use convkit::contrastive::{pretrain, probe};
-    let out = temp_dir("pretrain");
-    let s = pretrain::run(supcon_config(3, 64), &out, &Default::default()).unwrap();
+    let out = common::temp_dir("supcon-pretrain");
+    let mut cfg = supcon_config(3, 64);
+    cfg.contrastive.embed_images = 300;
+    let s = pretrain::run(cfg, &out, &Default::default()).unwrap();
     assert_eq!(s.knn_accuracy.len(), 3);
     assert!(
         s.knn_accuracy[2] > s.knn_accuracy[0] + 0.05,
@@ -304,13 +302,92 @@ fn supcon_pretraining_improves_knn_and_the_probe_learns() {
         out.join("probe/probe-features.safetensors").exists(),
         "features are cached"
     );
+    the_report_shows_the_representation_space(&out);
+    embed_compares_with_cross_entropy_and_probe_finetunes(&out);
+}
+
+/// The supcon run's report.html carries the embedding numbers and a t-SNE map of its test set,
+/// on which same-class images sit closer than different-class ones.
+fn the_report_shows_the_representation_space(out: &std::path::Path) {
+    let e: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("embed/embedding.json")).unwrap()).unwrap();
+    let row = &e["rows"][0];
+    assert_eq!(row["training"], "supcon");
+    assert_eq!(row["images"], 300);
+    let (intra, inter) = (
+        row["intra_class_cosine"].as_f64().unwrap(),
+        row["inter_class_cosine"].as_f64().unwrap(),
+    );
+    assert!(intra > inter + 0.1, "intra {intra} vs inter {inter}");
+    let tsne = row["tsne"].as_str().unwrap();
+    assert!(out.join("embed").join(tsne).exists());
+    let report = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(report.contains(&format!("embed/{tsne}")) && report.contains("silhouette"));
+}
+
+/// `convkit embed RUN --compare CE_RUN` puts a cross-entropy model beside the encoder, and
+/// `probe --finetune` trains the encoder end to end.
+fn embed_compares_with_cross_entropy_and_probe_finetunes(supcon: &std::path::Path) {
+    use convkit::contrastive::{embed, probe};
+    use convkit::transfer::finetune;
+    let ce = common::temp_dir("supcon-ce");
+    let mut cfg = supcon_config(2, 64);
+    cfg.optim.lr = 0.05;
+    convkit::train::run(cfg, &ce, &Default::default()).unwrap();
+    let out = supcon.join("embed-compare");
+    let spec = embed::EmbedSpec {
+        images: 200,
+        device: "cpu".into(),
+        ..Default::default()
+    };
+    let s = embed::run(&[supcon.to_path_buf(), ce.clone()], &out, &spec).unwrap();
+    let kinds: Vec<&str> = s.rows.iter().map(|r| r.training.as_str()).collect();
+    assert_eq!(kinds, ["supcon", "cross-entropy"]);
+    assert!(
+        s.rows
+            .iter()
+            .all(|r| r.metrics.silhouette.is_finite() && r.images == 200)
+    );
+    assert!(out.join("report.html").exists() && out.join(&s.rows[1].tsne).exists());
+
+    let mut cfg = probe::finetune_config(supcon, Some(3)).unwrap();
+    cfg.train.device = "cpu".into();
+    assert_eq!(
+        cfg.transfer.weights.as_deref(),
+        Some(
+            supcon
+                .join("checkpoints/last.safetensors")
+                .to_str()
+                .unwrap()
+        )
+    );
+    let opts = finetune::FinetuneOptions {
+        head_epochs: None,
+        head_lr_mult: None,
+        run: Default::default(),
+    };
+    let f = finetune::run(
+        cfg,
+        finetune::Strategy::Full,
+        &supcon.join("finetune"),
+        &opts,
+    )
+    .unwrap();
+    assert!(
+        f.test_accuracy > 0.4,
+        "fine-tuned encoder: {}",
+        f.test_accuracy
+    );
 }
 
 #[test]
 fn supcon_resumes_exactly_and_refuses_batch_one() {
     use convkit::contrastive::pretrain;
     use convkit::train::RunOptions;
-    let (a, b) = (temp_dir("straight"), temp_dir("resumed"));
+    let (a, b) = (
+        common::temp_dir("supcon-straight"),
+        common::temp_dir("supcon-resumed"),
+    );
     let straight = pretrain::run(supcon_config(2, 128), &a, &RunOptions::default()).unwrap();
     pretrain::run(
         supcon_config(2, 128),
@@ -334,10 +411,78 @@ fn supcon_resumes_exactly_and_refuses_batch_one() {
     assert_eq!(straight.final_loss, resumed.final_loss);
     let err = pretrain::run(
         supcon_config(1, 1),
-        &temp_dir("one"),
+        &common::temp_dir("supcon-one"),
         &RunOptions::default(),
     )
     .unwrap_err()
     .to_string();
     assert!(err.contains("batch size 1 is too small"), "{err}");
+}
+
+fn t2(rows: &[[f64; 2]]) -> Tensor {
+    let flat: Vec<f64> = rows.iter().flatten().copied().collect();
+    Tensor::from_slice(&flat).reshape([rows.len() as i64, 2])
+}
+
+#[test]
+fn alignment_uniformity_and_class_cosines_by_hand() {
+    use convkit::analysis::embedding::{alignment, class_cosines, uniformity};
+    let a = t2(&[[1.0, 0.0], [0.0, 1.0]]);
+    let b = t2(&[[0.0, 1.0], [0.0, 1.0]]);
+    // Squared distances 2 and 0.
+    assert!((alignment(&a, &b) - 1.0).abs() < 1e-12);
+    // Three points on the circle: squared distances 2, 4, 2.
+    let z = t2(&[[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]);
+    let want = ((2.0 * (-4.0f64).exp() + (-8.0f64).exp()) / 3.0).ln();
+    assert!((uniformity(&z) - want).abs() < 1e-9, "{}", uniformity(&z));
+    let z = t2(&[[1.0, 0.0], [0.6, 0.8], [0.0, 2.0]]);
+    let (intra, inter) = class_cosines(&z, &Tensor::from_slice(&[0i64, 0, 1]));
+    assert!(
+        (intra - 0.6).abs() < 1e-9 && (inter - 0.4).abs() < 1e-9,
+        "{intra} {inter}"
+    );
+}
+
+#[test]
+fn silhouette_by_hand() {
+    use convkit::analysis::embedding::silhouette;
+    // 1-D points 0, 1 | 4, 6: s = 0.8, 0.75, 1.5/3.5, 3.5/5.5.
+    let z = Tensor::from_slice(&[0.0f64, 1.0, 4.0, 6.0]).reshape([4, 1]);
+    let want = (0.8 + 0.75 + 1.5 / 3.5 + 3.5 / 5.5) / 4.0;
+    let got = silhouette(&z, &Tensor::from_slice(&[0i64, 0, 1, 1]), 3);
+    assert!((got - want).abs() < 1e-9, "{got} vs {want}");
+    // A point alone in its class scores 0 (scikit-learn's convention): 0, 1, 4 | 6 gives
+    // s = (6 - 2.5) / 6, (5 - 2) / 5, (2 - 3.5) / 3.5, 0.
+    let got = silhouette(&z, &Tensor::from_slice(&[0i64, 0, 0, 1]), 2);
+    let want = (3.5 / 6.0 + 3.0 / 5.0 - 1.5 / 3.5 + 0.0) / 4.0;
+    assert!((got - want).abs() < 1e-9, "{got} vs {want}");
+}
+
+#[test]
+fn tsne_calibrates_perplexity_and_separates_clusters() {
+    use convkit::analysis::embedding::{
+        TsneSpec, conditional_p, pairwise_sq_distances, silhouette, tsne,
+    };
+    tch::manual_seed(3);
+    let x = Tensor::randn([50, 5], (Kind::Double, Device::Cpu));
+    let p = conditional_p(&pairwise_sq_distances(&x), 10.0);
+    let entropy = -(&p * p.clamp_min(1e-300).log()).sum_dim_intlist(1, false, Kind::Double);
+    let rows = p.sum_dim_intlist(1, false, Kind::Double);
+    for i in 0..50 {
+        assert!((entropy.double_value(&[i]) - 10f64.ln()).abs() < 1e-6);
+        assert!((rows.double_value(&[i]) - 1.0).abs() < 1e-9);
+        assert_eq!(p.double_value(&[i, i]), 0.0);
+    }
+    // Three clusters in 10-D, far apart relative to their spread, stay apart in the 2-D map.
+    let centres = Tensor::randn([3, 10], (Kind::Double, Device::Cpu)) * 6.0;
+    let labels = Tensor::arange(90, (Kind::Int64, Device::Cpu)).remainder(3);
+    let x = centres.index_select(0, &labels) + Tensor::randn([90, 10], (Kind::Double, Device::Cpu));
+    let high = silhouette(&x, &labels, 3);
+    let map = tsne(&x, &TsneSpec::default());
+    assert_eq!(map.size(), [90, 2]);
+    let low = silhouette(&map, &labels, 3);
+    assert!(
+        low > 0.7 && low > high - 0.1,
+        "2-D silhouette {low}, 10-D {high}"
+    );
 }

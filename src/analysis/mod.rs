@@ -1,4 +1,7 @@
-//! Classification metrics: confusion matrix, per-class accuracy, top-k.
+//! Classification metrics (confusion matrix, per-class accuracy, top-k) and, in `embedding`,
+//! measures and maps of a representation space.
+
+pub mod embedding;
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};

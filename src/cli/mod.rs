@@ -30,6 +30,8 @@ enum Command {
     Supcon(train::SupconArgs),
     /// Linear probe on the frozen encoder of a run
     Probe(train::ProbeArgs),
+    /// The representation space of runs: t-SNE, alignment/uniformity, class cosines, silhouette
+    Embed(train::EmbedArgs),
     /// Adapt pretrained weights: linear-probe, head-then-unfreeze, partial:K, full (or scratch)
     Finetune(transfer::FinetuneArgs),
     /// Learning-rate range test: exponential sweep, plot, suggested rate
@@ -62,6 +64,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Train(a) => train::train(a),
         Command::Supcon(a) => train::supcon(a),
         Command::Probe(a) => train::probe(a),
+        Command::Embed(a) => train::embed(a),
         Command::Finetune(a) => transfer::finetune(a),
         Command::LrFind(a) => transfer::lr_find(a),
         Command::Weights(a) => transfer::weights(a),

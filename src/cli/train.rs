@@ -153,18 +153,10 @@ pub struct ProbeArgs {
 
 pub fn probe(a: ProbeArgs) -> Result<()> {
     use crate::contrastive::probe;
-    let out = a.out.clone().unwrap_or_else(|| {
-        let base = if a.run.is_dir() {
-            a.run.clone()
-        } else {
-            a.run
-                .parent()
-                .and_then(|p| p.parent())
-                .map(PathBuf::from)
-                .unwrap_or_default()
-        };
-        base.join(if a.finetune { "finetune" } else { "probe" })
-    });
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| run_folder(&a.run).join(if a.finetune { "finetune" } else { "probe" }));
     if a.finetune {
         return probe_finetune(&a, &out);
     }
@@ -185,6 +177,59 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
         out.join("summary.json").display()
     );
     Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    /// A run folder or checkpoint (contrastive or cross-entropy)
+    run: PathBuf,
+    /// Runs to show side by side (for example a cross-entropy run with the same backbone)
+    #[arg(long, num_args = 1..)]
+    compare: Vec<PathBuf>,
+    /// Test images to embed (t-SNE costs grow with the square)
+    #[arg(long, default_value_t = 1000)]
+    images: usize,
+    #[arg(long, default_value_t = 30.0)]
+    perplexity: f64,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Output folder (default: the run folder's embed/)
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn embed(a: EmbedArgs) -> Result<()> {
+    use crate::contrastive::embed;
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| run_folder(&a.run).join("embed"));
+    let spec = embed::EmbedSpec {
+        images: a.images,
+        tsne: crate::analysis::embedding::TsneSpec {
+            perplexity: a.perplexity,
+            ..Default::default()
+        },
+        device: a.device.clone(),
+        ..Default::default()
+    };
+    let runs: Vec<PathBuf> = std::iter::once(a.run.clone()).chain(a.compare).collect();
+    let s = embed::run(&runs, &out, &spec)?;
+    println!("{}", embed::table(&s.rows).text());
+    println!("report: {}", out.join("report.html").display());
+    Ok(())
+}
+
+/// The run folder of a run folder or of a checkpoint inside one.
+fn run_folder(run: &std::path::Path) -> PathBuf {
+    if run.is_dir() {
+        run.to_path_buf()
+    } else {
+        run.parent()
+            .and_then(|p| p.parent())
+            .map(PathBuf::from)
+            .unwrap_or_default()
+    }
 }
 
 /// `probe --finetune`: the whole encoder and a new head trained on the run's data.

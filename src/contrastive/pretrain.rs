@@ -294,6 +294,7 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
     };
     metrics::write_json(&out.join("summary.json"), &summary)?;
     write_plots(out, &history, &c.method)?;
+    write_report(out, &summary, &cfg)?;
     eprintln!(
         "\n{} pre-training: {} epochs, final loss {:.4}, kNN accuracy {}; {} of training. Next: convkit probe {}",
         summary.method,
@@ -326,6 +327,55 @@ fn write_plots(out: &Path, history: &[EpochMetrics], method: &str) -> std::io::R
         "kNN test accuracy",
         ("epoch", "accuracy"),
         &[("kNN", series(|m| m.test_accuracy))],
+    )?;
+    Ok(())
+}
+
+/// `report.html`: the loss and kNN curves and, unless `contrastive.embed_images` is 0, the
+/// representation space of the test set (`embed/`: the numbers of `convkit embed` and a t-SNE map).
+fn write_report(out: &Path, s: &PretrainSummary, cfg: &Config) -> Result<()> {
+    let mut plots = vec!["plots/loss.png".to_string(), "plots/knn.png".to_string()];
+    let mut table = crate::experiment::Table::new(&["run"]);
+    if cfg.contrastive.embed_images > 0 {
+        let spec = super::embed::EmbedSpec {
+            images: cfg.contrastive.embed_images,
+            device: cfg.train.device.clone(),
+            ..Default::default()
+        };
+        let e = super::embed::run(&[out.to_path_buf()], &out.join("embed"), &spec)?;
+        plots.extend(e.rows.iter().map(|r| format!("embed/{}", r.tsne)));
+        table = super::embed::table(&e.rows);
+    }
+    let knn: Vec<String> = s
+        .knn_accuracy
+        .iter()
+        .map(|a| format!("{:.1}%", 100.0 * a))
+        .collect();
+    let intro = format!(
+        "{} pre-training of {} on {} ({} images, {} epochs, {}): final loss {:.4}; weighted kNN \
+         test accuracy (k = {}) {}. {}",
+        s.method,
+        s.model,
+        s.dataset,
+        s.train_images,
+        s.epochs,
+        fmt_seconds(s.train_seconds),
+        s.final_loss,
+        cfg.contrastive.knn_k,
+        knn.join(" -> "),
+        super::embed::EXPLANATION
+    );
+    let plots: Vec<&str> = plots.iter().map(String::as_str).collect();
+    crate::experiment::write_report(
+        out,
+        &format!("convkit {}: {}", s.method, s.model),
+        &intro,
+        &table,
+        &plots,
+        &[format!(
+            "convkit embed {} --compare <a cross-entropy run> puts another model beside these numbers.",
+            out.display()
+        )],
     )?;
     Ok(())
 }

@@ -56,6 +56,25 @@ fn cache_path(out: &Path) -> PathBuf {
     out.join("probe-features.safetensors")
 }
 
+/// The checkpoint's network without its projection head (a cross-entropy checkpoint has none).
+pub fn encoder(ck: &checkpoint::Loaded, device: Device) -> Result<models::Model> {
+    let mut model = models::build(&ck.meta.spec, device)?;
+    let weights: Vec<(String, Tensor)> = ck
+        .section("model")
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("head."))
+        .collect();
+    checkpoint::copy_weights(&ck.path, &weights, &mut model)?;
+    Ok(model)
+}
+
+/// Whether the checkpoint was written by contrastive pre-training (it carries a projection head).
+pub fn has_projection_head(ck: &checkpoint::Loaded) -> bool {
+    ck.section("model")
+        .iter()
+        .any(|(n, _)| n.starts_with("head."))
+}
+
 /// The cached features if they belong to this checkpoint epoch, else computes and caches them.
 fn cached_features(
     ck: &checkpoint::Loaded,
@@ -72,13 +91,7 @@ fn cached_features(
     let cfg: Config = toml::from_str(&ck.meta.config)
         .map_err(|e| TrainError::Invalid(format!("{}: {e}", ck.path.display())))?;
     let data = train::load_data(&cfg, ck.meta.image_size)?;
-    let mut model = models::build(&ck.meta.spec, device)?;
-    let encoder: Vec<(String, Tensor)> = ck
-        .section("model")
-        .into_iter()
-        .filter(|(n, _)| !n.starts_with("head."))
-        .collect();
-    checkpoint::copy_weights(&ck.path, &encoder, &mut model)?;
+    let model = encoder(ck, device)?;
     let aug = Augmenter::new(vec![], &ck.meta.mean, &ck.meta.std, device);
     let (train_split, test_split) = (
         DeviceSplit::new(&data.train, device),

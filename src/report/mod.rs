@@ -104,6 +104,69 @@ pub fn line_chart(
     Ok(())
 }
 
+/// Ten well-separated colours (matplotlib's tab10), for class scatters.
+const TAB10: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// A 2-D scatter of `points`, one colour per class of `labels`, with a legend.
+pub fn scatter_chart(
+    path: &Path,
+    title: &str,
+    points: &[(f64, f64)],
+    labels: &[i64],
+    classes: &[String],
+) -> Result<(), ChartError> {
+    ensure_font();
+    let err = chart_err(path);
+    let bounds = |axis: fn(&(f64, f64)) -> f64| {
+        let (lo, hi) = points
+            .iter()
+            .map(axis)
+            .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
+        let pad = ((hi - lo) * 0.05).max(1e-6);
+        (lo - pad)..(hi + pad)
+    };
+    let root = BitMapBackend::new(path, (720, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(&err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .build_cartesian_2d(bounds(|p| p.0), bounds(|p| p.1))
+        .map_err(&err)?;
+    for (k, name) in classes.iter().enumerate() {
+        let c = TAB10[k % TAB10.len()];
+        let members = points
+            .iter()
+            .zip(labels)
+            .filter(|(_, l)| **l == k as i64)
+            .map(|(&p, _)| Circle::new(p, 3, c.filled()));
+        chart
+            .draw_series(members)
+            .map_err(&err)?
+            .label(name.as_str())
+            .legend(move |(x, y)| Circle::new((x + 8, y), 4, c.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(&err)?;
+    root.present().map_err(&err)?;
+    Ok(())
+}
+
 /// A confusion-matrix heatmap: rows are true classes, columns predictions, colour the row share.
 pub fn confusion_chart(
     path: &Path,

@@ -38,6 +38,8 @@ pub struct ContrastiveConfig {
     pub knn_every: usize,
     pub knn_k: i64,
     pub knn_temperature: f64,
+    /// Test images whose embedding the run's report measures and maps (t-SNE); 0 skips it.
+    pub embed_images: usize,
 }
 
 impl Default for ContrastiveConfig {
@@ -51,6 +53,7 @@ impl Default for ContrastiveConfig {
             knn_every: 1,
             knn_k: 200,
             knn_temperature: 0.1,
+            embed_images: 1000,
         }
     }
 }

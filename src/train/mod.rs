@@ -42,6 +42,8 @@ pub enum TrainError {
     Config(#[from] config::ConfigError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("tensor: {0}")]
+    Tensor(#[from] tch::TchError),
     #[error(
         "training diverged: the loss became {loss} at step {step} (epoch {epoch}, learning rate {lr:.4}). \
 Try a lower learning rate (for example --lr {suggest}). The last good checkpoint{checkpoint} is intact."
