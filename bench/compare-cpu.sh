@@ -1,42 +1,57 @@
 #!/usr/bin/env bash
-# Runs `convkit bench` and the PyTorch reference (bench/pytorch_reference.py, the identical Net8
-# and training step) on this machine, alternating, ROUNDS times each, and prints the median
-# training images/s of both, the SupCon loss timing of both, ResNet-18 feature extraction of
-# both, and, last, `ratio: X` (convkit training images/s / PyTorch's).
-#   bench/compare-cpu.sh [ROUNDS]      (default 5)
+# Runs `convkit bench` and the PyTorch reference (bench/pytorch_reference.py: the identical
+# networks, steps and timing) on this machine, alternating, ROUNDS times each, and prints the
+# medians of both and their ratio for:
+#   supcon    SupCon loss forward+backward, 2x1024 128-d features   (target: time <= 1.2x)
+#   features  ResNet-18 body feature extraction, 112 px              (target: >= 0.95x img/s)
+#   pretrain  SupCon pre-training steps, ResNet-20, batch 128, two augmented views
+#                                                                    (target: >= 0.95x img/s)
+#   train     Net8 training, batch 128 (printed last as `ratio: X`)
+#   bench/compare-cpu.sh [ROUNDS] [SECTIONS]   (default 5 rounds, all sections, e.g. pretrain,train)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-5}"
+sections="${2:-supcon,features,pretrain,train}"
 scripts/setup.sh
 cargo build --release --quiet
 ck=target/release/convkit
 py=.venv/bin/python
 threads="$(nproc)"
-ours=(); theirs=()
-for i in $(seq "$rounds"); do
-  o=$("$ck" bench --model net8 --batch 128 --steps 20 --warmup 3 | awk '/^train:/{print $2}')
-  t=$("$py" bench/pytorch_reference.py --batch 128 --steps 20 --warmup 3 --threads "$threads" | awk '/^train:/{print $2}')
-  echo "round $i: convkit $o img/s, pytorch $t img/s"
-  ours+=("$o"); theirs+=("$t")
-done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
-mo=$(median "${ours[@]}"); mt=$(median "${theirs[@]}")
-so=(); st=()
-for i in $(seq "$rounds"); do
-  so+=("$("$ck" bench --supcon --steps 10 --warmup 2 | awk '/^supcon:/{print $2}')")
-  st+=("$("$py" bench/pytorch_reference.py --supcon --steps 10 --warmup 2 --threads "$threads" | awk '/^supcon:/{print $2}')")
-done
-mso=$(median "${so[@]}"); mst=$(median "${st[@]}")
-echo "median SupCon loss forward+backward (2x1024x128): convkit $mso /s, pytorch $mst /s"
-echo "supcon time ratio (convkit / pytorch, target <= 1.2): $(awk -v a="$mso" -v b="$mst" 'BEGIN{printf "%.3f", b/a}')"
-fo=(); ft=()
-for i in $(seq "$rounds"); do
-  fo+=("$("$ck" bench --features --model resnet18 --size 112 --infer-batch 32 --steps 5 --warmup 2 | awk '/^features:/{print $2}')")
-  ft+=("$("$py" bench/pytorch_reference.py --features --model resnet18 --size 112 --infer-batch 32 --steps 5 --warmup 2 --threads "$threads" | awk '/^features:/{print $2}')")
-done
-mfo=$(median "${fo[@]}"); mft=$(median "${ft[@]}")
-echo "median feature extraction (ResNet-18 body, 112 px, batch 32): convkit $mfo img/s, pytorch $mft img/s"
-echo "features ratio (convkit / pytorch, target >= 0.95): $(awk -v a="$mfo" -v b="$mft" 'BEGIN{printf "%.3f", a/b}')"
+wanted() { [[ ",$sections," == *",$1,"* ]]; }
+
+# compare NAME "convkit args" "pytorch args": medians of the `NAME:` value of both; sets mo, mt.
+compare() {
+  local name="$1" ours=() theirs=()
+  for i in $(seq "$rounds"); do
+    ours+=("$("$ck" bench $2 | awk -v k="$name:" '$1==k{print $2}')")
+    theirs+=("$("$py" bench/pytorch_reference.py $3 --threads "$threads" | awk -v k="$name:" '$1==k{print $2}')")
+    echo "round $i $name: convkit ${ours[-1]}, pytorch ${theirs[-1]}"
+  done
+  mo=$(median "${ours[@]}"); mt=$(median "${theirs[@]}")
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", a/b}'; }
+
+if wanted supcon; then
+  compare supcon "--supcon --steps 10 --warmup 2" "--supcon --steps 10 --warmup 2"
+  echo "median SupCon loss forward+backward (2x1024x128): convkit $mo /s, pytorch $mt /s"
+  echo "supcon time ratio (convkit / pytorch, target <= 1.2): $(ratio "$mt" "$mo")"
+fi
+if wanted features; then
+  args="--features --model resnet18 --size 112 --infer-batch 32 --steps 5 --warmup 2"
+  compare features "$args" "$args"
+  echo "median feature extraction (ResNet-18 body, 112 px, batch 32): convkit $mo img/s, pytorch $mt img/s"
+  echo "features ratio (convkit / pytorch, target >= 0.95): $(ratio "$mo" "$mt")"
+fi
+if wanted pretrain; then
+  compare pretrain "--pretrain --model resnet20 --batch 128 --steps 8 --warmup 2" \
+    "--pretrain --batch 128 --steps 8 --warmup 2"
+  echo "median SupCon pre-training (ResNet-20, batch 128 x 2 views): convkit $mo img/s, pytorch $mt img/s"
+  echo "pretrain ratio (convkit / pytorch, target >= 0.95): $(ratio "$mo" "$mt")"
+fi
 echo "cpu: $(lscpu | awk -F: '/Model name/{gsub(/^ +/,"",$2); print $2}'), $threads threads"
-echo "median training: convkit $mo img/s, pytorch $mt img/s (Net8, batch 128, fp32)"
-echo "ratio: $(awk -v a="$mo" -v b="$mt" 'BEGIN{printf "%.3f", a/b}')"
+if wanted train; then
+  compare train "--model net8 --batch 128 --steps 20 --warmup 3" "--batch 128 --steps 20 --warmup 3"
+  echo "median training: convkit $mo img/s, pytorch $mt img/s (Net8, batch 128, fp32)"
+  echo "ratio: $(ratio "$mo" "$mt")"
+fi

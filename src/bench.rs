@@ -161,6 +161,39 @@ pub fn supcon_rate(batch: i64, steps: usize, warmup: usize) -> f64 {
     steps as f64 / secs
 }
 
+/// Contrastive pre-training images/s with the `cifar10-supcon` recipe (ResNet-20 unless `model`
+/// says otherwise): the whole step of `convkit supcon` (two augmented views of a random u8
+/// batch, encoder, projection head, SupCon loss, backward, SGD), each image counted once.
+pub fn pretrain_rate(s: &BenchSpec) -> f64 {
+    use crate::contrastive::pretrain::{self, Step};
+    let mut cfg =
+        crate::train::config::load(Some("cifar10-supcon"), &[]).expect("shipped recipe parses");
+    cfg.model.name = s.model.clone();
+    cfg.train.channels_last = s.channels_last;
+    cfg.train.device = match s.device {
+        Device::Cuda(i) => format!("cuda:{i}"),
+        _ => "cpu".into(),
+    };
+    let mut parts = pretrain::build(&cfg, s.classes, 3).expect("bench model builds");
+    let augmenter = Augmenter::new(cfg.augment.clone(), &[0.5; 3], &[0.25; 3], s.device);
+    let images = Tensor::randint(256, [s.batch, s.size, s.size, 3], (Kind::Uint8, s.device));
+    let labels = Tensor::randint(s.classes, [s.batch], (Kind::Int64, s.device));
+    let mut step = Step {
+        model: &parts.model,
+        head: &parts.head,
+        optim: &mut parts.optim,
+        augmenter: &augmenter,
+        temperature: cfg.contrastive.temperature,
+        mode: crate::contrastive::ContrastMode::All,
+    };
+    let mut rng = StdRng::seed_from_u64(0);
+    let secs = timed(s.device, s.warmup, s.steps, || {
+        step.run(&images, Some(&labels), &mut rng, cfg.optim.lr)
+            .expect("a valid contrastive batch");
+    });
+    (s.batch as usize * s.steps) as f64 / secs
+}
+
 pub fn run(s: &BenchSpec) -> BenchResult {
     crate::util::tune_allocator();
     BenchResult {

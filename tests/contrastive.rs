@@ -486,3 +486,60 @@ fn tsne_calibrates_perplexity_and_separates_clusters() {
         "2-D silhouette {low}, 10-D {high}"
     );
 }
+
+/// `convkit experiment supcon-vs-ce` on a tiny budget: one row per method and setting in
+/// summary.json, each with its per-seed accuracies, and the report with both tables.
+#[test]
+fn supcon_vs_ce_experiment_reports_every_row() {
+    use convkit::experiment::supcon::{Spec, run};
+    let out = common::temp_dir("supcon-vs-ce");
+    let spec = Spec {
+        data: "synthetic".into(),
+        model: "cnn".into(),
+        train_images: 400,
+        test_images: 200,
+        epochs: 1,
+        batch_size: 64,
+        seeds: 2,
+        device: "cpu".into(),
+        ..Default::default()
+    };
+    let s = run(&spec, &out).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let rows = summary["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 15, "5 settings x 3 methods");
+    for setting in [
+        "100% labels",
+        "10% labels",
+        "1% labels",
+        "20% noisy labels",
+        "40% noisy labels",
+    ] {
+        for method in [
+            "cross-entropy",
+            "supcon + linear probe",
+            "simclr + linear probe",
+        ] {
+            let row = rows
+                .iter()
+                .find(|r| r["setting"] == setting && r["method"] == method)
+                .unwrap_or_else(|| panic!("missing row {setting} / {method}"));
+            let accs = row["accuracies"].as_array().unwrap();
+            assert_eq!(accs.len(), 2);
+            let mean = accs.iter().map(|a| a.as_f64().unwrap()).sum::<f64>() / 2.0;
+            assert!((row["accuracy_mean"].as_f64().unwrap() - mean).abs() < 1e-12);
+            assert!(row["seconds"].as_f64().unwrap() > 0.0);
+        }
+    }
+    assert_eq!(s.embedding.len(), 2);
+    let report = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(report.contains("40% noisy labels") && report.contains("Representation space"));
+    // 1% of 400 images is 4 per class: the cross-entropy run trains on 40 images for 100 epochs.
+    let ce1: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("runs/seed0/ce-labels1/summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(ce1["train_images"], 40);
+    assert_eq!(ce1["epochs"], 100);
+}

@@ -420,3 +420,26 @@ fn official_cifar_checksums_are_the_published_ones() {
         matches!(r.checksum, download::Checksum::Md5(ref m) if m == "c32a1d4ab5d03f1284b67883e8d87530")
     );
 }
+
+#[test]
+fn label_noise_flips_exactly_the_share_to_other_classes() {
+    let labels: Vec<i64> = (0..200).map(|i| i % 10).collect();
+    let split = data::Split {
+        images: tch::Tensor::zeros([200, 1, 1, 1], (tch::Kind::Uint8, tch::Device::Cpu)),
+        labels: tch::Tensor::from_slice(&labels),
+    };
+    let noisy = split.with_label_noise(0.2, 10, 7).unwrap().labels_vec();
+    let changed = labels.iter().zip(&noisy).filter(|(a, b)| a != b).count();
+    assert_eq!(changed, 40, "20% of 200, each to a different class");
+    assert!(noisy.iter().all(|l| (0..10).contains(l)));
+    assert_eq!(
+        noisy,
+        split.with_label_noise(0.2, 10, 7).unwrap().labels_vec()
+    );
+    assert_ne!(
+        noisy,
+        split.with_label_noise(0.2, 10, 8).unwrap().labels_vec()
+    );
+    let err = split.with_label_noise(1.5, 10, 7).unwrap_err().to_string();
+    assert!(err.contains("label noise 1.5"), "{err}");
+}

@@ -1,6 +1,6 @@
 //! `convkit experiment ...`: comparisons of several runs in one report.
 
-use crate::experiment::{residual, transfer};
+use crate::experiment::{residual, supcon, transfer};
 use crate::train::progress;
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -12,6 +12,46 @@ pub enum ExperimentCommand {
     Transfer(TransferArgs),
     /// Plain vs residual nets of depth 20 and 56: loss curves, accuracy, gradients at init
     Residual(ResidualArgs),
+    /// Cross-entropy vs SupCon/SimCLR + linear probe with 100/10/1% labels and 20/40% label noise
+    SupconVsCe(SupconVsCeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SupconVsCeArgs {
+    /// CIFAR-10 (or any 32x32 RGB source)
+    #[arg(long)]
+    data: String,
+    #[arg(long, default_value = "resnet20")]
+    model: String,
+    /// Training images used (the first N of the fixed shuffled order)
+    #[arg(long, default_value_t = 4000)]
+    train_images: usize,
+    #[arg(long, default_value_t = 2000)]
+    test_images: usize,
+    /// Epochs over the training subset, for every method
+    #[arg(long, default_value_t = 6)]
+    epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Label fractions available to the classifier stage, comma-separated
+    #[arg(long, value_delimiter = ',', default_value = "1,0.1,0.01")]
+    fractions: Vec<f64>,
+    /// Fractions of flipped training labels, comma-separated
+    #[arg(long, value_delimiter = ',', default_value = "0.2,0.4")]
+    noise: Vec<f64>,
+    #[arg(long, default_value_t = 3)]
+    seeds: usize,
+    /// cross-entropy, supcon, simclr (comma-separated)
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "cross-entropy,supcon,simclr"
+    )]
+    methods: Vec<String>,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[arg(long, default_value = "runs/experiment-supcon-vs-ce")]
+    out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -93,6 +133,25 @@ pub fn experiment(a: ExperimentArgs) -> Result<()> {
             let s = residual::run(&spec, &r.out)?;
             println!("{}", residual::table(&s).text());
             println!("report: {}", r.out.join("report.html").display());
+        }
+        ExperimentCommand::SupconVsCe(a) => {
+            let spec = supcon::Spec {
+                data: a.data,
+                model: a.model,
+                train_images: a.train_images,
+                test_images: a.test_images,
+                epochs: a.epochs,
+                batch_size: a.batch_size,
+                fractions: a.fractions,
+                noise: a.noise,
+                seeds: a.seeds,
+                methods: a.methods,
+                device: a.device,
+                progress: progress::wanted(),
+            };
+            let s = supcon::run(&spec, &a.out)?;
+            println!("{}", supcon::table(&s).text());
+            println!("report: {}", a.out.join("report.html").display());
         }
         ExperimentCommand::Transfer(t) => {
             let strategies = t

@@ -135,6 +135,9 @@ pub struct BenchArgs {
     /// Time only feature extraction through the body (eval, no gradients), batch --infer-batch
     #[arg(long)]
     features: bool,
+    /// Time contrastive pre-training steps (cifar10-supcon recipe, two views, --model resnet20)
+    #[arg(long)]
+    pretrain: bool,
     /// Input side in pixels
     #[arg(long, default_value_t = 32)]
     size: i64,
@@ -163,6 +166,17 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         device: train::parse_device(&a.device)?,
         channels_last: !a.nchw,
     };
+    if a.pretrain {
+        crate::util::tune_allocator();
+        let rate = bench::pretrain_rate(&spec);
+        println!(
+            "pretrain: {rate:.1} img/s ({}, batch {} x 2 views, {} threads)",
+            spec.model,
+            spec.batch,
+            tch::get_num_threads()
+        );
+        return Ok(());
+    }
     if a.features {
         crate::util::tune_allocator();
         let rate = bench::features_rate(&spec);

@@ -211,7 +211,7 @@ pub fn run(runs: &[PathBuf], out: &Path, spec: &EmbedSpec) -> Result<EmbedSummar
         out,
         "convkit embed: the representation space",
         EXPLANATION,
-        &table(&summary.rows),
+        &[&table(&summary.rows)],
         &plots,
         &[],
     )?;

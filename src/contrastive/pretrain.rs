@@ -89,14 +89,15 @@ fn knn_due(epoch: usize, every: usize, last: usize) -> bool {
     epoch.is_multiple_of(every.max(1)) || epoch == last
 }
 
-struct Parts {
-    model: Model,
-    head: ProjectionHead,
-    optim: Optimizer,
-    device: Device,
+/// The encoder, its projection head and the optimiser of a contrastive run.
+pub struct Parts {
+    pub model: Model,
+    pub head: ProjectionHead,
+    pub optim: Optimizer,
+    pub device: Device,
 }
 
-fn build(cfg: &Config, classes: i64, channels: i64) -> Result<Parts> {
+pub fn build(cfg: &Config, classes: i64, channels: i64) -> Result<Parts> {
     let device = train::parse_device(&cfg.train.device)?;
     tch::manual_seed(mix_seed(cfg.train.seed, 0xA11CE) as i64);
     let mut model = models::build(&cfg.model.spec(classes, channels), device)?;
@@ -125,6 +126,42 @@ fn build(cfg: &Config, classes: i64, channels: i64) -> Result<Parts> {
         optim,
         device,
     })
+}
+
+/// One contrastive training step: two augmented views of a u8 batch, encoder, projection head,
+/// SupCon (or, without labels, NT-Xent) loss, backward and optimiser update. `convkit bench
+/// --pretrain` times exactly this.
+pub struct Step<'a> {
+    pub model: &'a Model,
+    pub head: &'a ProjectionHead,
+    pub optim: &'a mut Optimizer,
+    pub augmenter: &'a Augmenter,
+    pub temperature: f64,
+    pub mode: ContrastMode,
+}
+
+impl Step<'_> {
+    /// Returns the batch's loss.
+    pub fn run(
+        &mut self,
+        images: &Tensor,
+        labels: Option<&Tensor>,
+        rng: &mut StdRng,
+        lr: f64,
+    ) -> Result<f64> {
+        let b = images.size()[0];
+        let views = self.augmenter.two_views(images, rng);
+        let z = self
+            .head
+            .forward(&self.model.net.features(&views, &Ctx::train()));
+        let z = z.view([2, b, -1]).transpose(0, 1);
+        let loss = supcon_loss(&z, labels, self.temperature, self.mode)
+            .map_err(|e| TrainError::Invalid(e.to_string()))?;
+        self.optim.zero_grad();
+        loss.backward();
+        self.optim.step(lr);
+        Ok(loss.double_value(&[]))
+    }
 }
 
 /// Pre-trains into `out`; writes metrics.jsonl, checkpoints, summary.json and plots.
@@ -175,6 +212,14 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
     );
     let t = &cfg.train;
     let spe = loader::steps_per_epoch(train_split.len(), t.batch_size, true);
+    let mut trainer = Step {
+        model: &model,
+        head: &head,
+        optim: &mut optim,
+        augmenter: &augmenter,
+        temperature: c.temperature,
+        mode,
+    };
     eprintln!(
         "{}: {} ({} train images, 2 views each), encoder {} -> {}-d features -> {}-d projection, temperature {}",
         c.method,
@@ -203,15 +248,7 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
             let step = epoch * spe + i;
             lr = cfg.optim.lr * cfg.schedule.factor(step, spe * t.epochs, spe);
             let (images, labels) = train_split.batch(idx);
-            let views = augmenter.two_views(&images, &mut rng);
-            let z = head.forward(&model.net.features(&views, &Ctx::train()));
-            let z = z.view([2, idx.len() as i64, -1]).transpose(0, 1);
-            let loss = supcon_loss(&z, supervised.then_some(&labels), c.temperature, mode)
-                .map_err(|e| TrainError::Invalid(e.to_string()))?;
-            optim.zero_grad();
-            loss.backward();
-            optim.step(lr);
-            let v = loss.double_value(&[]);
+            let v = trainer.run(&images, supervised.then_some(&labels), &mut rng, lr)?;
             if !v.is_finite() {
                 return Err(train::diverged(out, cfg.optim.lr, v, step, epoch, lr));
             }
@@ -275,7 +312,7 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
             train_seconds,
             config: cfg.to_toml(),
         };
-        checkpoint::save(&ck_path, &model, &optim.state_tensors(), &meta)?;
+        checkpoint::save(&ck_path, &model, &trainer.optim.state_tensors(), &meta)?;
     }
     let summary = PretrainSummary {
         method: c.method.clone(),
@@ -370,7 +407,7 @@ fn write_report(out: &Path, s: &PretrainSummary, cfg: &Config) -> Result<()> {
         out,
         &format!("convkit {}: {}", s.method, s.model),
         &intro,
-        &table,
+        &[&table],
         &plots,
         &[format!(
             "convkit embed {} --compare <a cross-entropy run> puts another model beside these numbers.",

@@ -106,6 +106,28 @@ impl Split {
             labels: Tensor::from_slice(&new),
         }
     }
+    /// The same images with `round(fraction * N)` labels, chosen at random, replaced by a
+    /// different class drawn uniformly (symmetric label noise, reproducible from `seed`).
+    pub fn with_label_noise(&self, fraction: f64, classes: i64, seed: u64) -> Result<Split> {
+        if !(0.0..=1.0).contains(&fraction) || classes < 2 {
+            return Err(DataError::Other(format!(
+                "label noise {fraction} must be within 0..1 and needs at least 2 classes (have {classes})"
+            )));
+        }
+        use rand::{Rng, SeedableRng, seq::SliceRandom};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut labels = self.labels_vec();
+        let mut order: Vec<usize> = (0..labels.len()).collect();
+        order.shuffle(&mut rng);
+        let flips = (fraction * labels.len() as f64).round() as usize;
+        for &i in &order[..flips] {
+            labels[i] = (labels[i] + rng.random_range(1..classes)) % classes;
+        }
+        Ok(Split {
+            images: self.images.shallow_clone(),
+            labels: Tensor::from_slice(&labels),
+        })
+    }
     /// The first `n` images of every class (in the split's fixed order): small labelled budgets.
     pub fn per_class(&self, n: usize) -> Split {
         let mut seen = std::collections::HashMap::new();

@@ -2,6 +2,7 @@
 //! `report.html`. Each run keeps its own run folder (checkpoints, metrics, report) inside.
 
 pub mod residual;
+pub mod supcon;
 pub mod transfer;
 
 use crate::train::{Config, Result};
@@ -12,6 +13,8 @@ use std::path::Path;
 /// A table for the report: header cells and rows of cells.
 #[derive(Debug, Clone, Default)]
 pub struct Table {
+    /// A heading shown above the table in reports (none when empty).
+    pub title: String,
     pub header: Vec<String>,
     pub rows: Vec<Vec<String>>,
 }
@@ -19,6 +22,7 @@ pub struct Table {
 impl Table {
     pub fn new(header: &[&str]) -> Self {
         Table {
+            title: String::new(),
             header: header.iter().map(|s| s.to_string()).collect(),
             rows: vec![],
         }
@@ -35,8 +39,13 @@ impl Table {
             .iter()
             .map(|r| format!("<tr>{}</tr>", cells(r, "td")))
             .collect();
+        let heading = if self.title.is_empty() {
+            String::new()
+        } else {
+            format!("<h2>{}</h2>", escape(&self.title))
+        };
         format!(
-            "<table><tr>{}</tr>{body}</table>",
+            "{heading}<table><tr>{}</tr>{body}</table>",
             cells(&self.header, "th")
         )
     }
@@ -72,13 +81,13 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// Writes `out/report.html`: a title, an introduction, the table, the plots (paths relative to
+/// Writes `out/report.html`: a title, an introduction, the tables, the plots (paths relative to
 /// `out`) and closing notes.
 pub fn write_report(
     out: &Path,
     title: &str,
     intro: &str,
-    table: &Table,
+    tables: &[&Table],
     plots: &[&str],
     notes: &[String],
 ) -> std::io::Result<()> {
@@ -97,7 +106,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}img{{max-width:640
 </head><body><h1>{t}</h1><p>{intro}</p>{table}{images}<ul>{notes}</ul></body></html>"#,
         t = escape(title),
         intro = escape(intro),
-        table = table.html(),
+        table = tables.iter().map(|t| t.html()).collect::<String>(),
     );
     atomic_write_bytes(&out.join("report.html"), html.as_bytes())
 }

@@ -272,7 +272,7 @@ fn report(out: &Path, s: &Summary) -> Result<()> {
         out,
         "convkit experiment residual: plain vs residual networks",
         &intro,
-        &table(s),
+        &[&table(s)],
         &[
             "plots/train-loss.png",
             "plots/test-accuracy.png",

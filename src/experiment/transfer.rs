@@ -218,6 +218,7 @@ pub fn table(summary: &Summary, budgets: &[usize]) -> Table {
     header.extend(budgets.iter().map(|b| format!("{b}/class")));
     header.push("seconds (all budgets)".into());
     let mut t = Table {
+        title: String::new(),
         header,
         rows: vec![],
     };
@@ -286,7 +287,7 @@ fn report(spec: &Spec, out: &Path, s: &Summary) -> Result<()> {
         out,
         "convkit experiment transfer: animals to vehicles",
         &intro,
-        &table,
+        &[&table],
         &["plots/accuracy.png"],
         &notes,
     )?;

@@ -99,8 +99,12 @@ pub struct DataConfig {
     pub rgb: bool,
     /// Keep only these classes (by name, relabelled in this order).
     pub classes: Option<Vec<String>>,
-    /// Keep the first N training images of each class (small label budgets).
+    /// Keep the first N training images of each class (small label budgets; after
+    /// `train_limit`, so the labelled images are a subset of the limited set).
     pub train_per_class: Option<usize>,
+    /// Fraction of training labels replaced by another class drawn at random (symmetric label
+    /// noise, fixed by `train.seed`); test labels stay clean.
+    pub label_noise: f64,
 }
 
 impl Default for DataConfig {
@@ -115,6 +119,7 @@ impl Default for DataConfig {
             rgb: false,
             classes: None,
             train_per_class: None,
+            label_noise: 0.0,
         }
     }
 }

@@ -131,10 +131,16 @@ pub fn load_data(cfg: &Config, default_size: i64) -> Result<Dataset> {
     if let Some(names) = &cfg.data.classes {
         ds = ds.keep_classes(names)?;
     }
+    let mut ds = ds.limit_train(cfg.data.train_limit);
     if let Some(n) = cfg.data.train_per_class {
         ds.train = ds.train.per_class(n);
     }
-    let mut ds = ds.limit_train(cfg.data.train_limit);
+    if cfg.data.label_noise > 0.0 {
+        let seed = crate::util::mix_seed(cfg.train.seed, 0x401_5E);
+        ds.train =
+            ds.train
+                .with_label_noise(cfg.data.label_noise, ds.classes.len() as i64, seed)?;
+    }
     if let Some(n) = cfg.data.test_limit {
         ds.test = ds.test.take(n);
     }
