@@ -445,3 +445,105 @@ fn summary_counts_dense_equivalents_and_flops() {
             .contains("unknown model 'resnet19'")
     );
 }
+
+#[test]
+fn patch_whitening_decorrelates_patches() {
+    use convkit::models::init::patch_whitening;
+    tch::manual_seed(5);
+    // Correlated channels: the second and third are mixtures of the first plus noise.
+    let base = Tensor::randn([64, 1, 8, 8], (Kind::Float, Device::Cpu));
+    let x = Tensor::cat(
+        &[
+            base.shallow_clone(),
+            &base * 0.8 + Tensor::randn([64, 1, 8, 8], (Kind::Float, Device::Cpu)) * 0.3,
+            &base * -0.5 + Tensor::randn([64, 1, 8, 8], (Kind::Float, Device::Cpu)) * 0.6,
+        ],
+        1,
+    );
+    let eps = 5e-4;
+    let w = patch_whitening(&x, 2, eps);
+    assert_eq!(w.size(), [24, 3, 2, 2]);
+    // The negated half mirrors the first.
+    assert!((w.narrow(0, 12, 12) + w.narrow(0, 0, 12)).abs().max().double_value(&[]) < 1e-7);
+    // Outputs of the first 12 filters: second moment diag(lambda / (lambda + eps)) ~ identity.
+    let y = x
+        .to_kind(Kind::Double)
+        .conv2d(&w.narrow(0, 0, 12).to_kind(Kind::Double), None::<Tensor>, [1, 1], [0, 0], [1, 1], 1);
+    let flat = y.permute([0, 2, 3, 1]).reshape([-1, 12]);
+    let m = flat.tr().matmul(&flat) / flat.size()[0] as f64;
+    let off = (&m - m.diag(0).diag_embed(0, -2, -1)).abs().max().double_value(&[]);
+    let diag = Vec::<f64>::try_from(m.diag(0)).unwrap();
+    assert!(off < 1e-6, "off-diagonal second moment {off}");
+    assert!(diag.iter().all(|d| (0.9..=1.0).contains(d)), "{diag:?}");
+}
+
+#[test]
+fn dirac_filters_pass_their_input_through() {
+    use convkit::models::init::dirac_first_filters;
+    tch::manual_seed(6);
+    let mut w = Tensor::randn([6, 4, 3, 3], (Kind::Float, Device::Cpu));
+    let rest = w.narrow(0, 4, 2).copy();
+    dirac_first_filters(&mut w);
+    let x = Tensor::randn([2, 4, 5, 5], (Kind::Float, Device::Cpu));
+    let y = x.conv2d(&w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
+    assert!((y.narrow(1, 0, 4) - &x).abs().max().double_value(&[]) < 1e-6);
+    assert!(w.narrow(0, 4, 2).equal(&rest), "filters beyond C_in keep their values");
+}
+
+#[test]
+fn alternating_flip_complements_each_image_every_other_epoch() {
+    let mut aug = Augmenter::new(vec![Aug::AltFlip], &[0.0], &[1.0], Device::Cpu);
+    aug.seed = 11;
+    let index: Vec<i64> = (0..64).collect();
+    let first: Vec<bool> = index.iter().map(|&i| aug.alternating_flip(i)).collect();
+    let flipped = first.iter().filter(|f| **f).count();
+    assert!((20..=44).contains(&flipped), "about half flipped in epoch 0: {flipped}");
+    aug.epoch = 1;
+    assert!(index.iter().all(|&i| aug.alternating_flip(i) != first[i as usize]));
+    aug.epoch = 2;
+    assert!(index.iter().all(|&i| aug.alternating_flip(i) == first[i as usize]));
+    // Applied to a batch: the mirrored images are exactly the ones the rule says.
+    let img = ramp_image().repeat([4, 1, 1, 1]);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let out = aug.train_batch_indexed(&img, Some(&[0, 1, 2, 3]), &mut rng);
+    let plain = augment::to_float_nchw(&img);
+    for b in 0..4i64 {
+        let same = out.get(b).allclose(&plain.get(b), 1e-6, 1e-6, false);
+        assert_eq!(!same, aug.alternating_flip(b), "image {b}");
+    }
+    assert_eq!("altflip".parse::<Aug>().unwrap(), Aug::AltFlip);
+}
+
+#[test]
+fn lookahead_follows_the_ema_schedule() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let w = vs.root().var("w", &[1], nn::Init::Const(0.0));
+    let cfg = OptimConfig {
+        momentum: 0.0,
+        weight_decay: 0.0,
+        lookahead_every: 2,
+        lookahead_decay: 0.5,
+        ..Default::default()
+    };
+    let mut opt = Optimizer::new(&vs, &cfg).unwrap();
+    // Gradient 1 every step, lr 1: the weight falls by 1 per step between lookahead updates.
+    let (mut fast, mut slow) = (0.0f64, 0.0f64);
+    for step in 1..=4i64 {
+        let loss = w.sum(Kind::Float);
+        opt.zero_grad();
+        loss.backward();
+        opt.step(1.0);
+        fast -= 1.0;
+        opt.lookahead.as_mut().unwrap().after_step(opt.steps, 4);
+        if step % 2 == 0 {
+            let decay = 0.25 * (step as f64 / 4.0).powi(3);
+            slow = decay * slow + (1.0 - decay) * fast;
+            fast = slow;
+        }
+        assert!((w.double_value(&[0]) - fast).abs() < 1e-6, "step {step}");
+    }
+    // Steps 2 and 4: decay 0.25/8 then 0.25, so w = -1.9375 then 0.25 w + 0.75 (w - 2).
+    assert!((fast - (-3.4375)).abs() < 1e-9, "{fast}");
+    let state = opt.state_tensors();
+    assert!(state.iter().any(|(n, _)| n == "lookahead.w"));
+}

@@ -307,3 +307,34 @@ fn cifar10_jpeg_subset_clears_the_floor() {
 
 /// Measured 2026-11-27 on the 2-core AMD EPYC: see bench/RESULTS.md.
 const FLOOR: f64 = 0.55;
+
+/// airbench's pieces switched on in a run: the whitening layer is the data's patch whitening and
+/// stays frozen, alternating flip and lookahead train, and the run still learns.
+#[test]
+fn airbench_pieces_train_together() {
+    let out = common::temp_dir("train-airbench");
+    let mut cfg = small_config(1000, 2);
+    cfg.model.name = "airnet".into();
+    cfg.model.widths = Some(vec![16, 32, 32]);
+    cfg.model.whiten_init = true;
+    cfg.model.dirac_init = true;
+    cfg.optim.lookahead_every = 5;
+    cfg.augment = vec!["crop:2:reflect".parse().unwrap(), "altflip".parse().unwrap()];
+    let data = train::load_data(&cfg, 32).unwrap();
+    let s = train::run(cfg, &out, &RunOptions::default()).unwrap();
+    assert!(s.test_accuracy > 0.3, "airnet with airbench pieces: {}", s.test_accuracy);
+    let ck = checkpoint::read(&out).unwrap();
+    let w = ck
+        .section("model")
+        .into_iter()
+        .find(|(n, _)| n == "whiten.weight")
+        .unwrap()
+        .1;
+    let aug = convkit::augment::Augmenter::new(vec![], &data.mean, &data.std, tch::Device::Cpu);
+    let want = convkit::models::init::patch_whitening(&aug.eval_batch(&data.train.images), 2, 5e-4);
+    assert!(
+        (&w - &want).abs().max().double_value(&[]) < 1e-4,
+        "the whitening layer is the data's whitening, unchanged by training"
+    );
+    assert!(ck.section("optim").iter().any(|(n, _)| n.starts_with("lookahead.")));
+}

@@ -29,6 +29,10 @@ pub enum Aug {
     },
     /// Horizontal flip with probability 0.5.
     Flip,
+    /// airbench's alternating flip: each image's flip is random (per image, fixed by the seed)
+    /// in even epochs and its complement in odd ones, so every pair of epochs sees both
+    /// orientations exactly once. Needs the images' data-set indices; random flip without them.
+    AltFlip,
     /// One square of side `size` set to the mean colour (DeVries and Taylor 2017).
     Cutout {
         size: i64,
@@ -62,6 +66,7 @@ impl std::str::FromStr for Aug {
                 reflect: parts.get(2) == Some(&"reflect"),
             },
             "flip" => Aug::Flip,
+            "altflip" => Aug::AltFlip,
             "cutout" => Aug::Cutout {
                 size: num(1, 8.0)? as i64,
             },
@@ -138,6 +143,7 @@ impl std::fmt::Display for Aug {
                 write!(f, "crop:{pad}{}", if *reflect { ":reflect" } else { "" })
             }
             Aug::Flip => write!(f, "flip"),
+            Aug::AltFlip => write!(f, "altflip"),
             Aug::Cutout { size } => write!(f, "cutout:{size}"),
             Aug::ResizedCrop { scale, .. } => write!(f, "rrc:{}-{}", scale.0, scale.1),
             Aug::Jitter(j) => write!(
@@ -169,6 +175,9 @@ pub struct Augmenter {
     pub augs: Vec<Aug>,
     /// Bilinear resize of every batch to this side, last (small images for ImageNet weights).
     pub resize: Option<i64>,
+    /// The epoch being trained and the run's seed (for `altflip`; set by the trainer).
+    pub epoch: usize,
+    pub seed: u64,
     mean: Tensor,
     std: Tensor,
 }
@@ -185,6 +194,8 @@ impl Augmenter {
         Augmenter {
             augs,
             resize: None,
+            epoch: 0,
+            seed: 0,
             mean: as_tensor(mean),
             std: as_tensor(std),
         }
@@ -206,6 +217,22 @@ impl Augmenter {
 
     /// u8 NHWC -> augmented, normalised float NCHW.
     pub fn train_batch(&self, images: &Tensor, rng: &mut StdRng) -> Tensor {
+        self.train_batch_indexed(images, None, rng)
+    }
+
+    /// Whether `altflip` mirrors the image with data-set index `index` in this epoch.
+    pub fn alternating_flip(&self, index: i64) -> bool {
+        let first = crate::util::mix_seed(self.seed, 0xF11B_0000 + index as u64) & 1 == 1;
+        first ^ (self.epoch % 2 == 1)
+    }
+
+    /// `train_batch` for the images whose data-set indices are `index` (for `altflip`).
+    pub fn train_batch_indexed(
+        &self,
+        images: &Tensor,
+        index: Option<&[i64]>,
+        rng: &mut StdRng,
+    ) -> Tensor {
         let s = images.size();
         let (b, h, w) = (s[0], s[1], s[2]);
         let mut plan = CropPlan::identity(b, h, w);
@@ -218,6 +245,18 @@ impl Augmenter {
                 }
                 Aug::Flip => {
                     plan.random_flip(0.5, rng);
+                    any_gather = true;
+                }
+                Aug::AltFlip => {
+                    for b in 0..b as usize {
+                        let flip = match index {
+                            Some(ix) => self.alternating_flip(ix[b]),
+                            None => rng.random_bool(0.5),
+                        };
+                        if flip {
+                            plan.flip(b);
+                        }
+                    }
                     any_gather = true;
                 }
                 _ => {}

@@ -22,6 +22,9 @@ pub struct OptimConfig {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
+    /// Lookahead/EMA every N steps (0: off) with this base decay per step (airbench: 5, 0.95).
+    pub lookahead_every: usize,
+    pub lookahead_decay: f64,
     /// LARS trust coefficient: each weight's step is scaled to `trust * ||w|| / ||g + wd w||`
     /// of the learning rate (You et al. 2017).
     pub trust: f64,
@@ -39,6 +42,8 @@ impl Default for OptimConfig {
             beta2: 0.999,
             eps: 1e-8,
             trust: 0.001,
+            lookahead_every: 0,
+            lookahead_decay: 0.95,
         }
     }
 }
@@ -60,6 +65,62 @@ pub struct Optimizer {
     pub config: OptimConfig,
     pub params: Vec<Param>,
     pub steps: i64,
+    /// airbench's lookahead/EMA, when `lookahead_every > 0`.
+    pub lookahead: Option<Lookahead>,
+}
+
+/// Lookahead with an EMA of the weights (airbench): every `every` steps the slow copy moves
+/// towards the weights, `slow = decay slow + (1 - decay) fast`, and the weights jump back to it;
+/// `decay = base^every (t / T)^3` grows from 0 to base^every over the run, so early training is
+/// plain SGD and the end averages. Covers every float tensor of the model, BatchNorm statistics
+/// included; [`Lookahead::finish`] leaves the final weights equal to the slow copy.
+#[derive(Debug)]
+pub struct Lookahead {
+    pub every: usize,
+    pub base: f64,
+    /// (fast tensor, slow copy), sorted by name.
+    pairs: Vec<(String, Tensor, Tensor)>,
+}
+
+impl Lookahead {
+    pub fn new(vs: &nn::VarStore, every: usize, base: f64) -> Self {
+        let mut vars: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.is_floating_point())
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let pairs = vars
+            .into_iter()
+            .map(|(n, t)| {
+                let slow = tch::no_grad(|| t.detach().copy());
+                (n, t, slow)
+            })
+            .collect();
+        Lookahead { every, base, pairs }
+    }
+
+    fn update(&mut self, decay: f64) {
+        tch::no_grad(|| {
+            for (_, fast, slow) in &mut self.pairs {
+                let _ = slow.lerp_(&*fast, 1.0 - decay);
+                let _ = fast.copy_(slow);
+            }
+        });
+    }
+
+    /// After optimiser step `step` (1-based) of `total`.
+    pub fn after_step(&mut self, step: i64, total: i64) {
+        if self.every > 0 && step % self.every as i64 == 0 {
+            let progress = (step as f64 / total.max(1) as f64).min(1.0);
+            self.update(self.base.powi(self.every as i32) * progress.powi(3));
+        }
+    }
+
+    /// The weights become the slow copy (the end of training).
+    pub fn finish(&mut self) {
+        self.update(1.0);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,10 +155,13 @@ impl Optimizer {
                 lr_scale: 1.0,
             })
             .collect();
+        let lookahead = (config.lookahead_every > 0)
+            .then(|| Lookahead::new(vs, config.lookahead_every, config.lookahead_decay));
         Ok(Optimizer {
             config: config.clone(),
             params,
             steps: 0,
+            lookahead,
         })
     }
 
@@ -143,6 +207,11 @@ impl Optimizer {
                 })
                 .collect();
         out.push(("__steps".into(), Tensor::from_slice(&[self.steps])));
+        if let Some(l) = &self.lookahead {
+            out.extend(l.pairs.iter().map(|(n, _, slow)| {
+                (format!("lookahead.{n}"), slow.to_device(tch::Device::Cpu))
+            }));
+        }
         out
     }
 
@@ -165,6 +234,13 @@ impl Optimizer {
         }
         let steps = find("__steps").ok_or_else(|| OptimError::State("missing __steps".into()))?;
         self.steps = steps.int64_value(&[0]);
+        if let Some(l) = &mut self.lookahead {
+            for (n, _, slow) in &mut l.pairs {
+                let key = format!("lookahead.{n}");
+                let t = find(&key).ok_or_else(|| OptimError::State(format!("missing {key}")))?;
+                tch::no_grad(|| slow.copy_(t));
+            }
+        }
         Ok(())
     }
 }

@@ -132,6 +132,11 @@ pub struct ModelConfig {
     pub classes: Option<i64>,
     pub stem: Option<Stem>,
     pub widths: Option<Vec<i64>>,
+    /// Set the `whiten` convolution (airnet) to the patch whitening of the first 5,000 training
+    /// images and freeze it (airbench).
+    pub whiten_init: bool,
+    /// Dirac (identity) initialisation of the first C_in filters of every 3x3 convolution.
+    pub dirac_init: bool,
 }
 
 impl Default for ModelConfig {
@@ -141,6 +146,8 @@ impl Default for ModelConfig {
             classes: None,
             stem: None,
             widths: None,
+            whiten_init: false,
+            dirac_init: false,
         }
     }
 }

@@ -203,6 +203,7 @@ impl Trainer {
         if cfg.transfer.is_active() {
             transfer = Some(prepare_transfer(&cfg, &mut data, &mut model, resume)?);
         }
+        structured_init(&cfg, &data, &mut model, resume)?;
         if cfg.train.channels_last {
             model.to_channels_last();
         }
@@ -224,6 +225,7 @@ impl Trainer {
         }
         let mut augmenter = Augmenter::new(cfg.augment.clone(), &data.mean, &data.std, device);
         augmenter.resize = cfg.transfer.resize;
+        augmenter.seed = cfg.train.seed;
         Ok(Trainer {
             train: DeviceSplit::new(&data.train, device),
             test: DeviceSplit::new(&data.test, device),
@@ -263,6 +265,7 @@ impl Trainer {
         let order = loader::epoch_order(self.train.len(), seed, epoch);
         let batches = loader::batches(&order, bs, t.drop_last);
         let mut rng = StdRng::seed_from_u64(mix_seed(seed, 1_000_000 + epoch as u64));
+        self.augmenter.epoch = epoch;
         let bar = progress::steps_bar(
             batches.len() as u64,
             format!("epoch {}/{}", epoch + 1, epochs),
@@ -278,6 +281,12 @@ impl Trainer {
             let step = epoch * spe + i;
             lr = self.cfg.optim.lr * self.cfg.schedule.factor(step, total, spe);
             let (loss, hits) = self.train_step(idx, &mut rng, lr);
+            if let Some(l) = &mut self.optim.lookahead {
+                l.after_step(self.optim.steps, total as i64);
+                if epoch + 1 == epochs && i + 1 == batches.len() {
+                    l.finish();
+                }
+            }
             pending += Tensor::stack(&[loss * idx.len() as f64, hits], 0);
             seen += idx.len();
             if (i + 1) % check_every == 0 || i + 1 == batches.len() {
@@ -314,7 +323,7 @@ impl Trainer {
     /// mean loss and the number of correct predictions (device tensors: no host sync).
     fn train_step(&mut self, idx: &[i64], rng: &mut StdRng, lr: f64) -> (Tensor, Tensor) {
         let (images, labels) = self.train.batch(idx);
-        let x = self.augmenter.train_batch(&images, rng);
+        let x = self.augmenter.train_batch_indexed(&images, Some(idx), rng);
         let ctx = Ctx::train_with_bn_eval(self.bn_eval.clone());
         let logits = tch::autocast(self.use_autocast(), || self.model.forward(&x, &ctx));
         let loss = logits.to_kind(Kind::Float).cross_entropy_loss(
@@ -520,6 +529,44 @@ impl Trainer {
 
 /// Chooses the normalisation that belongs to the weights and loads them (not when resuming:
 /// the checkpoint then holds the weights).
+/// `model.whiten_init` and `model.dirac_init` (airbench's initialisations). The whitening
+/// layer stays frozen on resume too; its weights then come from the checkpoint.
+fn structured_init(cfg: &Config, data: &Dataset, model: &mut Model, resume: bool) -> Result<()> {
+    let vars = model.vs.variables();
+    if cfg.model.whiten_init {
+        let mut w = vars.get("whiten.weight").map(Tensor::shallow_clone).ok_or_else(|| {
+            TrainError::Invalid(format!(
+                "model.whiten_init: {} has no `whiten` convolution (airnet has)",
+                model.spec.name
+            ))
+        })?;
+        if !resume {
+            let aug = Augmenter::new(vec![], &data.mean, &data.std, Device::Cpu);
+            let sample = aug.eval_batch(&data.train.take(5000).images);
+            let k = w.size()[2];
+            let whitening = crate::models::init::patch_whitening(&sample, k, 5e-4);
+            if whitening.size() != w.size() {
+                return Err(TrainError::Invalid(format!(
+                    "model.whiten_init: the whitening of {k}x{k} patches has shape {:?}, the `whiten` convolution {:?}",
+                    whitening.size(),
+                    w.size()
+                )));
+            }
+            tch::no_grad(|| w.copy_(&whitening));
+        }
+        let _ = w.set_requires_grad(false);
+    }
+    if cfg.model.dirac_init && !resume {
+        for (name, mut w) in vars {
+            let s = w.size();
+            if name.ends_with("weight") && s.len() == 4 && s[2] == 3 && s[3] == 3 {
+                crate::models::init::dirac_first_filters(&mut w);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn prepare_transfer(
     cfg: &Config,
     data: &mut Dataset,
