@@ -464,14 +464,28 @@ fn patch_whitening_decorrelates_patches() {
     let w = patch_whitening(&x, 2, eps);
     assert_eq!(w.size(), [24, 3, 2, 2]);
     // The negated half mirrors the first.
-    assert!((w.narrow(0, 12, 12) + w.narrow(0, 0, 12)).abs().max().double_value(&[]) < 1e-7);
+    assert!(
+        (w.narrow(0, 12, 12) + w.narrow(0, 0, 12))
+            .abs()
+            .max()
+            .double_value(&[])
+            < 1e-7
+    );
     // Outputs of the first 12 filters: second moment diag(lambda / (lambda + eps)) ~ identity.
-    let y = x
-        .to_kind(Kind::Double)
-        .conv2d(&w.narrow(0, 0, 12).to_kind(Kind::Double), None::<Tensor>, [1, 1], [0, 0], [1, 1], 1);
+    let y = x.to_kind(Kind::Double).conv2d(
+        &w.narrow(0, 0, 12).to_kind(Kind::Double),
+        None::<Tensor>,
+        [1, 1],
+        [0, 0],
+        [1, 1],
+        1,
+    );
     let flat = y.permute([0, 2, 3, 1]).reshape([-1, 12]);
     let m = flat.tr().matmul(&flat) / flat.size()[0] as f64;
-    let off = (&m - m.diag(0).diag_embed(0, -2, -1)).abs().max().double_value(&[]);
+    let off = (&m - m.diag(0).diag_embed(0, -2, -1))
+        .abs()
+        .max()
+        .double_value(&[]);
     let diag = Vec::<f64>::try_from(m.diag(0)).unwrap();
     assert!(off < 1e-6, "off-diagonal second moment {off}");
     assert!(diag.iter().all(|d| (0.9..=1.0).contains(d)), "{diag:?}");
@@ -487,7 +501,10 @@ fn dirac_filters_pass_their_input_through() {
     let x = Tensor::randn([2, 4, 5, 5], (Kind::Float, Device::Cpu));
     let y = x.conv2d(&w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
     assert!((y.narrow(1, 0, 4) - &x).abs().max().double_value(&[]) < 1e-6);
-    assert!(w.narrow(0, 4, 2).equal(&rest), "filters beyond C_in keep their values");
+    assert!(
+        w.narrow(0, 4, 2).equal(&rest),
+        "filters beyond C_in keep their values"
+    );
 }
 
 #[test]
@@ -497,11 +514,22 @@ fn alternating_flip_complements_each_image_every_other_epoch() {
     let index: Vec<i64> = (0..64).collect();
     let first: Vec<bool> = index.iter().map(|&i| aug.alternating_flip(i)).collect();
     let flipped = first.iter().filter(|f| **f).count();
-    assert!((20..=44).contains(&flipped), "about half flipped in epoch 0: {flipped}");
+    assert!(
+        (20..=44).contains(&flipped),
+        "about half flipped in epoch 0: {flipped}"
+    );
     aug.epoch = 1;
-    assert!(index.iter().all(|&i| aug.alternating_flip(i) != first[i as usize]));
+    assert!(
+        index
+            .iter()
+            .all(|&i| aug.alternating_flip(i) != first[i as usize])
+    );
     aug.epoch = 2;
-    assert!(index.iter().all(|&i| aug.alternating_flip(i) == first[i as usize]));
+    assert!(
+        index
+            .iter()
+            .all(|&i| aug.alternating_flip(i) == first[i as usize])
+    );
     // Applied to a batch: the mirrored images are exactly the ones the rule says.
     let img = ramp_image().repeat([4, 1, 1, 1]);
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);

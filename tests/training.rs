@@ -319,10 +319,17 @@ fn airbench_pieces_train_together() {
     cfg.model.whiten_init = true;
     cfg.model.dirac_init = true;
     cfg.optim.lookahead_every = 5;
-    cfg.augment = vec!["crop:2:reflect".parse().unwrap(), "altflip".parse().unwrap()];
+    cfg.augment = vec![
+        "crop:2:reflect".parse().unwrap(),
+        "altflip".parse().unwrap(),
+    ];
     let data = train::load_data(&cfg, 32).unwrap();
     let s = train::run(cfg, &out, &RunOptions::default()).unwrap();
-    assert!(s.test_accuracy > 0.3, "airnet with airbench pieces: {}", s.test_accuracy);
+    assert!(
+        s.test_accuracy > 0.3,
+        "airnet with airbench pieces: {}",
+        s.test_accuracy
+    );
     let ck = checkpoint::read(&out).unwrap();
     let w = ck
         .section("model")
@@ -336,5 +343,9 @@ fn airbench_pieces_train_together() {
         (&w - &want).abs().max().double_value(&[]) < 1e-4,
         "the whitening layer is the data's whitening, unchanged by training"
     );
-    assert!(ck.section("optim").iter().any(|(n, _)| n.starts_with("lookahead.")));
+    assert!(
+        ck.section("optim")
+            .iter()
+            .any(|(n, _)| n.starts_with("lookahead."))
+    );
 }

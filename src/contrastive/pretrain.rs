@@ -288,12 +288,16 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
             images_per_second: (train_split.len() * 2) as f64 / secs.max(1e-9),
         };
         eprintln!(
-            "epoch {:>3}/{}  {} loss {:.4}  kNN test accuracy {:5.1}%  lr {:.4}  {}  {:.0} views/s",
+            "epoch {:>3}/{}  {} loss {:.4}  kNN test accuracy {}  lr {:.4}  {}  {:.0} views/s",
             m.epoch,
             t.epochs,
             c.method,
             m.train_loss,
-            100.0 * knn,
+            if knn_due(epoch + 1, c.knn_every, t.epochs) {
+                format!("{:5.1}%", 100.0 * knn)
+            } else {
+                "    -".into()
+            },
             lr,
             fmt_seconds(secs),
             m.images_per_second

@@ -104,7 +104,7 @@ impl Lookahead {
         tch::no_grad(|| {
             for (_, fast, slow) in &mut self.pairs {
                 let _ = slow.lerp_(&*fast, 1.0 - decay);
-                let _ = fast.copy_(slow);
+                fast.copy_(slow);
             }
         });
     }
@@ -208,9 +208,11 @@ impl Optimizer {
                 .collect();
         out.push(("__steps".into(), Tensor::from_slice(&[self.steps])));
         if let Some(l) = &self.lookahead {
-            out.extend(l.pairs.iter().map(|(n, _, slow)| {
-                (format!("lookahead.{n}"), slow.to_device(tch::Device::Cpu))
-            }));
+            out.extend(
+                l.pairs.iter().map(|(n, _, slow)| {
+                    (format!("lookahead.{n}"), slow.to_device(tch::Device::Cpu))
+                }),
+            );
         }
         out
     }

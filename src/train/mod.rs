@@ -136,7 +136,7 @@ pub fn load_data(cfg: &Config, default_size: i64) -> Result<Dataset> {
         ds.train = ds.train.per_class(n);
     }
     if cfg.data.label_noise > 0.0 {
-        let seed = crate::util::mix_seed(cfg.train.seed, 0x401_5E);
+        let seed = crate::util::mix_seed(cfg.train.seed, 0x4015E);
         ds.train =
             ds.train
                 .with_label_noise(cfg.data.label_noise, ds.classes.len() as i64, seed)?;
@@ -534,12 +534,15 @@ impl Trainer {
 fn structured_init(cfg: &Config, data: &Dataset, model: &mut Model, resume: bool) -> Result<()> {
     let vars = model.vs.variables();
     if cfg.model.whiten_init {
-        let mut w = vars.get("whiten.weight").map(Tensor::shallow_clone).ok_or_else(|| {
-            TrainError::Invalid(format!(
-                "model.whiten_init: {} has no `whiten` convolution (airnet has)",
-                model.spec.name
-            ))
-        })?;
+        let mut w = vars
+            .get("whiten.weight")
+            .map(Tensor::shallow_clone)
+            .ok_or_else(|| {
+                TrainError::Invalid(format!(
+                    "model.whiten_init: {} has no `whiten` convolution (airnet has)",
+                    model.spec.name
+                ))
+            })?;
         if !resume {
             let aug = Augmenter::new(vec![], &data.mean, &data.std, Device::Cpu);
             let sample = aug.eval_batch(&data.train.take(5000).images);
