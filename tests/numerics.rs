@@ -575,3 +575,41 @@ fn lookahead_follows_the_ema_schedule() {
     let state = opt.state_tensors();
     assert!(state.iter().any(|(n, _)| n == "lookahead.w"));
 }
+
+#[test]
+fn translation_tta_weights_shifted_views_by_hand() {
+    use convkit::train::evaluate::{Tta, predict_logits};
+    tch::manual_seed(8);
+    let model = models::build(&ModelSpec::new("cnn", 10), Device::Cpu).unwrap();
+    let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let f = |t: &Tensor| predict_logits(&model, t, Tta::default(), false);
+    // One pixel down-right with the top row / left column reflected (row 1 / column 1), and
+    // one pixel up-left with the bottom row / right column reflected (row 30 / column 30).
+    let shift = |t: &Tensor, dim: i64, down: bool| {
+        if down {
+            Tensor::cat(&[t.narrow(dim, 1, 1), t.narrow(dim, 0, 31)], dim)
+        } else {
+            Tensor::cat(&[t.narrow(dim, 1, 31), t.narrow(dim, 30, 1)], dim)
+        }
+    };
+    let dr = shift(&shift(&x, 2, true), 3, true);
+    let ul = shift(&shift(&x, 2, false), 3, false);
+    let mirror = |t: &Tensor| (f(t) + f(&t.flip([3]))) / 2.0;
+    let want = mirror(&x) * 0.5 + mirror(&dr) * 0.25 + mirror(&ul) * 0.25;
+    let tta = Tta {
+        flip: true,
+        translate: true,
+    };
+    let got = predict_logits(&model, &x, tta, false);
+    assert!((got - want).abs().max().double_value(&[]) < 1e-5);
+    let only_flip = predict_logits(
+        &model,
+        &x,
+        Tta {
+            flip: true,
+            translate: false,
+        },
+        false,
+    );
+    assert!((only_flip - mirror(&x)).abs().max().double_value(&[]) < 1e-6);
+}

@@ -63,7 +63,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         &test,
         &aug,
         cfg.train.eval_batch_size,
-        cfg.train.tta_flip,
+        crate::train::evaluate::Tta::of(&cfg.train),
         false,
     );
     println!(
@@ -142,7 +142,7 @@ pub fn predict(a: PredictArgs) -> Result<()> {
         let logits = predict_logits(
             &model,
             &aug.eval_batch(&img.to_device(device)),
-            false,
+            Default::default(),
             false,
         );
         let probs = logits.softmax(1, Kind::Float).squeeze_dim(0);

@@ -178,6 +178,8 @@ pub struct TrainSettings {
     pub bf16: bool,
     /// Average the predictions for each test image and its mirror image.
     pub tta_flip: bool,
+    /// Also the image shifted by one pixel both ways (airbench's test-time augmentation).
+    pub tta_translate: bool,
     /// Channels-last memory for weights and inputs (faster convolutions on CPU and GPU).
     pub channels_last: bool,
     /// Leave out a short last batch.
@@ -199,6 +201,7 @@ impl Default for TrainSettings {
             device: "auto".into(),
             bf16: true,
             tta_flip: false,
+            tta_translate: false,
             channels_last: true,
             drop_last: true,
             threads: 0,

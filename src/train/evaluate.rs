@@ -1,5 +1,5 @@
 //! Evaluation: loss, top-1, top-5, per-class accuracy and the confusion matrix, optionally with
-//! flip test-time augmentation.
+//! test-time augmentation (mirror, and airbench's one-pixel translations).
 
 use crate::analysis::{Confusion, topk_correct};
 use crate::augment::Augmenter;
@@ -15,17 +15,46 @@ pub struct EvalResult {
     pub confusion: Confusion,
 }
 
-/// Logits for normalised images, averaged with the mirrored images' logits when `tta_flip`.
-pub fn predict_logits(model: &Model, x: &Tensor, tta_flip: bool, autocast: bool) -> Tensor {
+/// Test-time augmentation. `flip`: the mirror image's logits averaged in. `translate`
+/// (airbench): the image shifted one pixel up-left and one down-right (reflect padding), each
+/// (with its mirror when `flip`) weighted a quarter, the unshifted views a half.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Tta {
+    pub flip: bool,
+    pub translate: bool,
+}
+
+impl Tta {
+    pub fn of(t: &super::config::TrainSettings) -> Self {
+        Tta {
+            flip: t.tta_flip,
+            translate: t.tta_translate,
+        }
+    }
+}
+
+/// Logits for normalised images `[N, C, H, W]` under test-time augmentation `tta`.
+pub fn predict_logits(model: &Model, x: &Tensor, tta: Tta, autocast: bool) -> Tensor {
     tch::no_grad(|| {
         tch::autocast(autocast, || {
             let ctx = Ctx::eval();
-            let logits = model.forward(x, &ctx).to_kind(Kind::Float);
-            if tta_flip {
-                (logits + model.forward(&x.flip([3]), &ctx).to_kind(Kind::Float)) / 2.0
-            } else {
-                logits
+            let views = |x: &Tensor| {
+                let logits = model.forward(x, &ctx).to_kind(Kind::Float);
+                if tta.flip {
+                    (logits + model.forward(&x.flip([3]), &ctx).to_kind(Kind::Float)) / 2.0
+                } else {
+                    logits
+                }
+            };
+            let base = views(x);
+            if !tta.translate {
+                return base;
             }
+            let (h, w) = (x.size()[2], x.size()[3]);
+            let padded = x.reflection_pad2d([1, 1, 1, 1]);
+            let down_right = padded.narrow(2, 0, h).narrow(3, 0, w);
+            let up_left = padded.narrow(2, 2, h).narrow(3, 2, w);
+            base * 0.5 + views(&down_right) * 0.25 + views(&up_left) * 0.25
         })
     })
 }
@@ -35,7 +64,7 @@ pub fn evaluate(
     split: &DeviceSplit,
     augmenter: &Augmenter,
     batch_size: usize,
-    tta_flip: bool,
+    tta: Tta,
     autocast: bool,
 ) -> EvalResult {
     let n = split.len();
@@ -45,7 +74,7 @@ pub fn evaluate(
     let index: Vec<i64> = (0..n as i64).collect();
     for idx in index.chunks(batch_size.max(1)) {
         let (images, labels) = split.batch(idx);
-        let logits = predict_logits(model, &augmenter.eval_batch(&images), tta_flip, autocast);
+        let logits = predict_logits(model, &augmenter.eval_batch(&images), tta, autocast);
         let loss = logits.cross_entropy_loss(&labels, None::<Tensor>, Reduction::Sum, -100, 0.0);
         loss_sum += loss.double_value(&[]);
         top5 += topk_correct(&logits, &labels, 5);

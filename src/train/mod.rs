@@ -350,7 +350,7 @@ impl Trainer {
             &self.test,
             &self.augmenter,
             self.cfg.train.eval_batch_size,
-            self.cfg.train.tta_flip,
+            evaluate::Tta::of(&self.cfg.train),
             self.use_autocast(),
         )
     }
