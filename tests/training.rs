@@ -309,7 +309,8 @@ fn cifar10_jpeg_subset_clears_the_floor() {
 const FLOOR: f64 = 0.55;
 
 /// airbench's pieces switched on in a run: the whitening layer is the data's patch whitening and
-/// stays frozen, alternating flip and lookahead train, and the run still learns.
+/// stays frozen, BatchNorm scales stay at 1 while shifts get 64x the rate, alternating flip,
+/// lookahead and translation TTA run, and the model still learns.
 #[test]
 fn airbench_pieces_train_together() {
     let out = common::temp_dir("train-airbench");
@@ -319,6 +320,26 @@ fn airbench_pieces_train_together() {
     cfg.model.whiten_init = true;
     cfg.model.dirac_init = true;
     cfg.optim.lookahead_every = 5;
+    cfg.model.bn_scale_frozen = true;
+    cfg.optim.bn_bias_lr_mult = 64.0;
+    cfg.train.tta_flip = true;
+    cfg.train.tta_translate = true;
+    let model = models::build(&cfg.model.spec(10, 3), tch::Device::Cpu).unwrap();
+    let optim = train::batchnorm_options(&cfg, &model).unwrap();
+    let scale = |name: &str| {
+        optim
+            .params
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.lr_scale)
+    };
+    assert_eq!(scale("groups.0.bn1.bias"), Some(64.0));
+    assert_eq!(scale("groups.0.conv1.weight"), Some(1.0));
+    assert_eq!(
+        scale("groups.0.bn1.weight"),
+        None,
+        "frozen scales are not optimised"
+    );
     cfg.augment = vec![
         "crop:2:reflect".parse().unwrap(),
         "altflip".parse().unwrap(),
@@ -348,4 +369,9 @@ fn airbench_pieces_train_together() {
             .iter()
             .any(|(n, _)| n.starts_with("lookahead."))
     );
+    for (name, t) in ck.section("model") {
+        if name.contains(".bn") && name.ends_with(".weight") {
+            assert!(t.eq(1.0).all().int64_value(&[]) == 1, "{name} stays at 1");
+        }
+    }
 }

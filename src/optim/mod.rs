@@ -22,6 +22,9 @@ pub struct OptimConfig {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
+    /// Learning-rate multiplier of BatchNorm shifts (airbench: 64); applied by the trainer,
+    /// which knows the BatchNorm layers.
+    pub bn_bias_lr_mult: f64,
     /// Lookahead/EMA every N steps (0: off) with this base decay per step (airbench: 5, 0.95).
     pub lookahead_every: usize,
     pub lookahead_decay: f64,
@@ -42,6 +45,7 @@ impl Default for OptimConfig {
             beta2: 0.999,
             eps: 1e-8,
             trust: 0.001,
+            bn_bias_lr_mult: 1.0,
             lookahead_every: 0,
             lookahead_decay: 0.95,
         }

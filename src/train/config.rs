@@ -137,6 +137,8 @@ pub struct ModelConfig {
     pub whiten_init: bool,
     /// Dirac (identity) initialisation of the first C_in filters of every 3x3 convolution.
     pub dirac_init: bool,
+    /// BatchNorm scales stay at 1 (not trained); only the shifts learn (airbench).
+    pub bn_scale_frozen: bool,
 }
 
 impl Default for ModelConfig {
@@ -148,6 +150,7 @@ impl Default for ModelConfig {
             widths: None,
             whiten_init: false,
             dirac_init: false,
+            bn_scale_frozen: false,
         }
     }
 }

@@ -207,7 +207,7 @@ impl Trainer {
         if cfg.train.channels_last {
             model.to_channels_last();
         }
-        let mut optim = Optimizer::new(&model.vs, &cfg.optim)?;
+        let mut optim = batchnorm_options(&cfg, &model)?;
         let mut bn_eval: std::rc::Rc<[String]> = Default::default();
         if let Some(t) = &mut transfer {
             let applied = crate::transfer::apply(&cfg.transfer, &model, &mut optim)
@@ -529,6 +529,32 @@ impl Trainer {
 
 /// Chooses the normalisation that belongs to the weights and loads them (not when resuming:
 /// the checkpoint then holds the weights).
+/// The optimiser, with airbench's BatchNorm treatment when asked: scales frozen at 1
+/// (`model.bn_scale_frozen`) and shifts at `optim.bn_bias_lr_mult` times the rate.
+pub fn batchnorm_options(cfg: &Config, model: &Model) -> Result<Optimizer> {
+    let bn = if cfg.model.bn_scale_frozen || cfg.optim.bn_bias_lr_mult != 1.0 {
+        crate::transfer::groups::batchnorm_layers(model)
+    } else {
+        vec![]
+    };
+    let vars = model.vs.variables();
+    if cfg.model.bn_scale_frozen {
+        for layer in &bn {
+            if let Some(w) = vars.get(&format!("{layer}.weight")) {
+                let _ = w.set_requires_grad(false);
+            }
+        }
+    }
+    let mut optim = Optimizer::new(&model.vs, &cfg.optim)?;
+    let shifts: Vec<String> = bn.iter().map(|l| format!("{l}.bias")).collect();
+    for p in &mut optim.params {
+        if shifts.contains(&p.name) {
+            p.lr_scale *= cfg.optim.bn_bias_lr_mult;
+        }
+    }
+    Ok(optim)
+}
+
 /// `model.whiten_init` and `model.dirac_init` (airbench's initialisations). The whitening
 /// layer stays frozen on resume too; its weights then come from the checkpoint.
 fn structured_init(cfg: &Config, data: &Dataset, model: &mut Model, resume: bool) -> Result<()> {

@@ -174,7 +174,11 @@ pub fn apply(
         let g = group_of(&p.name).expect("every variable is in a group");
         let keeps_training =
             !frozen.contains(&groups[g].name) || (cfg.train_bn && is_bn_param(&p.name));
-        p.lr_scale = if keeps_training { scales[g] } else { 0.0 };
+        p.lr_scale = if keeps_training {
+            p.lr_scale * scales[g]
+        } else {
+            0.0
+        };
         let _ = p.tensor.set_requires_grad(keeps_training);
     }
     let bn_eval = if cfg.train_bn {
