@@ -494,7 +494,11 @@ fn supcon_vs_ce_experiment_reports_every_row() {
     use convkit::experiment::supcon::{Spec, run};
     let out = common::temp_dir("supcon-vs-ce");
     let spec = Spec {
-        data: "synthetic".into(),
+        run: convkit::experiment::Common {
+            data: "synthetic".into(),
+            device: "cpu".into(),
+            progress: false,
+        },
         model: "cnn".into(),
         train_images: 400,
         test_images: 200,
@@ -504,7 +508,6 @@ fn supcon_vs_ce_experiment_reports_every_row() {
         // 1 / fraction, small for a test.
         fractions: vec![1.0, 0.5, 0.25],
         seeds: 2,
-        device: "cpu".into(),
         ..Default::default()
     };
     let s = run(&spec, &out).unwrap();

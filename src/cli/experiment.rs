@@ -1,6 +1,6 @@
 //! `convkit experiment ...`: comparisons of several runs in one report.
 
-use crate::experiment::{residual, supcon, transfer};
+use crate::experiment::{Common, residual, supcon, transfer};
 use crate::train::progress;
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -18,9 +18,8 @@ pub enum ExperimentCommand {
 
 #[derive(Args, Debug)]
 pub struct SupconVsCeArgs {
-    /// CIFAR-10 (or any 32x32 RGB source)
-    #[arg(long)]
-    data: String,
+    #[command(flatten)]
+    common: CommonArgs,
     #[arg(long, default_value = "resnet20")]
     model: String,
     /// Training images used (the first N of the fixed shuffled order)
@@ -48,17 +47,14 @@ pub struct SupconVsCeArgs {
         default_value = "cross-entropy,supcon,simclr"
     )]
     methods: Vec<String>,
-    #[arg(long, default_value = "auto")]
-    device: String,
     #[arg(long, default_value = "runs/experiment-supcon-vs-ce")]
     out: PathBuf,
 }
 
 #[derive(Args, Debug)]
 pub struct ResidualArgs {
-    /// CIFAR-10 (or any 32x32 RGB source)
-    #[arg(long)]
-    data: String,
+    #[command(flatten)]
+    common: CommonArgs,
     /// Training images used (the first N)
     #[arg(long, default_value_t = 10_000)]
     train_images: usize,
@@ -75,10 +71,29 @@ pub struct ResidualArgs {
     models: Vec<String>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(long, default_value = "auto")]
-    device: String,
     #[arg(long, default_value = "runs/experiment-residual")]
     out: PathBuf,
+}
+
+/// The arguments every experiment takes.
+#[derive(Args, Debug)]
+pub struct CommonArgs {
+    /// CIFAR-10: the JPEG folder copy, the binary folder or .tar.gz, or `cifar10`
+    #[arg(long)]
+    data: String,
+    /// auto, cpu, cuda, cuda:N
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+impl CommonArgs {
+    fn common(self) -> Common {
+        Common {
+            data: self.data,
+            device: self.device,
+            progress: progress::wanted(),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -89,9 +104,8 @@ pub struct ExperimentArgs {
 
 #[derive(Args, Debug)]
 pub struct TransferArgs {
-    /// CIFAR-10: a folder of the JPEG copy, the binary folder or .tar.gz, or `cifar10`
-    #[arg(long)]
-    data: String,
+    #[command(flatten)]
+    common: CommonArgs,
     #[arg(long, default_value = "resnet20")]
     model: String,
     #[arg(long, default_value_t = 6)]
@@ -111,8 +125,6 @@ pub struct TransferArgs {
     strategies: Vec<String>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(long, default_value = "auto")]
-    device: String,
     #[arg(long, default_value = "runs/experiment-transfer")]
     out: PathBuf,
 }
@@ -121,14 +133,12 @@ pub fn experiment(a: ExperimentArgs) -> Result<()> {
     match a.command {
         ExperimentCommand::Residual(r) => {
             let spec = residual::Spec {
-                data: r.data,
+                run: r.common.common(),
                 train_images: r.train_images,
                 test_images: r.test_images,
                 epochs: r.epochs,
                 models: r.models,
                 seed: r.seed,
-                device: r.device,
-                progress: progress::wanted(),
             };
             let s = residual::run(&spec, &r.out)?;
             println!("{}", residual::table(&s).text());
@@ -136,7 +146,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<()> {
         }
         ExperimentCommand::SupconVsCe(a) => {
             let spec = supcon::Spec {
-                data: a.data,
+                run: a.common.common(),
                 model: a.model,
                 train_images: a.train_images,
                 test_images: a.test_images,
@@ -146,8 +156,6 @@ pub fn experiment(a: ExperimentArgs) -> Result<()> {
                 noise: a.noise,
                 seeds: a.seeds,
                 methods: a.methods,
-                device: a.device,
-                progress: progress::wanted(),
             };
             let s = supcon::run(&spec, &a.out)?;
             println!("{}", supcon::table(&s).text());
@@ -161,15 +169,13 @@ pub fn experiment(a: ExperimentArgs) -> Result<()> {
                 .collect::<Result<Vec<_>, String>>()
                 .map_err(anyhow::Error::msg)?;
             let spec = transfer::Spec {
-                data: t.data,
+                run: t.common.common(),
                 model: t.model,
                 pretrain_epochs: t.pretrain_epochs,
                 epochs: t.epochs,
                 budgets: t.budgets.clone(),
                 strategies,
                 seed: t.seed,
-                device: t.device,
-                progress: progress::wanted(),
             };
             let s = transfer::run(&spec, &t.out)?;
             println!("{}", transfer::table(&s, &t.budgets).text());

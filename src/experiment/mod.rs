@@ -10,6 +10,43 @@ use crate::util::{atomic_write_bytes, read_json};
 use serde::Deserialize;
 use std::path::Path;
 
+/// What every experiment needs to know besides its own design: the data, the device and whether
+/// to draw progress bars.
+#[derive(Debug, Clone)]
+pub struct Common {
+    pub data: String,
+    pub device: String,
+    pub progress: bool,
+}
+
+impl Default for Common {
+    fn default() -> Self {
+        Common {
+            data: "cifar10".into(),
+            device: "auto".into(),
+            progress: false,
+        }
+    }
+}
+
+impl Common {
+    /// Points a run's config at the experiment's data and device.
+    pub fn apply(&self, cfg: &mut Config) {
+        cfg.data.source = self.data.clone();
+        cfg.data.format = None;
+        cfg.train.device = self.device.clone();
+    }
+
+    /// Options for a run folder in the state `prior` found it.
+    pub fn options<T>(&self, prior: &Prior<T>) -> crate::train::RunOptions {
+        crate::train::RunOptions {
+            progress: self.progress,
+            resume: matches!(prior, Prior::Resume),
+            ..Default::default()
+        }
+    }
+}
+
 /// A table for the report: header cells and rows of cells.
 #[derive(Debug, Clone, Default)]
 pub struct Table {

@@ -8,7 +8,7 @@ use super::{Prior, Table, prior, write_report};
 use crate::augment::Augmenter;
 use crate::data::loader::DeviceSplit;
 use crate::models::{self, Ctx};
-use crate::train::{self, Config, Result, RunOptions, config, metrics};
+use crate::train::{self, Config, Result, config, metrics};
 use crate::util::{fmt_seconds, mix_seed};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -17,21 +17,20 @@ use tch::{Kind, Reduction, Tensor};
 
 #[derive(Debug, Clone)]
 pub struct Spec {
-    pub data: String,
+    /// Data, device, progress bars.
+    pub run: super::Common,
     pub train_images: usize,
     /// Test images evaluated after every epoch (the first N).
     pub test_images: usize,
     pub epochs: usize,
     pub models: Vec<String>,
     pub seed: u64,
-    pub device: String,
-    pub progress: bool,
 }
 
 impl Default for Spec {
     fn default() -> Self {
         Spec {
-            data: "cifar10".into(),
+            run: Default::default(),
             train_images: 10_000,
             test_images: 2_000,
             epochs: 5,
@@ -39,8 +38,6 @@ impl Default for Spec {
                 .map(String::from)
                 .to_vec(),
             seed: 0,
-            device: "auto".into(),
-            progress: false,
         }
     }
 }
@@ -72,13 +69,12 @@ pub struct Summary {
 /// and decay), crop + flip, batch 128, test after every epoch.
 fn recipe(spec: &Spec, model: &str) -> Result<Config> {
     let mut cfg = config::load(Some("quickstart"), &[])?;
-    cfg.data.source = spec.data.clone();
+    spec.run.apply(&mut cfg);
     cfg.data.train_limit = Some(spec.train_images);
     cfg.data.test_limit = Some(spec.test_images);
     cfg.model.name = model.to_string();
     cfg.train.epochs = spec.epochs;
     cfg.train.seed = spec.seed;
-    cfg.train.device = spec.device.clone();
     cfg.optim.lr = 0.1;
     cfg.optim.weight_decay = 1e-4;
     Ok(cfg)
@@ -133,11 +129,7 @@ fn run_model(spec: &Spec, out: &Path, model: &str) -> Result<Row> {
                 "── {model}: {} images, {} epochs",
                 spec.train_images, spec.epochs
             );
-            let opts = RunOptions {
-                progress: spec.progress,
-                resume: matches!(p, Prior::Resume),
-                ..Default::default()
-            };
+            let opts = spec.run.options(&p);
             train::run(cfg, &dir, &opts)?
         }
     };
@@ -170,7 +162,7 @@ pub fn run(spec: &Spec, out: &Path) -> Result<Summary> {
         .map(|m| run_model(spec, out, m))
         .collect::<Result<Vec<_>>>()?;
     let summary = Summary {
-        data: spec.data.clone(),
+        data: spec.run.data.clone(),
         train_images: spec.train_images,
         epochs: spec.epochs,
         rows,

@@ -13,7 +13,7 @@
 
 use super::{Prior, Table, prior, write_report};
 use crate::contrastive::{embed, pretrain};
-use crate::train::{self, Config, Result, RunOptions, TrainSummary, config, metrics};
+use crate::train::{self, Config, Result, TrainSummary, config, metrics};
 use crate::transfer::finetune::{self, FinetuneSummary, Strategy};
 use crate::util::fmt_seconds;
 use serde::{Deserialize, Serialize};
@@ -22,7 +22,8 @@ use std::time::Instant;
 
 #[derive(Debug, Clone)]
 pub struct Spec {
-    pub data: String,
+    /// Data, device, progress bars.
+    pub run: super::Common,
     pub model: String,
     pub train_images: usize,
     pub test_images: usize,
@@ -36,14 +37,12 @@ pub struct Spec {
     pub seeds: usize,
     /// `cross-entropy`, `supcon`, `simclr`.
     pub methods: Vec<String>,
-    pub device: String,
-    pub progress: bool,
 }
 
 impl Default for Spec {
     fn default() -> Self {
         Spec {
-            data: "cifar10".into(),
+            run: Default::default(),
             model: "resnet20".into(),
             train_images: 4000,
             test_images: 2000,
@@ -55,8 +54,6 @@ impl Default for Spec {
             methods: ["cross-entropy", "supcon", "simclr"]
                 .map(String::from)
                 .to_vec(),
-            device: "auto".into(),
-            progress: false,
         }
     }
 }
@@ -138,14 +135,12 @@ fn settings(spec: &Spec) -> Vec<Setting> {
 /// The supervised data and recipe of one setting: the subset, its labelled part, its noise.
 fn ce_config(spec: &Spec, s: Setting, seed: u64, classes: usize) -> Result<Config> {
     let mut cfg = config::load(Some("quickstart"), &[])?;
-    cfg.data.source = spec.data.clone();
-    cfg.data.format = None;
+    spec.run.apply(&mut cfg);
     cfg.data.train_limit = Some(spec.train_images);
     cfg.data.test_limit = Some(spec.test_images);
     cfg.data.label_noise = s.noise;
     cfg.model.name = spec.model.clone();
     cfg.train.seed = seed;
-    cfg.train.device = spec.device.clone();
     cfg.train.eval_every = 0;
     cfg.train.epochs = spec.epochs;
     cfg.train.batch_size = spec.batch_size;
@@ -164,14 +159,12 @@ fn ce_config(spec: &Spec, s: Setting, seed: u64, classes: usize) -> Result<Confi
 /// Contrastive pre-training on the whole subset (labels with the setting's noise for SupCon).
 fn pretrain_config(spec: &Spec, method: &str, noise: f64, seed: u64) -> Result<Config> {
     let mut cfg = config::load(Some("cifar10-supcon"), &[])?;
-    cfg.data.source = spec.data.clone();
-    cfg.data.format = None;
+    spec.run.apply(&mut cfg);
     cfg.data.train_limit = Some(spec.train_images);
     cfg.data.test_limit = Some(spec.test_images);
     cfg.data.label_noise = noise;
     cfg.model.name = spec.model.clone();
     cfg.train.seed = seed;
-    cfg.train.device = spec.device.clone();
     cfg.train.epochs = spec.epochs;
     cfg.train.batch_size = spec.batch_size;
     cfg.contrastive.method = method.to_string();
@@ -180,25 +173,17 @@ fn pretrain_config(spec: &Spec, method: &str, noise: f64, seed: u64) -> Result<C
     Ok(cfg)
 }
 
-fn options(spec: &Spec, p: &Prior<impl Sized>) -> RunOptions {
-    RunOptions {
-        progress: spec.progress,
-        resume: matches!(p, Prior::Resume),
-        ..Default::default()
-    }
-}
-
 fn train_ce(spec: &Spec, cfg: Config, dir: &Path) -> Result<TrainSummary> {
     match prior(dir, &cfg)? {
         Prior::Done(s) => Ok(s),
-        p => train::run(cfg, dir, &options(spec, &p)),
+        p => train::run(cfg, dir, &spec.run.options(&p)),
     }
 }
 
 fn pretrain_once(spec: &Spec, cfg: Config, dir: &Path) -> Result<pretrain::PretrainSummary> {
     match prior(dir, &cfg)? {
         Prior::Done(s) => Ok(s),
-        p => pretrain::run(cfg, dir, &options(spec, &p)),
+        p => pretrain::run(cfg, dir, &spec.run.options(&p)),
     }
 }
 
@@ -343,7 +328,7 @@ pub fn run(spec: &Spec, out: &Path) -> Result<Summary> {
     }
     let embedding = compare_spaces(spec, &runner)?;
     let summary = Summary {
-        data: spec.data.clone(),
+        data: spec.run.data.clone(),
         model: spec.model.clone(),
         train_images: spec.train_images,
         test_images: spec.test_images,
@@ -367,7 +352,7 @@ fn compare_spaces(spec: &Spec, runner: &Runner) -> Result<Vec<embed::SpaceRow>> 
         return Ok(vec![]);
     }
     let e = embed::EmbedSpec {
-        device: spec.device.clone(),
+        device: spec.run.device.clone(),
         ..Default::default()
     };
     Ok(embed::run(&runs, &runner.out.join("embed"), &e)?.rows)

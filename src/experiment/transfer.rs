@@ -21,8 +21,9 @@ pub const VEHICLES: [&str; 4] = ["airplane", "automobile", "ship", "truck"];
 
 #[derive(Debug, Clone)]
 pub struct Spec {
-    /// A CIFAR-10 source whose class names include the animals and vehicles.
-    pub data: String,
+    /// Data (a CIFAR-10 source whose class names include the animals and vehicles), device,
+    /// progress bars.
+    pub run: super::Common,
     pub model: String,
     pub pretrain_epochs: usize,
     /// The epoch budget of every transfer strategy.
@@ -30,14 +31,12 @@ pub struct Spec {
     pub budgets: Vec<usize>,
     pub strategies: Vec<Strategy>,
     pub seed: u64,
-    pub device: String,
-    pub progress: bool,
 }
 
 impl Default for Spec {
     fn default() -> Self {
         Spec {
-            data: "cifar10".into(),
+            run: Default::default(),
             model: "resnet20".into(),
             pretrain_epochs: 6,
             epochs: 30,
@@ -49,8 +48,6 @@ impl Default for Spec {
                 Strategy::Full,
             ],
             seed: 0,
-            device: "auto".into(),
-            progress: false,
         }
     }
 }
@@ -91,21 +88,20 @@ fn names(v: &[&str]) -> Vec<String> {
 /// The pre-training recipe: one-cycle SGD, crop + flip (the quickstart recipe's settings).
 fn pretrain_config(spec: &Spec) -> Result<Config> {
     let mut cfg = config::load(Some("quickstart"), &[])?;
-    cfg.data.source = spec.data.clone();
+    spec.run.apply(&mut cfg);
     cfg.data.train_limit = None;
     cfg.data.classes = Some(names(&ANIMALS));
     cfg.model.name = spec.model.clone();
     cfg.train.epochs = spec.pretrain_epochs;
     cfg.train.eval_every = 0;
     cfg.train.seed = spec.seed;
-    cfg.train.device = spec.device.clone();
     Ok(cfg)
 }
 
 /// The transfer recipe shared by every strategy (`finetune`, batch 32, test at the end).
 fn transfer_config(spec: &Spec, weights: &Path, budget: usize) -> Result<Config> {
     let mut cfg = config::load(Some("finetune"), &[])?;
-    cfg.data.source = spec.data.clone();
+    spec.run.apply(&mut cfg);
     cfg.data.classes = Some(names(&VEHICLES));
     cfg.data.train_per_class = Some(budget);
     cfg.model.name = spec.model.clone();
@@ -114,7 +110,6 @@ fn transfer_config(spec: &Spec, weights: &Path, budget: usize) -> Result<Config>
     cfg.train.drop_last = false;
     cfg.train.eval_every = 0;
     cfg.train.seed = spec.seed;
-    cfg.train.device = spec.device.clone();
     cfg.transfer.weights = Some(weights.display().to_string());
     // Animals -> vehicles is a distant transfer: the earlier, more generic stages carry more
     // of it than the last (measured: 58.4% vs 52.5% at 25 images per class).
@@ -134,11 +129,7 @@ fn pretrain(spec: &Spec, out: &Path) -> Result<Pretrain> {
                 ANIMALS.join(", "),
                 spec.pretrain_epochs
             );
-            let opts = RunOptions {
-                progress: spec.progress,
-                resume: matches!(p, Prior::Resume),
-                ..Default::default()
-            };
+            let opts = spec.run.options(&p);
             train::run(cfg, &dir, &opts)?
         }
     };
@@ -167,7 +158,7 @@ fn transfer_run(spec: &Spec, out: &Path, strategy: Strategy, budget: usize) -> R
                 head_epochs: None,
                 head_lr_mult: None,
                 run: RunOptions {
-                    progress: spec.progress,
+                    progress: spec.run.progress,
                     ..Default::default()
                 },
             };
@@ -199,7 +190,7 @@ pub fn run(spec: &Spec, out: &Path) -> Result<Summary> {
         }
     }
     let summary = Summary {
-        data: spec.data.clone(),
+        data: spec.run.data.clone(),
         model: spec.model.clone(),
         pretrain: pre,
         target_classes: names(&VEHICLES),
