@@ -72,11 +72,7 @@ struct Pictures {
 
 impl Pictures {
     fn new(out: Option<PathBuf>, ck: &checkpoint::Loaded) -> Result<Self> {
-        let run = ck
-            .path
-            .parent()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf);
+        let run = checkpoint::run_folder(&ck.path).map(Path::to_path_buf);
         let (dir, run) = match out {
             Some(dir) => (dir, None),
             None => {

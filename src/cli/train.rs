@@ -225,8 +225,7 @@ fn run_folder(run: &std::path::Path) -> PathBuf {
     if run.is_dir() {
         run.to_path_buf()
     } else {
-        run.parent()
-            .and_then(|p| p.parent())
+        crate::train::checkpoint::run_folder(run)
             .map(PathBuf::from)
             .unwrap_or_default()
     }

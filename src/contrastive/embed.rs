@@ -58,7 +58,7 @@ pub struct EmbedSummary {
 
 /// The run folder's name, for labels and file names.
 fn run_name(ck: &checkpoint::Loaded) -> String {
-    let run = ck.path.parent().and_then(Path::parent).unwrap_or(&ck.path);
+    let run = checkpoint::run_folder(&ck.path).unwrap_or(&ck.path);
     run.file_name()
         .and_then(|s| s.to_str())
         .unwrap_or("run")

@@ -36,13 +36,18 @@ fn chart_err<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> ChartError + '_
     }
 }
 
-const COLOURS: [RGBColor; 6] = [
+/// Ten well-separated colours (matplotlib's tab10), for line series and class scatters.
+const COLOURS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
 
 /// A line chart of named (x, y) series.
@@ -104,20 +109,6 @@ pub fn line_chart(
     Ok(())
 }
 
-/// Ten well-separated colours (matplotlib's tab10), for class scatters.
-const TAB10: [RGBColor; 10] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-    RGBColor(188, 189, 34),
-    RGBColor(23, 190, 207),
-];
-
 /// A 2-D scatter of `points`, one colour per class of `labels`, with a legend.
 pub fn scatter_chart(
     path: &Path,
@@ -144,7 +135,7 @@ pub fn scatter_chart(
         .build_cartesian_2d(bounds(|p| p.0), bounds(|p| p.1))
         .map_err(&err)?;
     for (k, name) in classes.iter().enumerate() {
-        let c = TAB10[k % TAB10.len()];
+        let c = COLOURS[k % COLOURS.len()];
         let members = points
             .iter()
             .zip(labels)
