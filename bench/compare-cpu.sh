@@ -7,7 +7,12 @@
 #   pretrain  SupCon pre-training steps, ResNet-20, batch 128, two augmented views
 #                                                                    (target: >= 0.95x img/s)
 #   train     Net8 training, batch 128 (printed last as `ratio: X`)
-#   bench/compare-cpu.sh [ROUNDS] [SECTIONS]   (default 5 rounds, all sections, e.g. pretrain,train)
+#   airbench  time to 80% test accuracy, cifar10-airbench-cpu recipe against
+#             bench/airbench_reference.py (airbench94 in PyTorch, same widths, batch, epochs),
+#             on $CIFAR10_JPEG (default ../shared/data/cifar10-jpeg)  (target: time <= 0.9x)
+#             About 10 minutes a round; not in the default sections.
+#   bench/compare-cpu.sh [ROUNDS] [SECTIONS]   (default 5 rounds, sections supcon,features,
+#   pretrain,train; e.g. `bench/compare-cpu.sh 1 airbench`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-5}"
@@ -25,7 +30,7 @@ compare() {
   local name="$1" ours=() theirs=()
   for i in $(seq "$rounds"); do
     ours+=("$("$ck" bench $2 | awk -v k="$name:" '$1==k{print $2}')")
-    theirs+=("$("$py" bench/pytorch_reference.py $3 --threads "$threads" | awk -v k="$name:" '$1==k{print $2}')")
+    theirs+=("$("$py" "${reference:-bench/pytorch_reference.py}" $3 --threads "$threads" | awk -v k="$name:" '$1==k{print $2}')")
     echo "round $i $name: convkit ${ours[-1]}, pytorch ${theirs[-1]}"
   done
   mo=$(median "${ours[@]}"); mt=$(median "${theirs[@]}")
@@ -50,6 +55,14 @@ if wanted pretrain; then
   echo "pretrain ratio (convkit / pytorch, target >= 0.95): $(ratio "$mo" "$mt")"
 fi
 echo "cpu: $(lscpu | awk -F: '/Model name/{gsub(/^ +/,"",$2); print $2}'), $threads threads"
+if wanted airbench; then
+  "$py" -c "import PIL" 2>/dev/null || "$py" -m pip install --quiet pillow
+  jpeg="${CIFAR10_JPEG:-../shared/data/cifar10-jpeg}"
+  reference=bench/airbench_reference.py compare time_to_80 "--recipe cifar10-airbench-cpu --runs 1 --data $jpeg --out runs/compare-airbench" \
+    "--data $jpeg --widths 32,64,64 --batch 256 --epochs 4 --eval-every 1"
+  echo "median time to 80% (airbench recipe, widths 32/64/64, batch 256): convkit $mo s, pytorch $mt s"
+  echo "airbench time-to-80 ratio (convkit / pytorch, target <= 0.9): $(ratio "$mo" "$mt")"
+fi
 if wanted train; then
   compare train "--model net8 --batch 128 --steps 20 --warmup 3" "--batch 128 --steps 20 --warmup 3"
   echo "median training: convkit $mo img/s, pytorch $mt img/s (Net8, batch 128, fp32)"

@@ -206,3 +206,99 @@ pub fn run(s: &BenchSpec) -> BenchResult {
         loader_images_per_second: loader_rate(s),
     }
 }
+
+/// One timed run of a recipe (`convkit bench --recipe`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RecipeRun {
+    pub seed: u64,
+    /// Final test accuracy, with the recipe's test-time augmentation.
+    pub accuracy: f64,
+    /// As airbench times a run: set-up on the device (whitening included), the training
+    /// epochs and the final evaluation, each ended by a device synchronisation. Evaluations
+    /// after earlier epochs are left out.
+    pub seconds: f64,
+    /// Training seconds until the first evaluated epoch at or above the target accuracy.
+    pub time_to_target: Option<f64>,
+    /// (test accuracy, cumulative training seconds) after each evaluated epoch.
+    pub epochs: Vec<(f64, f64)>,
+}
+
+/// Mean and sample standard deviation.
+pub fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, var.sqrt())
+}
+
+/// Runs `cfg` `runs` times (seeds 0..runs) from data loaded once and kept on the device, after
+/// `warmup` untimed runs (seeds from 1000; cuDNN autotuning, as airbench warms up); each run
+/// writes its metrics under `out/run-<seed>` (no checkpoints).
+pub fn recipe_runs(
+    cfg: &crate::train::Config,
+    (warmup, runs): (usize, usize),
+    target: f64,
+    out: &std::path::Path,
+    progress: bool,
+) -> crate::train::Result<Vec<RecipeRun>> {
+    use crate::train::{self, RunOptions, Trainer};
+    let device = train::parse_device(&cfg.train.device)?;
+    let data = train::load_data(cfg, cfg.model.spec(1, 3).default_input_size())?;
+    let on_device = (
+        DeviceSplit::new(&data.train, device),
+        DeviceSplit::new(&data.test, device),
+    );
+    let opts = RunOptions {
+        progress,
+        no_checkpoints: true,
+        ..Default::default()
+    };
+    let mut results = Vec::new();
+    let seeds = (1000..1000 + warmup as u64).chain(0..runs as u64);
+    for seed in seeds {
+        let mut cfg = cfg.clone();
+        cfg.train.seed = seed;
+        let splits = (on_device.0.share(), on_device.1.share());
+        sync(device);
+        let start = Instant::now();
+        let mut trainer = Trainer::with_data(
+            cfg,
+            data.share(),
+            splits,
+            &out.join(format!("run-{seed}")),
+            false,
+        )?;
+        sync(device);
+        let setup = start.elapsed().as_secs_f64();
+        trainer.fit(&opts)?;
+        let accuracy = trainer.last_eval.as_ref().map_or(f64::NAN, |e| e.accuracy);
+        let epochs: Vec<(f64, f64)> = trainer
+            .history
+            .iter()
+            .filter(|m| m.test_accuracy.is_finite())
+            .map(|m| (m.test_accuracy, m.train_seconds))
+            .collect();
+        let run = RecipeRun {
+            seed,
+            accuracy,
+            seconds: setup
+                + trainer.history.last().map_or(0.0, |m| m.train_seconds)
+                + trainer.eval_seconds,
+            time_to_target: epochs.iter().find(|e| e.0 >= target).map(|e| e.1),
+            epochs,
+        };
+        eprintln!(
+            "{} {seed}: acc={:.4} seconds={:.3} time_to_{:.0}={}",
+            if seed < 1000 { "run" } else { "warm-up run" },
+            run.accuracy,
+            run.seconds,
+            100.0 * target,
+            run.time_to_target
+                .map_or("not reached".into(), |t| format!("{t:.2}"))
+        );
+        if seed < 1000 {
+            results.push(run);
+        }
+    }
+    Ok(results)
+}

@@ -2,7 +2,7 @@
 //! label-smoothed loss, confusion matrices, and model shapes and parameter counts.
 
 use convkit::analysis::{Confusion, topk_correct};
-use convkit::augment::{self, Aug, Augmenter, CropPlan, ResizedCropBox};
+use convkit::augment::{self, Aug, Augmenter, ResizedCropBox, Shifts};
 use convkit::models::{self, Ctx, ModelSpec, Stem, summary};
 use convkit::optim::{OptimConfig, Optimizer, Schedule, ScheduleKind};
 use rand::SeedableRng;
@@ -25,29 +25,38 @@ fn reflect_index_matches_pytorch_reflect_padding() {
 
 #[test]
 fn translate_with_zero_padding_moves_pixels_exactly() {
-    let mut plan = CropPlan::identity(1, 4, 4);
-    plan.translate(0, 1, -1, false);
-    let out = augment::crop_flip_gather(&ramp_image(), &plan).squeeze();
+    // Image 0: shifted (1, -1); image 1: mirrored, then read one column to the right.
+    let shifts = Shifts::new(&[1, 0], &[-1, 1], &[false, true], false, Device::Cpu);
+    let out = augment::shift_flip_gather(&ramp_image().repeat([2, 1, 1, 1]), &shifts).squeeze();
     // out(i, j) = in(i + 1, j - 1), zero outside.
     let expected = [[0, 5, 6, 7], [0, 9, 10, 11], [0, 13, 14, 15], [0, 0, 0, 0]];
     assert_eq!(
-        Vec::<Vec<i64>>::try_from(out.to_kind(Kind::Int64)).unwrap(),
+        Vec::<Vec<i64>>::try_from(out.get(0).to_kind(Kind::Int64)).unwrap(),
+        expected.map(|r| r.to_vec()).to_vec()
+    );
+    // out(i, j) = in(i, 3 - j + 1): column 4 is outside.
+    let expected = [[0, 4, 3, 2], [0, 8, 7, 6], [0, 12, 11, 10], [0, 16, 15, 14]];
+    assert_eq!(
+        Vec::<Vec<i64>>::try_from(out.get(1).to_kind(Kind::Int64)).unwrap(),
         expected.map(|r| r.to_vec()).to_vec()
     );
 }
 
 #[test]
 fn translate_with_reflection_and_flip() {
-    let mut plan = CropPlan::identity(1, 4, 4);
-    plan.translate(0, -2, 0, true);
-    plan.flip(0);
-    let out = augment::crop_flip_gather(&ramp_image(), &plan).squeeze();
+    let shifts = Shifts::new(&[-2], &[0], &[true], true, Device::Cpu);
+    let out = augment::shift_flip_gather(&ramp_image(), &shifts).squeeze();
     // rows read -2, -1, 0, 1 -> reflected 2, 1, 0, 1; columns reversed.
     let expected = [[12, 11, 10, 9], [8, 7, 6, 5], [4, 3, 2, 1], [8, 7, 6, 5]];
     assert_eq!(
         Vec::<Vec<i64>>::try_from(out.to_kind(Kind::Int64)).unwrap(),
         expected.map(|r| r.to_vec()).to_vec()
     );
+    // Far shifts reflect like PyTorch's padding (reflect_index), also on the device path.
+    let far = Shifts::new(&[5], &[-6], &[false], true, Device::Cpu);
+    let out = augment::shift_flip_gather(&ramp_image(), &far).squeeze();
+    let (r, c) = (augment::reflect_index(5, 4), augment::reflect_index(-6, 4));
+    assert_eq!(out.int64_value(&[0, 0]), 4 * r + c + 1);
 }
 
 #[test]
@@ -290,6 +299,49 @@ fn sgd_momentum_steps_match_hand_computation() {
         assert!((got[i] - pw[i]).abs() < 1e-6, "{got:?} vs {pw:?}");
     }
     assert!((b.double_value(&[0]) - pb).abs() < 1e-6);
+}
+
+#[test]
+fn decoupled_decay_shrinks_every_parameter_by_the_same_amount_per_step() {
+    // airbench's form: the decay per step is `sched * wd` whatever the base rate and each
+    // parameter's rate scale, and with `decay_1d` the 1-D shift decays too.
+    let vs = nn::VarStore::new(Device::Cpu);
+    let w = vs.root().var("w", &[2, 2], nn::Init::Const(1.0));
+    let b = vs.root().var("b", &[2], nn::Init::Const(1.0));
+    let cfg = OptimConfig {
+        lr: 0.5,
+        momentum: 0.5,
+        nesterov: false,
+        weight_decay: 0.01,
+        decoupled_decay: true,
+        decay_1d: true,
+        ..Default::default()
+    };
+    let mut opt = Optimizer::new(&vs, &cfg).unwrap();
+    opt.params
+        .iter_mut()
+        .find(|p| p.name == "b")
+        .unwrap()
+        .lr_scale = 4.0;
+    // Zero gradients: only the decay moves the weights (the loss is constant in them).
+    let (mut pw, mut pb, mut bw, mut bb) = (1.0f64, 1.0f64, 0.0f64, 0.0f64);
+    for sched in [1.0, 0.5] {
+        let loss = (&w * 0.0).sum(Kind::Float) + (&b * 0.0).sum(Kind::Float);
+        opt.zero_grad();
+        loss.backward();
+        opt.step(0.5 * sched);
+        // w: lr 0.5 sched, coefficient 0.01 / 0.5; b: lr 2 sched, coefficient 0.01 / 2.
+        bw = 0.5 * bw + 0.02 * pw;
+        pw -= 0.5 * sched * bw;
+        bb = 0.5 * bb + 0.005 * pb;
+        pb -= 2.0 * sched * bb;
+    }
+    // First step: both shrink by exactly 0.01 (= sched * wd), rate scale or not.
+    assert!((pw - pb).abs() < 1e-12);
+    assert!((w.double_value(&[0, 0]) - pw).abs() < 1e-7, "{pw}");
+    assert!((b.double_value(&[0]) - pb).abs() < 1e-7, "{pb}");
+    // Hand values: 1 - 0.01 = 0.99; then buf 0.5 * 0.02 + 0.02 * 0.99 = 0.0298, times 0.25.
+    assert!((pw - 0.98255).abs() < 1e-12, "{pw}");
 }
 
 #[test]

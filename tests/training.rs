@@ -375,3 +375,59 @@ fn airbench_pieces_train_together() {
         }
     }
 }
+
+/// The shipped airbench recipe, shrunk to seconds on the synthetic set: its pieces load and
+/// train together, the whitening bias learns for `whiten_bias_epochs` epochs only, and
+/// `convkit bench --recipe`'s timed runs report accuracy, seconds and the time to a target.
+#[test]
+fn airbench_recipe_trains_and_its_runs_are_timed() {
+    let sets = [
+        "data.source=\"synthetic\"",
+        "data.train_limit=1024",
+        "data.test_limit=500",
+        "model.widths=[16, 32, 32]",
+        "train.epochs=3",
+        "train.batch_size=128",
+        "train.eval_every=1",
+        "train.device=\"cpu\"",
+        "model.whiten_bias_epochs=1",
+        // Lookahead pulls every tensor toward its average, the frozen bias included.
+        "optim.lookahead_every=0",
+    ]
+    .map(String::from);
+    let cfg = config::load(Some("cifar10-airbench"), &sets).unwrap();
+    assert!(cfg.optim.decoupled_decay && cfg.optim.decay_1d && cfg.model.whiten_init);
+    let out = common::temp_dir("airbench-recipe");
+    let mut trainer = train::Trainer::new(cfg.clone(), &out, false).unwrap();
+    let bias = |t: &train::Trainer| t.model.vs.variables()["whiten.bias"].copy();
+    let start = bias(&trainer);
+    let once = RunOptions {
+        stop_after: Some(1),
+        ..Default::default()
+    };
+    trainer.fit(&once).unwrap();
+    let after_one = bias(&trainer);
+    assert!(!after_one.equal(&start), "the bias trains in epoch 1");
+    trainer.fit(&RunOptions::default()).unwrap();
+    assert!(bias(&trainer).equal(&after_one), "and is frozen after it");
+
+    let runs = convkit::bench::recipe_runs(&cfg, (0, 2), 0.0, &out.join("bench"), false).unwrap();
+    assert_eq!(runs.len(), 2);
+    for r in &runs {
+        assert_eq!(r.epochs.len(), 3, "evaluated after every epoch");
+        let trained = r.epochs[2].1;
+        assert!(r.seconds > trained, "set-up and evaluation are timed too");
+        assert_eq!(
+            r.time_to_target,
+            Some(r.epochs[0].1),
+            "target 0 is met at once"
+        );
+        assert!(r.accuracy > 0.3, "seed {}: {}", r.seed, r.accuracy);
+        assert!(
+            out.join(format!("bench/run-{}/metrics.jsonl", r.seed))
+                .exists()
+        );
+    }
+    let seeds: Vec<u64> = runs.iter().map(|r| r.seed).collect();
+    assert_eq!(seeds, vec![0, 1]);
+}

@@ -49,10 +49,14 @@ impl Confusion {
 
 /// How many rows of `logits` have the label among their `k` highest scores.
 pub fn topk_correct(logits: &Tensor, labels: &Tensor, k: i64) -> i64 {
+    topk_hits(logits, labels, k).int64_value(&[])
+}
+
+/// `topk_correct` as a device scalar (no host sync).
+pub fn topk_hits(logits: &Tensor, labels: &Tensor, k: i64) -> Tensor {
     let k = k.min(logits.size()[1]);
     let (_, top) = logits.topk(k, 1, true, true);
     top.eq_tensor(&labels.unsqueeze(1))
         .any_dim(1, false)
         .sum(Kind::Int64)
-        .int64_value(&[])
 }

@@ -2,63 +2,42 @@
 //! of row and column indices; random-resized-crop through an affine sampling grid.
 
 use rand::{Rng, rngs::StdRng};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
-/// Per-image source rows and columns: output pixel (i, j) of image b comes from
-/// (rows[b][i], cols[b][j]) of the input, or is zero where the index is -1 (zero padding).
-#[derive(Debug, Clone)]
-pub struct CropPlan {
-    pub rows: Vec<Vec<i64>>,
-    pub cols: Vec<Vec<i64>>,
+/// Each image's translation and mirroring, as device tensors of length B so that a whole
+/// epoch's draws can be uploaded once and sliced per step (no host-to-device copy, and so no
+/// device synchronisation, inside the step loop).
+///
+/// Output pixel (i, j) of image b reads input (i + dy[b], j' + dx[b]) with j' = W-1-j when
+/// flip[b], else j; out-of-range reads are reflected (`reflect`) or zero.
+#[derive(Debug)]
+pub struct Shifts {
+    pub dy: Tensor,
+    pub dx: Tensor,
+    pub flip: Tensor,
+    pub reflect: bool,
 }
 
-impl CropPlan {
-    pub fn identity(b: i64, h: i64, w: i64) -> Self {
-        CropPlan {
-            rows: (0..b).map(|_| (0..h).collect()).collect(),
-            cols: (0..b).map(|_| (0..w).collect()).collect(),
+impl Shifts {
+    /// From host values (one per image).
+    pub fn new(dy: &[i64], dx: &[i64], flip: &[bool], reflect: bool, device: Device) -> Self {
+        let flip: Vec<i64> = flip.iter().map(|&f| f as i64).collect();
+        let t = |v: &[i64]| Tensor::from_slice(v).to_device(device);
+        Shifts {
+            dy: t(dy),
+            dx: t(dx),
+            flip: t(&flip).gt(0),
+            reflect,
         }
     }
 
-    /// Shifts image `b` by (dy, dx) pixels: output (i, j) reads input (i + dy, j + dx), where
-    /// out-of-range reads are reflected or become zero.
-    pub fn translate(&mut self, b: usize, dy: i64, dx: i64, reflect: bool) {
-        let h = self.rows[b].len() as i64;
-        let w = self.cols[b].len() as i64;
-        let map = |from: i64, shift: i64, n: i64| -> i64 {
-            let v = from + shift;
-            if from == -1 {
-                -1
-            } else if reflect {
-                reflect_index(v, n)
-            } else if (0..n).contains(&v) {
-                v
-            } else {
-                -1
-            }
-        };
-        self.rows[b] = self.rows[b].iter().map(|&r| map(r, dy, h)).collect();
-        self.cols[b] = self.cols[b].iter().map(|&c| map(c, dx, w)).collect();
-    }
-
-    pub fn flip(&mut self, b: usize) {
-        self.cols[b].reverse();
-    }
-
-    /// torchvision's RandomCrop(size, padding=pad): an offset uniform in [-pad, pad] per axis.
-    pub fn random_translate(&mut self, pad: i64, reflect: bool, rng: &mut StdRng) {
-        for b in 0..self.rows.len() {
-            let dy = rng.random_range(-pad..=pad);
-            let dx = rng.random_range(-pad..=pad);
-            self.translate(b, dy, dx, reflect);
-        }
-    }
-
-    pub fn random_flip(&mut self, p: f64, rng: &mut StdRng) {
-        for b in 0..self.rows.len() {
-            if rng.random_bool(p) {
-                self.flip(b);
-            }
+    /// Images `start..start + len`.
+    pub fn narrow(&self, start: i64, len: i64) -> Shifts {
+        Shifts {
+            dy: self.dy.narrow(0, start, len),
+            dx: self.dx.narrow(0, start, len),
+            flip: self.flip.narrow(0, start, len),
+            reflect: self.reflect,
         }
     }
 }
@@ -73,21 +52,36 @@ pub fn reflect_index(v: i64, n: i64) -> i64 {
     if m < n { m } else { period - m }
 }
 
-/// Applies a plan to u8 or float NHWC images with one advanced-indexing gather.
-pub fn crop_flip_gather(images: &Tensor, plan: &CropPlan) -> Tensor {
+/// `reflect_index` (or -1 outside when not reflecting) on a device tensor of indices, plus one:
+/// the index into the image padded with a one-pixel zero border.
+fn padded_source(v: &Tensor, n: i64, reflect: bool) -> Tensor {
+    if reflect {
+        if n == 1 {
+            return v.ones_like();
+        }
+        let period = 2 * (n - 1);
+        let m = v.remainder(period);
+        m.where_self(&m.lt(n), &(-&m + period)) + 1
+    } else {
+        let inside = v.ge(0).logical_and(&v.lt(n));
+        (v + 1).where_self(&inside, &v.zeros_like())
+    }
+}
+
+/// Applies `shifts` to u8 or float NHWC images with one advanced-indexing gather, computed on
+/// the images' device.
+pub fn shift_flip_gather(images: &Tensor, shifts: &Shifts) -> Tensor {
     let s = images.size();
     let (b, h, w) = (s[0], s[1], s[2]);
-    let dev = images.device();
-    // Shift every index by one into a tensor padded with a zero border, so -1 reads zero.
+    let opts = (Kind::Int64, images.device());
+    let rows = Tensor::arange(h, opts).unsqueeze(0) + shifts.dy.unsqueeze(1);
+    let j = Tensor::arange(w, opts).unsqueeze(0);
+    let mirrored = -&j + (w - 1);
+    let cols = mirrored.where_self(&shifts.flip.unsqueeze(1), &j) + shifts.dx.unsqueeze(1);
+    let rows = padded_source(&rows, h, shifts.reflect).reshape([b, h, 1]);
+    let cols = padded_source(&cols, w, shifts.reflect).reshape([b, 1, w]);
     let padded = images.constant_pad_nd([0, 0, 1, 1, 1, 1]);
-    let flat = |v: &Vec<Vec<i64>>| -> Vec<i64> { v.iter().flatten().map(|x| x + 1).collect() };
-    let rows = Tensor::from_slice(&flat(&plan.rows))
-        .to_device(dev)
-        .reshape([b, h, 1]);
-    let cols = Tensor::from_slice(&flat(&plan.cols))
-        .to_device(dev)
-        .reshape([b, 1, w]);
-    let bidx = Tensor::arange(b, (Kind::Int64, dev)).reshape([b, 1, 1]);
+    let bidx = Tensor::arange(b, opts).reshape([b, 1, 1]);
     padded.index(&[Some(bidx), Some(rows), Some(cols)])
 }
 

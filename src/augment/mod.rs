@@ -11,7 +11,7 @@ mod geometry;
 
 pub use colour::{ColourJitter, apply_grayscale, apply_jitter, to_gray};
 pub use geometry::{
-    CropPlan, ResizedCropBox, crop_flip_gather, reflect_index, resized_crop, sample_resized_crop,
+    ResizedCropBox, Shifts, reflect_index, resized_crop, sample_resized_crop, shift_flip_gather,
 };
 
 use rand::{Rng, rngs::StdRng};
@@ -233,39 +233,64 @@ impl Augmenter {
         index: Option<&[i64]>,
         rng: &mut StdRng,
     ) -> Tensor {
-        let s = images.size();
-        let (b, h, w) = (s[0], s[1], s[2]);
-        let mut plan = CropPlan::identity(b, h, w);
-        let mut any_gather = false;
+        let n = images.size()[0] as usize;
+        let shifts = self.draw_shifts(n, index, rng, images.device());
+        self.train_batch_shifted(images, shifts.as_ref(), rng)
+    }
+
+    /// Every image's translation and flip for `n` images (data-set indices `index`, for
+    /// `altflip`), drawn on the host and placed on `device`; None when the recipe neither
+    /// crops nor flips. Several crops add up their offsets (with the last one's padding mode).
+    pub fn draw_shifts(
+        &self,
+        n: usize,
+        index: Option<&[i64]>,
+        rng: &mut StdRng,
+        device: Device,
+    ) -> Option<Shifts> {
+        let (mut dy, mut dx, mut flip) = (vec![0i64; n], vec![0i64; n], vec![false; n]);
+        let (mut reflect, mut any) = (false, false);
         for aug in &self.augs {
             match aug {
-                Aug::Crop { pad, reflect } => {
-                    plan.random_translate(*pad, *reflect, rng);
-                    any_gather = true;
+                Aug::Crop { pad, reflect: r } => {
+                    for b in 0..n {
+                        dy[b] += rng.random_range(-pad..=*pad);
+                        dx[b] += rng.random_range(-pad..=*pad);
+                    }
+                    (reflect, any) = (*r, true);
                 }
                 Aug::Flip => {
-                    plan.random_flip(0.5, rng);
-                    any_gather = true;
+                    flip.iter_mut().for_each(|f| *f ^= rng.random_bool(0.5));
+                    any = true;
                 }
                 Aug::AltFlip => {
-                    for b in 0..b as usize {
-                        let flip = match index {
+                    for (b, f) in flip.iter_mut().enumerate() {
+                        *f ^= match index {
                             Some(ix) => self.alternating_flip(ix[b]),
                             None => rng.random_bool(0.5),
                         };
-                        if flip {
-                            plan.flip(b);
-                        }
                     }
-                    any_gather = true;
+                    any = true;
                 }
                 _ => {}
             }
         }
-        let gathered = if any_gather {
-            crop_flip_gather(images, &plan)
-        } else {
-            images.shallow_clone()
+        any.then(|| Shifts::new(&dy, &dx, &flip, reflect, device))
+    }
+
+    /// u8 NHWC -> augmented, normalised float NCHW, with the geometry already drawn (`shifts`,
+    /// one per image) and the remaining random choices drawn from `rng`.
+    pub fn train_batch_shifted(
+        &self,
+        images: &Tensor,
+        shifts: Option<&Shifts>,
+        rng: &mut StdRng,
+    ) -> Tensor {
+        let s = images.size();
+        let (b, h, w) = (s[0], s[1], s[2]);
+        let gathered = match shifts {
+            Some(sh) => shift_flip_gather(images, sh),
+            None => images.shallow_clone(),
         };
         let mut x = to_float_nchw(&gathered);
         for aug in &self.augs {

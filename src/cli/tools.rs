@@ -124,8 +124,29 @@ pub struct BenchArgs {
     steps: usize,
     #[arg(long, default_value_t = 3)]
     warmup: usize,
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// cpu, cuda, cuda:N (default: cpu; with --recipe, the recipe's `auto`)
+    #[arg(long)]
+    device: Option<String>,
+    /// Time whole training runs of a recipe (e.g. cifar10-airbench) from data loaded once onto
+    /// the device: training plus the final test-time-augmented evaluation, as airbench times
+    /// them; prints each run, then `recipe: acc=<mean> sd=<sd> seconds=<mean> runs=<N>`
+    #[arg(long)]
+    recipe: Option<String>,
+    /// Runs of --recipe (seeds 0..N)
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Untimed runs of --recipe before the timed ones (1 on a GPU: cuDNN autotuning)
+    #[arg(long, default_value_t = 0)]
+    warmup_runs: usize,
+    /// Data for --recipe (as `convkit train --data`)
+    #[arg(long)]
+    data: Option<String>,
+    /// Accuracy whose time-to-reach --recipe reports (from the epochs it evaluates)
+    #[arg(long, default_value_t = 0.8)]
+    target: f64,
+    /// Any config field of --recipe: --set train.epochs=8 (repeatable)
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
     /// Keep weights and inputs in NCHW memory instead of channels-last
     #[arg(long)]
     nchw: bool,
@@ -141,12 +162,15 @@ pub struct BenchArgs {
     /// Input side in pixels
     #[arg(long, default_value_t = 32)]
     size: i64,
-    /// Write summary.json here
+    /// Write summary.json here (with --recipe: runs.json and each run's metrics)
     #[arg(long)]
     out: Option<PathBuf>,
 }
 
 pub fn bench(a: BenchArgs) -> Result<()> {
+    if let Some(recipe) = &a.recipe {
+        return bench_recipe(recipe, &a);
+    }
     if a.supcon {
         let rate = bench::supcon_rate(1024, a.steps, a.warmup);
         println!(
@@ -163,7 +187,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         warmup: a.warmup,
         size: a.size,
         classes: 10,
-        device: train::parse_device(&a.device)?,
+        device: train::parse_device(a.device.as_deref().unwrap_or("cpu"))?,
         channels_last: !a.nchw,
     };
     if a.pretrain {
@@ -205,6 +229,55 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if let Some(out) = a.out {
         std::fs::create_dir_all(&out)?;
         metrics::write_json(&out.join("summary.json"), &r)?;
+    }
+    Ok(())
+}
+
+fn bench_recipe(recipe: &str, a: &BenchArgs) -> Result<()> {
+    let mut sets = Vec::new();
+    if let Some(d) = &a.data {
+        sets.push(format!("data.source={}", super::train::quoted(d)));
+    }
+    if let Some(d) = &a.device {
+        sets.push(format!("train.device={}", super::train::quoted(d)));
+    }
+    sets.extend(a.sets.iter().cloned());
+    let cfg = config::load(Some(recipe), &sets)?;
+    let device = train::parse_device(&cfg.train.device)?;
+    if let tch::Device::Cuda(i) = device {
+        println!(
+            "device: cuda:{i} ({} GPU(s) visible)",
+            tch::Cuda::device_count()
+        );
+    }
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("bench-{recipe}")));
+    let runs = bench::recipe_runs(
+        &cfg,
+        (a.warmup_runs, a.runs),
+        a.target,
+        &out,
+        train::progress::wanted(),
+    )?;
+    metrics::write_json(&out.join("runs.json"), &runs)?;
+    let accs: Vec<f64> = runs.iter().map(|r| r.accuracy).collect();
+    let secs: Vec<f64> = runs.iter().map(|r| r.seconds).collect();
+    let (acc, sd) = bench::mean_sd(&accs);
+    let (seconds, _) = bench::mean_sd(&secs);
+    println!(
+        "recipe: acc={acc:.4} sd={sd:.4} seconds={seconds:.3} runs={}",
+        runs.len()
+    );
+    let mut reached: Vec<f64> = runs.iter().filter_map(|r| r.time_to_target).collect();
+    if !reached.is_empty() {
+        reached.sort_by(f64::total_cmp);
+        println!(
+            "time_to_{:.0}: {:.2}",
+            100.0 * a.target,
+            reached[reached.len() / 2]
+        );
     }
     Ok(())
 }

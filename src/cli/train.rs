@@ -83,7 +83,7 @@ impl TrainArgs {
         RunOptions {
             resume: self.resume,
             progress: train::progress::wanted(),
-            stop_after: None,
+            ..Default::default()
         }
     }
 }

@@ -27,11 +27,28 @@ impl DeviceSplit {
     }
     /// Gathers the images and labels of one batch of indices.
     pub fn batch(&self, index: &[i64]) -> (Tensor, Tensor) {
-        let idx = Tensor::from_slice(index).to_device(self.images.device());
+        self.batch_at(&Tensor::from_slice(index).to_device(self.images.device()))
+    }
+    /// `batch` with the indices already on the device (no host-to-device copy).
+    pub fn batch_at(&self, index: &Tensor) -> (Tensor, Tensor) {
         (
-            self.images.index_select(0, &idx),
-            self.labels.index_select(0, &idx),
+            self.images.index_select(0, index),
+            self.labels.index_select(0, index),
         )
+    }
+    /// Images `from..from + len` in data-set order (a view: no copy, no index upload).
+    pub fn range(&self, from: i64, len: i64) -> (Tensor, Tensor) {
+        (
+            self.images.narrow(0, from, len),
+            self.labels.narrow(0, from, len),
+        )
+    }
+    /// The same tensors, shared (the data is not copied).
+    pub fn share(&self) -> DeviceSplit {
+        DeviceSplit {
+            images: self.images.shallow_clone(),
+            labels: self.labels.shallow_clone(),
+        }
     }
 }
 

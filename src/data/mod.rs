@@ -71,6 +71,13 @@ impl Split {
         let s = self.images.size();
         [s[3], s[1], s[2]]
     }
+    /// The same tensors, shared (nothing is copied).
+    pub fn share(&self) -> Split {
+        Split {
+            images: self.images.shallow_clone(),
+            labels: self.labels.shallow_clone(),
+        }
+    }
     /// The first `n` images (or all of them): deterministic subsets for quick runs.
     pub fn take(&self, n: usize) -> Split {
         let n = n.min(self.len()) as i64;
@@ -159,6 +166,17 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// The same data set, its tensors shared (nothing is copied).
+    pub fn share(&self) -> Dataset {
+        Dataset {
+            name: self.name.clone(),
+            classes: self.classes.clone(),
+            train: self.train.share(),
+            test: self.test.share(),
+            mean: self.mean.clone(),
+            std: self.std.clone(),
+        }
+    }
     /// Builds a data set, checking labels and computing the channel statistics.
     pub fn new(
         name: &str,

@@ -16,9 +16,16 @@ pub struct OptimConfig {
     pub lr: f64,
     pub momentum: f64,
     pub nesterov: bool,
-    /// SGD: L2 added to the gradient (PyTorch's form); AdamW: decoupled. Never applied to
-    /// 1-D parameters (BatchNorm, biases).
+    /// SGD: L2 added to the gradient (PyTorch's form); AdamW: decoupled. Not applied to 1-D
+    /// parameters (BatchNorm, biases) unless `decay_1d`.
     pub weight_decay: f64,
+    /// SGD/LARS: `weight_decay` is the shrink of every weight per step at the schedule's full
+    /// rate, the same whatever the base rate and each parameter's rate scale (airbench's
+    /// decoupled hyperparameters: its decay term `wd / (lr * scale) * w` still enters the
+    /// momentum buffer, so tuning the rate leaves the regularisation alone).
+    pub decoupled_decay: bool,
+    /// Also decay 1-D parameters: BatchNorm shifts and biases (airbench does).
+    pub decay_1d: bool,
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
@@ -41,6 +48,8 @@ impl Default for OptimConfig {
             momentum: 0.9,
             nesterov: true,
             weight_decay: 5e-4,
+            decoupled_decay: false,
+            decay_1d: false,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
@@ -152,7 +161,7 @@ impl Optimizer {
         let params = vars
             .into_iter()
             .map(|(name, tensor)| Param {
-                decay: tensor.dim() > 1,
+                decay: config.decay_1d || tensor.dim() > 1,
                 state: (0..slots).map(|_| tensor.zeros_like()).collect(),
                 name,
                 tensor,
@@ -188,8 +197,14 @@ impl Optimizer {
                 if !grad.defined() || p.lr_scale == 0.0 {
                     continue;
                 }
+                let wd = match (p.decay, c.decoupled_decay) {
+                    (false, _) => 0.0,
+                    (true, false) => c.weight_decay,
+                    // A zero base rate means no step at all, decay included.
+                    (true, true) if c.lr == 0.0 => 0.0,
+                    (true, true) => c.weight_decay / (c.lr * p.lr_scale),
+                };
                 let lr = lr * p.lr_scale;
-                let wd = if p.decay { c.weight_decay } else { 0.0 };
                 match c.name.as_str() {
                     "adamw" => adamw(p, &grad, lr, wd, &c, self.steps),
                     "lars" => lars(p, &grad, lr, wd, &c),

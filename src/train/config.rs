@@ -135,6 +135,8 @@ pub struct ModelConfig {
     /// Set the `whiten` convolution (airnet) to the patch whitening of the first 5,000 training
     /// images and freeze it (airbench).
     pub whiten_init: bool,
+    /// Train the `whiten` convolution's bias for the first N epochs only (airbench: 3); 0: all.
+    pub whiten_bias_epochs: usize,
     /// Dirac (identity) initialisation of the first C_in filters of every 3x3 convolution.
     pub dirac_init: bool,
     /// BatchNorm scales stay at 1 (not trained); only the shifts learn (airbench).
@@ -149,6 +151,7 @@ impl Default for ModelConfig {
             stem: None,
             widths: None,
             whiten_init: false,
+            whiten_bias_epochs: 0,
             dirac_init: false,
             bn_scale_frozen: false,
         }
@@ -214,7 +217,7 @@ impl Default for TrainSettings {
 }
 
 /// Recipes shipped with convkit, usable by name with `--config`.
-pub const RECIPES: [(&str, &str); 6] = [
+pub const RECIPES: [(&str, &str); 8] = [
     ("finetune", include_str!("../../recipes/finetune.toml")),
     (
         "cifar10-supcon",
@@ -228,6 +231,14 @@ pub const RECIPES: [(&str, &str); 6] = [
     (
         "cifar10-fast-cpu",
         include_str!("../../recipes/cifar10-fast-cpu.toml"),
+    ),
+    (
+        "cifar10-airbench",
+        include_str!("../../recipes/cifar10-airbench.toml"),
+    ),
+    (
+        "cifar10-airbench-cpu",
+        include_str!("../../recipes/cifar10-airbench-cpu.toml"),
     ),
     (
         "cifar10-resnet20",

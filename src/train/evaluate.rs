@@ -1,7 +1,7 @@
 //! Evaluation: loss, top-1, top-5, per-class accuracy and the confusion matrix, optionally with
 //! test-time augmentation (mirror, and airbench's one-pixel translations).
 
-use crate::analysis::{Confusion, topk_correct};
+use crate::analysis::{Confusion, topk_hits};
 use crate::augment::Augmenter;
 use crate::data::loader::DeviceSplit;
 use crate::models::{Ctx, Model};
@@ -59,6 +59,8 @@ pub fn predict_logits(model: &Model, x: &Tensor, tta: Tta, autocast: bool) -> Te
     })
 }
 
+/// Loss, accuracy, top-5 and the confusion matrix of `model` on `split`. Per-batch results stay
+/// on the device and are read once at the end (no host sync per batch).
 pub fn evaluate(
     model: &Model,
     split: &DeviceSplit,
@@ -67,27 +69,36 @@ pub fn evaluate(
     tta: Tta,
     autocast: bool,
 ) -> EvalResult {
-    let n = split.len();
+    let n = split.len() as i64;
     let classes = model.spec.classes as usize;
-    let mut confusion = Confusion::new(classes);
-    let (mut loss_sum, mut top5) = (0.0, 0i64);
-    let index: Vec<i64> = (0..n as i64).collect();
-    for idx in index.chunks(batch_size.max(1)) {
-        let (images, labels) = split.batch(idx);
+    let bs = batch_size.max(1) as i64;
+    let (mut sums, mut preds) = (Vec::new(), Vec::new());
+    for from in (0..n).step_by(bs as usize) {
+        let (images, labels) = split.range(from, bs.min(n - from));
         let logits = predict_logits(model, &augmenter.eval_batch(&images), tta, autocast);
         let loss = logits.cross_entropy_loss(&labels, None::<Tensor>, Reduction::Sum, -100, 0.0);
-        loss_sum += loss.double_value(&[]);
-        top5 += topk_correct(&logits, &labels, 5);
-        let pred = Vec::<i64>::try_from(logits.argmax(1, false).to_device(tch::Device::Cpu))
+        let top5 = topk_hits(&logits, &labels, 5).to_kind(Kind::Double);
+        sums.push(Tensor::stack(&[loss.to_kind(Kind::Double), top5], 0));
+        preds.push(logits.argmax(1, false));
+    }
+    let mut confusion = Confusion::new(classes);
+    let (mut loss_sum, mut top5) = (0.0, 0.0);
+    if !sums.is_empty() {
+        let totals =
+            Vec::<f64>::try_from(Tensor::stack(&sums, 0).sum_dim_intlist(0, false, Kind::Double))
+                .unwrap_or_default();
+        (loss_sum, top5) = (totals[0], totals[1]);
+        let pred = Vec::<i64>::try_from(Tensor::cat(&preds, 0).to_device(tch::Device::Cpu))
             .unwrap_or_default();
-        let truth = Vec::<i64>::try_from(labels.to_device(tch::Device::Cpu)).unwrap_or_default();
+        let truth =
+            Vec::<i64>::try_from(split.labels.to_device(tch::Device::Cpu)).unwrap_or_default();
         confusion.add(&truth, &pred);
     }
     let n = n.max(1) as f64;
     EvalResult {
         loss: loss_sum / n,
         accuracy: confusion.accuracy(),
-        top5: top5 as f64 / n,
+        top5: top5 / n,
         confusion,
     }
 }

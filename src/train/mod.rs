@@ -13,7 +13,7 @@ pub mod progress;
 pub use config::Config;
 pub use evaluate::{EvalResult, evaluate};
 
-use crate::augment::Augmenter;
+use crate::augment::{self, Augmenter};
 use crate::data::loader::{self, DeviceSplit};
 use crate::data::{self, DataSpec, Dataset};
 use crate::models::{self, Ctx, Model};
@@ -65,7 +65,8 @@ pub type Result<T> = std::result::Result<T, TrainError>;
 /// `auto` picks the first GPU when libtorch sees one.
 pub fn parse_device(s: &str) -> Result<Device> {
     match s {
-        "auto" => Ok(Device::cuda_if_available()),
+        "auto" if tch::Cuda::is_available() => cuda_device(0),
+        "auto" => Ok(Device::Cpu),
         "cpu" => Ok(Device::Cpu),
         "cuda" | "gpu" => cuda_device(0),
         other => match other
@@ -80,9 +81,12 @@ pub fn parse_device(s: &str) -> Result<Device> {
     }
 }
 
+/// Also turns on cuDNN's autotuner: a run's input sizes are fixed, so the fastest convolution
+/// algorithm is worth finding once.
 fn cuda_device(n: usize) -> Result<Device> {
     let count = tch::Cuda::device_count() as usize;
     if n < count {
+        tch::Cuda::cudnn_set_benchmark(true);
         Ok(Device::Cuda(n))
     } else {
         Err(TrainError::Invalid(format!(
@@ -158,6 +162,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Stop after this many epochs of this invocation (used to test resuming).
     pub stop_after: Option<usize>,
+    /// Write no checkpoint (timed benchmark runs, which are never resumed).
+    pub no_checkpoints: bool,
 }
 
 /// Everything a training run holds while it runs.
@@ -174,6 +180,8 @@ pub struct Trainer {
     pub history: Vec<EpochMetrics>,
     train_seconds: f64,
     pub last_eval: Option<EvalResult>,
+    /// Seconds the last evaluation in `fit` took (test-time augmentation included).
+    pub eval_seconds: f64,
     pub transfer: Option<crate::transfer::TransferSummary>,
     bn_eval: std::rc::Rc<[String]>,
 }
@@ -181,13 +189,29 @@ pub struct Trainer {
 impl Trainer {
     /// Loads data, builds the model and optimiser, and restores a checkpoint when resuming.
     pub fn new(cfg: Config, out: &Path, resume: bool) -> Result<Self> {
+        let device = parse_device(&cfg.train.device)?;
+        let probe = cfg.model.spec(1, 3);
+        let data = load_data(&cfg, probe.default_input_size())?;
+        let splits = (
+            DeviceSplit::new(&data.train, device),
+            DeviceSplit::new(&data.test, device),
+        );
+        Self::with_data(cfg, data, splits, out, resume)
+    }
+
+    /// `new` with the data already loaded and on the device (repeated timed runs).
+    pub fn with_data(
+        cfg: Config,
+        mut data: Dataset,
+        (train, test): (DeviceSplit, DeviceSplit),
+        out: &Path,
+        resume: bool,
+    ) -> Result<Self> {
         crate::util::tune_allocator();
         if cfg.train.threads > 0 {
             tch::set_num_threads(cfg.train.threads as i32);
         }
         let device = parse_device(&cfg.train.device)?;
-        let probe = cfg.model.spec(1, 3);
-        let mut data = load_data(&cfg, probe.default_input_size())?;
         let classes = data.classes.len() as i64;
         if let Some(k) = cfg.model.classes.filter(|k| *k != classes) {
             return Err(TrainError::Invalid(format!(
@@ -203,7 +227,7 @@ impl Trainer {
         if cfg.transfer.is_active() {
             transfer = Some(prepare_transfer(&cfg, &mut data, &mut model, resume)?);
         }
-        structured_init(&cfg, &data, &mut model, resume)?;
+        structured_init(&cfg, &data, &train, &mut model, resume)?;
         if cfg.train.channels_last {
             model.to_channels_last();
         }
@@ -227,8 +251,8 @@ impl Trainer {
         augmenter.resize = cfg.transfer.resize;
         augmenter.seed = cfg.train.seed;
         Ok(Trainer {
-            train: DeviceSplit::new(&data.train, device),
-            test: DeviceSplit::new(&data.test, device),
+            train,
+            test,
             augmenter,
             cfg,
             data,
@@ -239,6 +263,7 @@ impl Trainer {
             history,
             train_seconds,
             last_eval: None,
+            eval_seconds: 0.0,
             transfer,
             bn_eval,
         })
@@ -257,39 +282,53 @@ impl Trainer {
     }
 
     /// Trains one epoch (0-based); returns (mean loss, accuracy, seconds, last lr).
+    ///
+    /// The epoch's order and every image's translation and flip are uploaded once and sliced per
+    /// step, and on a GPU the loss is read once at the end of the epoch: nothing in the step loop
+    /// waits for the device.
     fn train_epoch(&mut self, epoch: usize, progress: bool) -> Result<(f64, f64, f64, f64)> {
+        self.freeze_whiten_bias(epoch);
         let t = &self.cfg.train;
         let (bs, epochs, seed) = (t.batch_size, t.epochs, t.seed);
         let spe = self.steps_per_epoch();
         let total = spe * epochs;
+        let start = Instant::now();
         let order = loader::epoch_order(self.train.len(), seed, epoch);
-        let batches = loader::batches(&order, bs, t.drop_last);
+        let lens: Vec<usize> = loader::batches(&order, bs, t.drop_last)
+            .iter()
+            .map(|b| b.len())
+            .collect();
         let mut rng = StdRng::seed_from_u64(mix_seed(seed, 1_000_000 + epoch as u64));
         self.augmenter.epoch = epoch;
+        let shifts = self
+            .augmenter
+            .draw_shifts(order.len(), Some(&order), &mut rng, self.device);
+        let order = Tensor::from_slice(&order).to_device(self.device);
         let bar = progress::steps_bar(
-            batches.len() as u64,
+            lens.len() as u64,
             format!("epoch {}/{}", epoch + 1, epochs),
             progress,
         );
-        // On a GPU, reading the loss forces a host sync; read it every few steps only.
-        let check_every = if self.device.is_cuda() { 25 } else { 1 };
-        let start = Instant::now();
+        let check_every = if self.device.is_cuda() { usize::MAX } else { 1 };
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
         let mut pending = Tensor::zeros([2], (Kind::Float, self.device));
         let mut lr = self.cfg.optim.lr;
-        for (i, idx) in batches.iter().enumerate() {
+        for (i, &len) in lens.iter().enumerate() {
             let step = epoch * spe + i;
             lr = self.cfg.optim.lr * self.cfg.schedule.factor(step, total, spe);
-            let (loss, hits) = self.train_step(idx, &mut rng, lr);
+            let (from, len) = ((i * bs) as i64, len as i64);
+            let batch = order.narrow(0, from, len);
+            let sh = shifts.as_ref().map(|s| s.narrow(from, len));
+            let (loss, hits) = self.train_step(&batch, sh.as_ref(), &mut rng, lr);
             if let Some(l) = &mut self.optim.lookahead {
                 l.after_step(self.optim.steps, total as i64);
-                if epoch + 1 == epochs && i + 1 == batches.len() {
+                if epoch + 1 == epochs && i + 1 == lens.len() {
                     l.finish();
                 }
             }
-            pending += Tensor::stack(&[loss * idx.len() as f64, hits], 0);
-            seen += idx.len();
-            if (i + 1) % check_every == 0 || i + 1 == batches.len() {
+            pending += Tensor::stack(&[loss * len as f64, hits], 0);
+            seen += len as usize;
+            if (i + 1) % check_every == 0 || i + 1 == lens.len() {
                 let v = Vec::<f64>::try_from(pending.to_kind(Kind::Double)).unwrap_or_default();
                 pending = pending.zero_();
                 if !v[0].is_finite() {
@@ -319,11 +358,34 @@ impl Trainer {
         ))
     }
 
-    /// Augments the batch `idx`, runs forward and backward and updates the weights; returns the
-    /// mean loss and the number of correct predictions (device tensors: no host sync).
-    fn train_step(&mut self, idx: &[i64], rng: &mut StdRng, lr: f64) -> (Tensor, Tensor) {
-        let (images, labels) = self.train.batch(idx);
-        let x = self.augmenter.train_batch_indexed(&images, Some(idx), rng);
+    /// airbench trains the whitening layer's bias for the first `model.whiten_bias_epochs`
+    /// epochs only (its weights stay frozen throughout).
+    fn freeze_whiten_bias(&mut self, epoch: usize) {
+        let n = self.cfg.model.whiten_bias_epochs;
+        if n > 0 && epoch >= n {
+            for p in self
+                .optim
+                .params
+                .iter_mut()
+                .filter(|p| p.name == "whiten.bias")
+            {
+                p.lr_scale = 0.0;
+            }
+        }
+    }
+
+    /// Augments the batch of data-set indices `batch` (on the device) with their drawn
+    /// `shifts`, runs forward and backward and updates the weights; returns the mean loss and
+    /// the number of correct predictions (device tensors: no host sync).
+    fn train_step(
+        &mut self,
+        batch: &Tensor,
+        shifts: Option<&augment::Shifts>,
+        rng: &mut StdRng,
+        lr: f64,
+    ) -> (Tensor, Tensor) {
+        let (images, labels) = self.train.batch_at(batch);
+        let x = self.augmenter.train_batch_shifted(&images, shifts, rng);
         let ctx = Ctx::train_with_bn_eval(self.bn_eval.clone());
         let logits = tch::autocast(self.use_autocast(), || self.model.forward(&x, &ctx));
         let loss = logits.to_kind(Kind::Float).cross_entropy_loss(
@@ -375,7 +437,11 @@ impl Trainer {
                 let Some(&lr) = lrs.get(losses.len()) else {
                     break 'outer;
                 };
-                let (loss, _) = self.train_step(idx, &mut rng, lr);
+                let batch = Tensor::from_slice(idx).to_device(self.device);
+                let shifts =
+                    self.augmenter
+                        .draw_shifts(idx.len(), Some(idx), &mut rng, self.device);
+                let (loss, _) = self.train_step(&batch, shifts.as_ref(), &mut rng, lr);
                 losses.push(loss.double_value(&[]));
                 bar.inc(1);
                 if stop(&losses) {
@@ -446,7 +512,11 @@ impl Trainer {
             self.train_seconds += secs;
             let every = self.cfg.train.eval_every;
             let last = epoch + 1 == self.cfg.train.epochs;
+            let eval_start = Instant::now();
             let eval = (last || (every > 0 && (epoch + 1) % every == 0)).then(|| self.evaluate());
+            if eval.is_some() {
+                self.eval_seconds = eval_start.elapsed().as_secs_f64();
+            }
             let test = |f: fn(&EvalResult) -> f64| eval.as_ref().map_or(f64::NAN, f);
             let m = EpochMetrics {
                 epoch: epoch + 1,
@@ -484,6 +554,9 @@ impl Trainer {
                 self.last_eval = eval;
             }
             metrics::write_jsonl(&self.out.join("metrics.jsonl"), &self.history)?;
+            if opts.no_checkpoints {
+                continue;
+            }
             let ck = self.out.join("checkpoints").join("last.safetensors");
             checkpoint::save(
                 &ck,
@@ -557,7 +630,14 @@ pub fn batchnorm_options(cfg: &Config, model: &Model) -> Result<Optimizer> {
 
 /// `model.whiten_init` and `model.dirac_init` (airbench's initialisations). The whitening
 /// layer stays frozen on resume too; its weights then come from the checkpoint.
-fn structured_init(cfg: &Config, data: &Dataset, model: &mut Model, resume: bool) -> Result<()> {
+/// The whitening is computed on the device from the training images already there.
+fn structured_init(
+    cfg: &Config,
+    data: &Dataset,
+    train: &DeviceSplit,
+    model: &mut Model,
+    resume: bool,
+) -> Result<()> {
     let vars = model.vs.variables();
     if cfg.model.whiten_init {
         let mut w = vars
@@ -570,8 +650,10 @@ fn structured_init(cfg: &Config, data: &Dataset, model: &mut Model, resume: bool
                 ))
             })?;
         if !resume {
-            let aug = Augmenter::new(vec![], &data.mean, &data.std, Device::Cpu);
-            let sample = aug.eval_batch(&data.train.take(5000).images);
+            let device = train.images.device();
+            let aug = Augmenter::new(vec![], &data.mean, &data.std, device);
+            let (first, _) = train.range(0, train.len().min(5000) as i64);
+            let sample = aug.eval_batch(&first);
             let k = w.size()[2];
             let whitening = crate::models::init::patch_whitening(&sample, k, 5e-4);
             if whitening.size() != w.size() {
