@@ -26,11 +26,15 @@ median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{print (NR%2)?a[(NR
 wanted() { [[ ",$sections," == *",$1,"* ]]; }
 
 # compare NAME "convkit args" "pytorch args": medians of the `NAME:` value of both; sets mo, mt.
+# Each side's full output goes to runs/compare-cpu/NAME-{convkit,pytorch}-ROUND.txt.
 compare() {
-  local name="$1" ours=() theirs=()
+  local name="$1" ours=() theirs=() log=runs/compare-cpu
+  mkdir -p "$log"
   for i in $(seq "$rounds"); do
-    ours+=("$("$ck" bench $2 | awk -v k="$name:" '$1==k{print $2}')")
-    theirs+=("$("$py" "${reference:-bench/pytorch_reference.py}" $3 --threads "$threads" | awk -v k="$name:" '$1==k{print $2}')")
+    "$ck" bench $2 > "$log/$name-convkit-$i.txt"
+    ours+=("$(awk -v k="$name:" '$1==k{print $2}' "$log/$name-convkit-$i.txt")")
+    "$py" "${reference:-bench/pytorch_reference.py}" $3 --threads "$threads" > "$log/$name-pytorch-$i.txt"
+    theirs+=("$(awk -v k="$name:" '$1==k{print $2}' "$log/$name-pytorch-$i.txt")")
     echo "round $i $name: convkit ${ours[-1]}, pytorch ${theirs[-1]}"
   done
   mo=$(median "${ours[@]}"); mt=$(median "${theirs[@]}")
