@@ -9,6 +9,19 @@ mod transfer;
 
 use clap::{Parser, Subcommand};
 
+/// `section.key=value` config overrides collected from optional command-line flags.
+#[derive(Debug, Default)]
+pub struct Overrides(pub Vec<String>);
+
+impl Overrides {
+    /// Adds `key=value` when the flag was given.
+    pub fn set(&mut self, key: &str, value: Option<String>) {
+        if let Some(v) = value {
+            self.0.push(format!("{key}={v}"));
+        }
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "convkit",

@@ -234,15 +234,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
 }
 
 fn bench_recipe(recipe: &str, a: &BenchArgs) -> Result<()> {
-    let mut sets = Vec::new();
-    if let Some(d) = &a.data {
-        sets.push(format!("data.source={}", super::train::quoted(d)));
-    }
-    if let Some(d) = &a.device {
-        sets.push(format!("train.device={}", super::train::quoted(d)));
-    }
-    sets.extend(a.sets.iter().cloned());
-    let cfg = config::load(Some(recipe), &sets)?;
+    let mut sets = super::Overrides::default();
+    sets.set("data.source", a.data.as_deref().map(super::train::quoted));
+    sets.set("train.device", a.device.as_deref().map(super::train::quoted));
+    sets.0.extend(a.sets.iter().cloned());
+    let cfg = config::load(Some(recipe), &sets.0)?;
     let device = train::parse_device(&cfg.train.device)?;
     if let tch::Device::Cuda(i) = device {
         println!(

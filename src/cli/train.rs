@@ -56,25 +56,20 @@ pub fn quoted(s: &str) -> String {
 
 impl TrainArgs {
     pub fn overrides(&self) -> Vec<String> {
-        let mut o = Vec::new();
-        let mut push = |k: &str, v: Option<String>| {
-            if let Some(v) = v {
-                o.push(format!("{k}={v}"));
-            }
-        };
-        push("data.source", self.data.as_deref().map(quoted));
-        push("data.format", self.format.as_deref().map(quoted));
-        push("model.name", self.model.as_deref().map(quoted));
-        push("train.epochs", self.epochs.map(|v| v.to_string()));
-        push("train.batch_size", self.batch_size.map(|v| v.to_string()));
-        push("optim.lr", self.lr.map(|v| format!("{v:?}")));
-        push("train.seed", self.seed.map(|v| v.to_string()));
-        push("train.device", self.device.as_deref().map(quoted));
-        push("data.train_limit", self.train_limit.map(|v| v.to_string()));
-        push("data.val_split", self.val_split.map(|v| format!("{v:?}")));
-        o.extend(self.transfer.overrides());
-        o.extend(self.sets.iter().cloned());
-        o
+        let mut o = super::Overrides::default();
+        o.set("data.source", self.data.as_deref().map(quoted));
+        o.set("data.format", self.format.as_deref().map(quoted));
+        o.set("model.name", self.model.as_deref().map(quoted));
+        o.set("train.epochs", self.epochs.map(|v| v.to_string()));
+        o.set("train.batch_size", self.batch_size.map(|v| v.to_string()));
+        o.set("optim.lr", self.lr.map(|v| format!("{v:?}")));
+        o.set("train.seed", self.seed.map(|v| v.to_string()));
+        o.set("train.device", self.device.as_deref().map(quoted));
+        o.set("data.train_limit", self.train_limit.map(|v| v.to_string()));
+        o.set("data.val_split", self.val_split.map(|v| format!("{v:?}")));
+        o.0.extend(self.transfer.overrides());
+        o.0.extend(self.sets.iter().cloned());
+        o.0
     }
 }
 

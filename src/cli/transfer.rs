@@ -49,31 +49,26 @@ pub struct TransferArgs {
 
 impl TransferArgs {
     pub fn overrides(&self) -> Vec<String> {
-        let mut o = Vec::new();
-        let mut push = |k: &str, v: Option<String>| {
-            if let Some(v) = v {
-                o.push(format!("{k}={v}"));
-            }
-        };
+        let mut o = super::Overrides::default();
         let list = |v: &[String]| (!v.is_empty()).then(|| format!("{v:?}"));
-        push("transfer.weights", self.weights.as_deref().map(quoted));
-        push("transfer.strict", self.strict.map(|v| v.to_string()));
-        push("transfer.freeze", list(&self.freeze));
-        push("transfer.freeze_to", self.freeze_to.map(|v| v.to_string()));
-        push("transfer.train_bn", self.train_bn.map(|v| v.to_string()));
-        push("transfer.lr_mult", self.lr_mult.map(|v| format!("{v:?}")));
-        push(
+        o.set("transfer.weights", self.weights.as_deref().map(quoted));
+        o.set("transfer.strict", self.strict.map(|v| v.to_string()));
+        o.set("transfer.freeze", list(&self.freeze));
+        o.set("transfer.freeze_to", self.freeze_to.map(|v| v.to_string()));
+        o.set("transfer.train_bn", self.train_bn.map(|v| v.to_string()));
+        o.set("transfer.lr_mult", self.lr_mult.map(|v| format!("{v:?}")));
+        o.set(
             "transfer.lr_groups",
             (!self.lr_groups.is_empty()).then(|| format!("{:?}", self.lr_groups)),
         );
-        push(
+        o.set(
             "transfer.layer_decay",
             self.layer_decay.map(|v| format!("{v:?}")),
         );
-        push("transfer.resize", self.resize.map(|v| v.to_string()));
-        push("model.classes", self.classes.map(|v| v.to_string()));
-        push("transfer.normalise", self.normalise.as_deref().map(quoted));
-        o
+        o.set("transfer.resize", self.resize.map(|v| v.to_string()));
+        o.set("model.classes", self.classes.map(|v| v.to_string()));
+        o.set("transfer.normalise", self.normalise.as_deref().map(quoted));
+        o.0
     }
 }
 

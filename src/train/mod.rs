@@ -359,18 +359,18 @@ impl Trainer {
     }
 
     /// airbench trains the whitening layer's bias for the first `model.whiten_bias_epochs`
-    /// epochs only (its weights stay frozen throughout).
+    /// epochs only (its weights stay frozen throughout). Frozen means no gradient at all, so
+    /// backward also skips the first convolution's input gradient from then on.
     fn freeze_whiten_bias(&mut self, epoch: usize) {
         let n = self.cfg.model.whiten_bias_epochs;
-        if n > 0 && epoch >= n {
-            for p in self
-                .optim
-                .params
-                .iter_mut()
-                .filter(|p| p.name == "whiten.bias")
-            {
-                p.lr_scale = 0.0;
-            }
+        if n == 0 || epoch < n {
+            return;
+        }
+        if let Some(bias) = self.model.vs.variables().get("whiten.bias") {
+            let _ = bias.set_requires_grad(false);
+        }
+        for p in self.optim.params.iter_mut().filter(|p| p.name == "whiten.bias") {
+            p.lr_scale = 0.0;
         }
     }
 
