@@ -236,7 +236,10 @@ pub fn bench(a: BenchArgs) -> Result<()> {
 fn bench_recipe(recipe: &str, a: &BenchArgs) -> Result<()> {
     let mut sets = super::Overrides::default();
     sets.set("data.source", a.data.as_deref().map(super::train::quoted));
-    sets.set("train.device", a.device.as_deref().map(super::train::quoted));
+    sets.set(
+        "train.device",
+        a.device.as_deref().map(super::train::quoted),
+    );
     sets.0.extend(a.sets.iter().cloned());
     let cfg = config::load(Some(recipe), &sets.0)?;
     let device = train::parse_device(&cfg.train.device)?;

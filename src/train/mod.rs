@@ -369,7 +369,12 @@ impl Trainer {
         if let Some(bias) = self.model.vs.variables().get("whiten.bias") {
             let _ = bias.set_requires_grad(false);
         }
-        for p in self.optim.params.iter_mut().filter(|p| p.name == "whiten.bias") {
+        for p in self
+            .optim
+            .params
+            .iter_mut()
+            .filter(|p| p.name == "whiten.bias")
+        {
             p.lr_scale = 0.0;
         }
     }
