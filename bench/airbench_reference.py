@@ -161,6 +161,10 @@ class Data:
         self.train_labels = torch.from_numpy(ytr).to(device)
         self.test = self.normalise(torch.from_numpy(xte).to(device))
         self.test_labels = torch.from_numpy(yte).to(device)
+        # The whitening sample: 5,000 training images in a fixed random order (the folder is
+        # read class by class; airbench's first 5,000 of CIFAR's own order are mixed classes).
+        order = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(0))
+        self.whitening_sample = order[:5000].to(device)
 
     def normalise(self, u8):
         x = (u8.permute(0, 3, 1, 2).float() / 255 - self.mean) / self.std
@@ -234,7 +238,7 @@ def train_once(a, data, seed):
 
     sync(device)
     t0 = time.perf_counter()
-    init_whitening(net[0], data.normalise(data.train_u8[:5000]))
+    init_whitening(net[0], data.normalise(data.train_u8[data.whitening_sample]))
     lookahead = Lookahead(net)
     first_flip = torch.rand(n, device=device) < 0.5
     sync(device)
