@@ -105,8 +105,9 @@ def make_net(widths, device, half):
     net[0].weight.requires_grad = False
     net = net.to(device).to(memory_format=torch.channels_last)
     for m in net.modules():
-        if half and not isinstance(m, BatchNorm):
-            m.half()
+        # airbench's order: containers go to half first, then each BatchNorm back to float.
+        if half:
+            m.float() if isinstance(m, BatchNorm) else m.half()
         if isinstance(m, nn.Conv2d) and m is not net[0]:
             w = m.weight.data
             nn.init.dirac_(w[: w.size(1)])

@@ -116,7 +116,8 @@ impl Network for Net8 {
 
 /// An airbench-style net (Jordan 2024): 2x2 conv + GELU, then per width
 /// conv3x3 -> max-pool 2 -> BN -> GELU -> conv3x3 -> BN -> GELU; global max pool; a linear head
-/// without bias scaled by 1/9. (Whitening initialisation and lookahead are separate pieces.)
+/// without bias scaled by 1/9; PyTorch's default initialisation, as airbench. (Whitening
+/// initialisation and lookahead are separate pieces.)
 #[derive(Debug)]
 pub struct AirNet {
     whiten: Conv,
@@ -125,7 +126,7 @@ pub struct AirNet {
 }
 
 pub fn airnet(p: &nn::Path, in_ch: i64, classes: i64, widths: &[i64]) -> AirNet {
-    let whiten = Conv::new(p, "whiten", (in_ch, 24), 2, 1, 0, true);
+    let whiten = Conv::pytorch_default(p, "whiten", (in_ch, 24), (2, 1, 0), true);
     let mut cin = 24;
     let groups = widths
         .iter()
@@ -134,9 +135,9 @@ pub fn airnet(p: &nn::Path, in_ch: i64, classes: i64, widths: &[i64]) -> AirNet 
             let gp = p / "groups" / i;
             // airbench's BatchNorm: momentum 0.6 in its convention = 0.4 in PyTorch's.
             let g = (
-                Conv::new(&gp, "conv1", (cin, w), 3, 1, 1, false),
+                Conv::pytorch_default(&gp, "conv1", (cin, w), (3, 1, 1), false),
                 Bn::with(&gp, "bn1", w, 0.4, 1e-12),
-                Conv::new(&gp, "conv2", (w, w), 3, 1, 1, false),
+                Conv::pytorch_default(&gp, "conv2", (w, w), (3, 1, 1), false),
                 Bn::with(&gp, "bn2", w, 0.4, 1e-12),
             );
             cin = w;

@@ -101,21 +101,59 @@ impl Conv {
     pub fn new(
         p: &nn::Path,
         name: &str,
-        (cin, cout): (i64, i64),
+        channels: (i64, i64),
         kernel: i64,
         stride: i64,
         padding: i64,
         bias: bool,
     ) -> Self {
+        let init = nn::Init::Kaiming {
+            dist: nn::init::NormalOrUniform::Normal,
+            fan: nn::init::FanInOut::FanOut,
+            non_linearity: nn::init::NonLinearity::ReLU,
+        };
+        Self::with_init(p, name, channels, (kernel, stride, padding), bias, init)
+    }
+
+    /// PyTorch's own `nn.Conv2d` initialisation (Kaiming uniform with a = sqrt(5): weights and
+    /// bias uniform in +-1/sqrt(fan_in)), which airbench keeps. Behind BatchNorm only the
+    /// weights' direction matters, but their size sets the effective step: torchvision's init
+    /// makes airnet's weights 1.7-2.4x larger, so each SGD step turns them less.
+    pub fn pytorch_default(
+        p: &nn::Path,
+        name: &str,
+        (cin, cout): (i64, i64),
+        (kernel, stride, padding): (i64, i64, i64),
+        bias: bool,
+    ) -> Self {
+        let init = nn::Init::Kaiming {
+            dist: nn::init::NormalOrUniform::Uniform,
+            fan: nn::init::FanInOut::FanIn,
+            non_linearity: nn::init::NonLinearity::ExplicitGain(1.0 / 3f64.sqrt()),
+        };
+        let mut conv = Self::with_init(p, name, (cin, cout), (kernel, stride, padding), bias, init);
+        if let Some(b) = &mut conv.inner.bs {
+            let bound = 1.0 / ((cin * kernel * kernel) as f64).sqrt();
+            tch::no_grad(|| {
+                let _ = b.uniform_(-bound, bound);
+            });
+        }
+        conv
+    }
+
+    fn with_init(
+        p: &nn::Path,
+        name: &str,
+        (cin, cout): (i64, i64),
+        (kernel, stride, padding): (i64, i64, i64),
+        bias: bool,
+        ws_init: nn::Init,
+    ) -> Self {
         let cfg = nn::ConvConfig {
             stride,
             padding,
             bias,
-            ws_init: nn::Init::Kaiming {
-                dist: nn::init::NormalOrUniform::Normal,
-                fan: nn::init::FanInOut::FanOut,
-                non_linearity: nn::init::NonLinearity::ReLU,
-            },
+            ws_init,
             ..Default::default()
         };
         Conv {
