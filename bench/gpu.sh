@@ -24,8 +24,8 @@ if [ "${1:-}" = "prepare" ]; then
   readelf -d target/release/convkit | grep -q libtorch_cuda ||
     { echo "gpu.sh: target/release/convkit does not link libtorch_cuda" >&2; exit 1; }
   mkdir -p "$carry"
-  cp target/release/convkit "$carry/convkit"
-  cp "$zip" "$carry/cifar10-jpeg.zip"
+  install -m 755 target/release/convkit "$carry/convkit"
+  install -m 644 "$zip" "$carry/cifar10-jpeg.zip"
   du -sh "$carry"
   exit 0
 fi
