@@ -223,14 +223,6 @@ pub struct RecipeRun {
     pub epochs: Vec<(f64, f64)>,
 }
 
-/// Mean and sample standard deviation.
-pub fn mean_sd(v: &[f64]) -> (f64, f64) {
-    let n = v.len().max(1) as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-    (mean, var.sqrt())
-}
-
 /// Runs `cfg` `runs` times (seeds 0..runs) from data loaded once and kept on the device, after
 /// `warmup` untimed runs (seeds from 1000; cuDNN autotuning, as airbench warms up); each run
 /// writes its metrics under `out/run-<seed>` (no checkpoints).

@@ -64,6 +64,18 @@ pub fn tensor_bytes(t: &tch::Tensor) -> Vec<u8> {
 }
 
 /// Human-readable seconds: "42.1 s" or "3 min 05 s".
+/// Mean and sample standard deviation (0 for fewer than two values; mean 0 for none).
+pub fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
 pub fn fmt_seconds(s: f64) -> String {
     if s < 60.0 {
         format!("{s:.1} s")
@@ -100,4 +112,16 @@ pub fn tune_allocator() {
 /// never finished is treated like an absent one).
 pub fn read_json<T: for<'de> serde::Deserialize<'de>>(path: &Path) -> Option<T> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mean_and_sample_sd_by_hand() {
+        // Mean 5; squared deviations 9 + 1 + 1 + 9 = 20 over n - 1 = 3.
+        let (m, sd) = super::mean_sd(&[2.0, 4.0, 6.0, 8.0]);
+        assert_eq!(m, 5.0);
+        assert!((sd - (20.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        assert_eq!(super::mean_sd(&[3.0]), (3.0, 0.0));
+    }
 }

@@ -263,8 +263,8 @@ fn bench_recipe(recipe: &str, a: &BenchArgs) -> Result<()> {
     metrics::write_json(&out.join("runs.json"), &runs)?;
     let accs: Vec<f64> = runs.iter().map(|r| r.accuracy).collect();
     let secs: Vec<f64> = runs.iter().map(|r| r.seconds).collect();
-    let (acc, sd) = bench::mean_sd(&accs);
-    let (seconds, _) = bench::mean_sd(&secs);
+    let (acc, sd) = crate::util::mean_sd(&accs);
+    let (seconds, _) = crate::util::mean_sd(&secs);
     println!(
         "recipe: acc={acc:.4} sd={sd:.4} seconds={seconds:.3} runs={}",
         runs.len()

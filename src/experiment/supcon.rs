@@ -15,7 +15,7 @@ use super::{Prior, Table, prior, write_report};
 use crate::contrastive::{embed, pretrain};
 use crate::train::{self, Config, Result, TrainSummary, config, metrics};
 use crate::transfer::finetune::{self, FinetuneSummary, Strategy};
-use crate::util::fmt_seconds;
+use crate::util::{fmt_seconds, mean_sd};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -269,17 +269,6 @@ fn method_label(m: &str) -> String {
         "cross-entropy" => m.to_string(),
         other => format!("{other} + linear probe"),
     }
-}
-
-fn mean_sd(v: &[f64]) -> (f64, f64) {
-    let n = v.len().max(1) as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 {
-        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (mean, var.sqrt())
 }
 
 pub fn run(spec: &Spec, out: &Path) -> Result<Summary> {
