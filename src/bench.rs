@@ -234,12 +234,8 @@ pub fn recipe_runs(
     progress: bool,
 ) -> crate::train::Result<Vec<RecipeRun>> {
     use crate::train::{self, RunOptions, Trainer};
-    let device = train::parse_device(&cfg.train.device)?;
-    let data = train::load_data(cfg, cfg.model.spec(1, 3).default_input_size())?;
-    let on_device = (
-        DeviceSplit::new(&data.train, device),
-        DeviceSplit::new(&data.test, device),
-    );
+    let (data, on_device) = train::load_onto_device(cfg)?;
+    let device = on_device.0.images.device();
     let opts = RunOptions {
         progress,
         no_checkpoints: true,

@@ -154,6 +154,17 @@ pub fn load_data(cfg: &Config, default_size: i64) -> Result<Dataset> {
     Ok(ds)
 }
 
+/// The data a config names, and its splits moved to the config's device.
+pub fn load_onto_device(cfg: &Config) -> Result<(Dataset, (DeviceSplit, DeviceSplit))> {
+    let device = parse_device(&cfg.train.device)?;
+    let data = load_data(cfg, cfg.model.spec(1, 3).default_input_size())?;
+    let splits = (
+        DeviceSplit::new(&data.train, device),
+        DeviceSplit::new(&data.test, device),
+    );
+    Ok((data, splits))
+}
+
 /// Options of one training invocation.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -189,17 +200,12 @@ pub struct Trainer {
 impl Trainer {
     /// Loads data, builds the model and optimiser, and restores a checkpoint when resuming.
     pub fn new(cfg: Config, out: &Path, resume: bool) -> Result<Self> {
-        let device = parse_device(&cfg.train.device)?;
-        let probe = cfg.model.spec(1, 3);
-        let data = load_data(&cfg, probe.default_input_size())?;
-        let splits = (
-            DeviceSplit::new(&data.train, device),
-            DeviceSplit::new(&data.test, device),
-        );
+        let (data, splits) = load_onto_device(&cfg)?;
         Self::with_data(cfg, data, splits, out, resume)
     }
 
-    /// `new` with the data already loaded and on the device (repeated timed runs).
+    /// `new` with the data already loaded and on the device (repeated timed runs); the run
+    /// trains on the device that holds `train`.
     pub fn with_data(
         cfg: Config,
         mut data: Dataset,
@@ -211,7 +217,7 @@ impl Trainer {
         if cfg.train.threads > 0 {
             tch::set_num_threads(cfg.train.threads as i32);
         }
-        let device = parse_device(&cfg.train.device)?;
+        let device = train.images.device();
         let classes = data.classes.len() as i64;
         if let Some(k) = cfg.model.classes.filter(|k| *k != classes) {
             return Err(TrainError::Invalid(format!(
