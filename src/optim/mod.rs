@@ -97,13 +97,7 @@ pub struct Lookahead {
 
 impl Lookahead {
     pub fn new(vs: &nn::VarStore, every: usize, base: f64) -> Self {
-        let mut vars: Vec<(String, Tensor)> = vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.is_floating_point())
-            .collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let pairs = vars
+        let pairs = sorted_variables(vs, Tensor::is_floating_point)
             .into_iter()
             .map(|(n, t)| {
                 let slow = tch::no_grad(|| t.detach().copy());
@@ -136,6 +130,17 @@ impl Lookahead {
     }
 }
 
+/// The variables of `vs` that `keep` accepts, sorted by name (a stable order for checkpoints).
+fn sorted_variables(vs: &nn::VarStore, keep: impl Fn(&Tensor) -> bool) -> Vec<(String, Tensor)> {
+    let mut vars: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| keep(t))
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum OptimError {
     #[error("unknown optimiser '{0}' (sgd, adamw or lars)")]
@@ -152,13 +157,7 @@ impl Optimizer {
             "adamw" => 2,
             other => return Err(OptimError::Unknown(other.to_string())),
         };
-        let mut vars: Vec<(String, Tensor)> = vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let params = vars
+        let params = sorted_variables(vs, Tensor::requires_grad)
             .into_iter()
             .map(|(name, tensor)| Param {
                 decay: config.decay_1d || tensor.dim() > 1,
