@@ -250,6 +250,35 @@ fn command_line_train_eval_predict_summary() {
         !ok && err.contains("no-such-recipe") && err.contains("cifar10-fast-cpu"),
         "{err}"
     );
+    let recipe = [
+        "bench",
+        "--recipe",
+        "cifar10-airbench-cpu",
+        "--data",
+        "synthetic",
+    ];
+    let (ok, _, err) = convkit(&[&recipe[..], &["--runs", "0"]].concat());
+    assert!(!ok && err.contains("--runs 0"), "{err}");
+    let (ok, _, err) = convkit(&[&recipe[..], &["--target", "80"]].concat());
+    assert!(
+        !ok && err.contains("--target 80") && err.contains("0.8"),
+        "{err}"
+    );
+    let (ok, _, err) = convkit(&[
+        "train",
+        "--data",
+        "synthetic",
+        "--model",
+        "resnet20",
+        "--set",
+        "model.whiten_init=true",
+        "--out",
+        common::temp_dir("no-whiten").to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("model.whiten_init") && err.contains("resnet20 has no `whiten`"),
+        "{err}"
+    );
 }
 
 /// The JPEG CIFAR-10 copy: `$CONVKIT_CIFAR10_JPEG`, else ../shared/data/cifar10-jpeg.

@@ -234,6 +234,15 @@ pub fn bench(a: BenchArgs) -> Result<()> {
 }
 
 fn bench_recipe(recipe: &str, a: &BenchArgs) -> Result<()> {
+    if a.runs == 0 {
+        bail!("--runs 0: --recipe needs at least one timed run");
+    }
+    if !(0.0..=1.0).contains(&a.target) {
+        bail!(
+            "--target {}: an accuracy between 0 and 1 (0.8 for 80%)",
+            a.target
+        );
+    }
     let mut sets = super::Overrides::default();
     sets.set("data.source", a.data.as_deref().map(super::train::quoted));
     sets.set(
