@@ -20,6 +20,11 @@ if ! have_torch; then
   "$py" -m pip install --quiet --disable-pip-version-check "torch==$want" numpy
 fi
 have_torch || { echo "setup: torch $want is not importable from $py" >&2; exit 1; }
+# Pillow: the tests' reference for image decoding (EXIF orientation) and their picture fixtures.
+if ! "$py" -c "import PIL" 2>/dev/null; then
+  echo "setup: installing pillow from PyPI into .venv (for the tests' fixtures)" >&2
+  "$py" -m pip install --quiet --disable-pip-version-check pillow
+fi
 
 torch_dir="$("$py" -c 'import torch,os;print(os.path.dirname(torch.__file__))')"
 abi="$("$py" -c 'import torch;print(int(torch._C._GLIBCXX_USE_CXX11_ABI))')"

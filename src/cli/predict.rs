@@ -5,7 +5,7 @@ use crate::data::folder::load_image;
 use crate::data::loader::DeviceSplit;
 use crate::train::evaluate::predict_logits;
 use crate::train::{self, Config, checkpoint, metrics};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -47,17 +47,20 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     }
     cfg.data.train_limit = Some(1);
     let data = train::load_data(&cfg, ck.meta.image_size)?;
-    if data.classes.len() != ck.meta.classes.len() {
-        bail!(
-            "{}: the model knows {} classes, the data {} has {}",
+    // Other data may hold the model's classes in another order, or only some of them.
+    let map = crate::data::class_map(&data.classes, &ck.meta.classes).with_context(|| {
+        format!(
+            "{}: cannot evaluate on {}",
             ck.path.display(),
-            ck.meta.classes.len(),
-            cfg.data.source,
-            data.classes.len()
-        );
-    }
+            cfg.data.source
+        )
+    })?;
+    let present: Vec<bool> = (0..ck.meta.classes.len() as i64)
+        .map(|c| map.contains(&c))
+        .collect();
+    let test_split = data.test.relabel(&map);
     let aug = Augmenter::new(vec![], &ck.meta.mean, &ck.meta.std, device);
-    let test = DeviceSplit::new(&data.test, device);
+    let test = DeviceSplit::new(&test_split, device);
     let r = train::evaluate(
         &model,
         &test,
@@ -79,6 +82,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         .iter()
         .cloned()
         .zip(r.confusion.per_class_accuracy())
+        .zip(&present)
+        .filter_map(|(row, here)| here.then_some(row))
         .collect();
     for (c, acc) in &per_class {
         println!("  {c:<16} {:.1}%", 100.0 * acc);

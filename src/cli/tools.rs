@@ -67,6 +67,12 @@ enum DataCommand {
         format: Option<String>,
         #[arg(long, default_value_t = 32)]
         image_size: u32,
+        /// Share of a single class tree held out as the test split (image folders)
+        #[arg(long, default_value_t = 0.1)]
+        val_split: f64,
+        /// Leave out image files that do not decode (listed) instead of failing
+        #[arg(long)]
+        skip_broken: bool,
     },
 }
 
@@ -83,6 +89,8 @@ pub fn data(a: DataArgs) -> Result<()> {
             source,
             format,
             image_size,
+            val_split,
+            skip_broken,
         } => {
             let mut spec = DataSpec::new(&source);
             spec.format = format
@@ -91,6 +99,8 @@ pub fn data(a: DataArgs) -> Result<()> {
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
             spec.image_size = image_size;
+            spec.val_split = val_split;
+            spec.skip_broken = skip_broken;
             let t = Instant::now();
             let ds = data::load(&spec)?;
             let s = ds.train.image_shape();
@@ -107,6 +117,9 @@ pub fn data(a: DataArgs) -> Result<()> {
             );
             println!("classes: {}", ds.classes.join(", "));
             println!("mean {:?}\nstd  {:?}", ds.mean, ds.std);
+            for note in &ds.notes {
+                println!("{note}");
+            }
         }
     }
     Ok(())

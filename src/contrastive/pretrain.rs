@@ -210,8 +210,9 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
         DeviceSplit::new(&data.train, device),
         DeviceSplit::new(&data.test, device),
     );
+    train::check_training_size(train_split.len())?;
     let t = &cfg.train;
-    let spe = loader::steps_per_epoch(train_split.len(), t.batch_size, true);
+    let spe = loader::training_steps_per_epoch(train_split.len(), t.batch_size, true);
     let mut trainer = Step {
         model: &model,
         head: &head,
@@ -235,7 +236,7 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
         .map_or(t.epochs, |n| (history.len() + n).min(t.epochs));
     for epoch in history.len()..end {
         let order = loader::epoch_order(train_split.len(), t.seed, epoch);
-        let batches = loader::batches(&order, t.batch_size, true);
+        let batches = loader::training_batches(&order, t.batch_size, true);
         let mut rng = StdRng::seed_from_u64(mix_seed(t.seed, 1_000_000 + epoch as u64));
         let bar = progress::steps_bar(
             batches.len() as u64,

@@ -33,7 +33,10 @@ where
 
 /// The cache file for a source: `<data dir>/decoded/<name>-<key>.safetensors`.
 pub fn cache_file(spec: &DataSpec, source: &Path) -> Result<PathBuf> {
-    let mut listing = format!("v2 {} {} ", spec.image_size, spec.val_split);
+    let mut listing = format!(
+        "v3 {} {} {} ",
+        spec.image_size, spec.val_split, spec.skip_broken
+    );
     append_listing(source, &mut listing)?;
     let key = fnv1a(listing.as_bytes());
     let name = source
@@ -46,26 +49,36 @@ pub fn cache_file(spec: &DataSpec, source: &Path) -> Result<PathBuf> {
         .join(format!("{name}-{key:016x}.safetensors")))
 }
 
+/// Appends `path|size|mtime` of every file under `path` (links followed, each real folder once,
+/// so a link back to a parent cannot loop).
 fn append_listing(path: &Path, out: &mut String) -> Result<()> {
-    let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
-    if meta.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| DataError::io(path, e))?
+    let mut seen = std::collections::HashSet::new();
+    let mut pending = vec![path.to_path_buf()];
+    while let Some(p) = pending.pop() {
+        let meta = std::fs::metadata(&p).map_err(|e| DataError::io(&p, e))?;
+        if !meta.is_dir() {
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            out.push_str(&format!("{}|{}|{}\n", p.display(), meta.len(), mtime));
+            continue;
+        }
+        if !seen.insert(p.canonicalize().map_err(|e| DataError::io(&p, e))?) {
+            continue;
+        }
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(&p)
+            .map_err(|e| DataError::io(&p, e))?
             .flatten()
             .map(|e| e.path())
+            // A link that leads nowhere is no data (the folder reader counts it as skipped).
+            .filter(|e| e.exists())
             .collect();
-        entries.sort();
-        for entry in entries {
-            append_listing(&entry, out)?;
-        }
-    } else {
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        out.push_str(&format!("{}|{}|{}\n", path.display(), meta.len(), mtime));
+        // Reversed so that popping visits them in sorted order.
+        entries.sort_by(|a, b| b.cmp(a));
+        pending.extend(entries);
     }
     Ok(())
 }
@@ -76,6 +89,8 @@ struct CacheMeta {
     classes: Vec<String>,
     mean: Vec<f64>,
     std: Vec<f64>,
+    #[serde(default)]
+    notes: Vec<String>,
 }
 
 pub fn write(file: &Path, ds: &Dataset) -> Result<()> {
@@ -84,6 +99,7 @@ pub fn write(file: &Path, ds: &Dataset) -> Result<()> {
         classes: ds.classes.clone(),
         mean: ds.mean.clone(),
         std: ds.std.clone(),
+        notes: ds.notes.clone(),
     };
     let meta = bytes_tensor(&serde_json::to_vec(&meta).expect("metadata serialises"));
     let tensors = [
@@ -124,5 +140,6 @@ pub fn read(file: &Path) -> Result<Dataset> {
         },
         mean: meta.mean,
         std: meta.std,
+        notes: meta.notes,
     })
 }

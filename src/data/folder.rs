@@ -1,118 +1,465 @@
-//! Image folders: `root/train/<class>/*.{jpg,png}` + `root/test/<class>/...`, or one
-//! `root/<class>/...` tree split by `val_split`. Decoded in parallel, resized (shorter side) and
-//! centre-cropped to a square.
+//! Image folders, found as torchvision's `ImageFolder` finds them and checked more strictly:
+//! `root/train/<class>/...` + `root/test/<class>/...` (`val/`, `valid/` or `validation/` also
+//! serve as the test split), or one `root/<class>/...` tree split by `val_split`.
+//!
+//! Every file under a class folder, in sub-folders too (links followed, each real folder once),
+//! whose extension is one of torchvision's `IMG_EXTENSIONS` (any letter case) is an image of
+//! that class; hidden files and folders (`.DS_Store`, `._photo.png`, `.ipynb_checkpoints/`) and
+//! other files are skipped and counted by kind, so nothing disappears without a word. Images are
+//! decoded in parallel, turned upright by their EXIF orientation (as Pillow's
+//! `ImageOps.exif_transpose`), resized (shorter side) and centre-cropped to a square. A file
+//! that does not decode completely (a JPEG cut off before its end) is an error; every broken
+//! file of the set is listed in one error, or skipped with a warning when `skip_broken` is set.
 
 use super::{DataError, Dataset, Result, Split};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
-const EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "JPG", "JPEG", "PNG"];
+/// torchvision's `IMG_EXTENSIONS`, compared in lower case.
+pub const IMAGE_EXTENSIONS: [&str; 9] = [
+    "jpg", "jpeg", "png", "ppm", "bmp", "pgm", "tif", "tiff", "webp",
+];
+/// Folders that hold the test split when there is no `test/` (ImageNet-style layouts).
+const TEST_FOLDERS: [&str; 4] = ["test", "val", "valid", "validation"];
 /// Fixed so that the train/test split and the subset order never depend on the run's seed.
 const SPLIT_SEED: u64 = 0x5eed;
+/// Broken files named in one error or warning; the rest are counted.
+const LISTED_BROKEN: usize = 20;
 
-pub fn load(root: &Path, size: u32, val_split: f64) -> Result<Dataset> {
-    let (train_dir, test_dir) = (root.join("train"), root.join("test"));
-    let (classes, train_files, test_files) = if train_dir.is_dir() && test_dir.is_dir() {
-        let classes = class_dirs(&train_dir)?;
-        let train = list_images(&train_dir, &classes)?;
-        let test = list_images(&test_dir, &classes)?;
-        (classes, train, test)
-    } else {
-        if !(0.0..1.0).contains(&val_split) || val_split == 0.0 {
-            return Err(DataError::format(
-                root,
-                format!(
-                    "no train/ and test/ folders, and --val-split {val_split} is not in (0, 1)"
-                ),
-            ));
-        }
-        let classes = class_dirs(root)?;
-        let all = list_images(root, &classes)?;
-        let n_test = ((all.len() as f64) * val_split).round() as usize;
-        let mut all = all;
-        all.shuffle(&mut rand::rngs::StdRng::seed_from_u64(SPLIT_SEED));
-        let test = all.split_off(all.len() - n_test);
-        (classes, all, test)
-    };
-    // Both splits in a fixed shuffled order, so that --train-limit / test_limit subsets hold
-    // every class instead of the first classes' folders.
-    let (mut train_files, mut test_files) = (train_files, test_files);
-    train_files.shuffle(&mut rand::rngs::StdRng::seed_from_u64(SPLIT_SEED + 1));
-    test_files.shuffle(&mut rand::rngs::StdRng::seed_from_u64(SPLIT_SEED + 2));
-    let name = root
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "folder".into());
-    let train = decode_all(&train_files, size)?;
-    let test = decode_all(&test_files, size)?;
-    Dataset::new(&name, classes, train, test, root)
+/// How to read an image folder.
+#[derive(Debug, Clone, Copy)]
+pub struct FolderSpec {
+    /// Side of the square every image is resized and centre-cropped to, in pixels.
+    pub size: u32,
+    /// Share of a single class tree held out for testing, in (0, 1).
+    pub val_split: f64,
+    /// Leave out files that do not decode (with a warning listing them) instead of failing.
+    pub skip_broken: bool,
 }
 
-/// Sorted class folder names; every class folder must hold at least one image.
-fn class_dirs(dir: &Path) -> Result<Vec<String>> {
-    let mut classes: Vec<String> = std::fs::read_dir(dir)
-        .map_err(|e| DataError::io(dir, e))?
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .collect();
-    classes.sort();
+/// Whether a path names an image by its extension (case-insensitive).
+pub fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Files passed over while listing a folder, counted by kind (`.txt`, `hidden`, ...).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Skipped(pub BTreeMap<String, usize>);
+
+impl Skipped {
+    fn add(&mut self, kind: impl Into<String>) {
+        *self.0.entry(kind.into()).or_insert(0) += 1;
+    }
+    pub fn total(&self) -> usize {
+        self.0.values().sum()
+    }
+    /// `skipped 4 files that are not images: 2 .txt, 1 hidden file, 1 hidden folder`, or
+    /// nothing when nothing was skipped.
+    pub fn describe(&self) -> Option<String> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let kinds: Vec<String> = self.0.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        Some(format!(
+            "skipped {} entries that are not images: {}",
+            self.total(),
+            kinds.join(", ")
+        ))
+    }
+}
+
+/// The kind a skipped file is counted under: its extension, lower-cased.
+fn file_kind(path: &Path) -> String {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(e) => format!(".{}", e.to_ascii_lowercase()),
+        None => "files without extension".into(),
+    }
+}
+
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
+}
+
+/// The non-hidden entries of a folder, sorted, with whether each is a folder (links followed;
+/// a link that leads nowhere is counted as skipped).
+fn entries(dir: &Path, skipped: &mut Skipped) -> Result<Vec<(PathBuf, bool)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
+        let path = entry.map_err(|e| DataError::io(dir, e))?.path();
+        let Ok(meta) = std::fs::metadata(&path) else {
+            skipped.add("broken links");
+            continue;
+        };
+        if is_hidden(&path) {
+            skipped.add(if meta.is_dir() {
+                "hidden folders"
+            } else {
+                "hidden files"
+            });
+            continue;
+        }
+        out.push((path, meta.is_dir()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Every image file under `dir`, in sub-folders too, sorted. Links are followed and each real
+/// folder is read once, so a link back to a parent cannot loop.
+pub fn walk_images(dir: &Path, skipped: &mut Skipped) -> Result<Vec<PathBuf>> {
+    let mut seen = HashSet::new();
+    let mut images = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let real = d.canonicalize().map_err(|e| DataError::io(&d, e))?;
+        if !seen.insert(real) {
+            skipped.add("repeated folders (links)");
+            continue;
+        }
+        for (path, is_dir) in entries(&d, skipped)? {
+            if is_dir {
+                pending.push(path);
+            } else if is_image(&path) {
+                images.push(path);
+            } else {
+                skipped.add(file_kind(&path));
+            }
+        }
+    }
+    images.sort();
+    Ok(images)
+}
+
+/// Sorted names of the (non-hidden) class folders of `dir`; loose files there are skipped.
+fn class_dirs(dir: &Path, skipped: &mut Skipped) -> Result<Vec<String>> {
+    let mut classes = Vec::new();
+    for (path, is_dir) in entries(dir, skipped)? {
+        match is_dir {
+            true => classes.push(path.file_name().unwrap().to_string_lossy().to_string()),
+            false => skipped.add(file_kind(&path)),
+        }
+    }
     if classes.is_empty() {
         return Err(DataError::format(dir, "holds no class folders"));
     }
     Ok(classes)
 }
 
-fn list_images(dir: &Path, classes: &[String]) -> Result<Vec<(PathBuf, i64)>> {
+/// The images of each listed class under `dir` (label = position in `classes`). A class folder
+/// that is absent is allowed only when `may_lack` (a test split without some class).
+fn list_images(
+    dir: &Path,
+    classes: &[String],
+    may_lack: bool,
+    skipped: &mut Skipped,
+) -> Result<Vec<(PathBuf, i64)>> {
     let mut out = Vec::new();
     for (label, class) in classes.iter().enumerate() {
         let class_dir = dir.join(class);
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&class_dir)
-            .map_err(|e| DataError::io(&class_dir, e))?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| EXTENSIONS.contains(&e))
-            })
-            .collect();
+        if may_lack && !class_dir.exists() {
+            continue;
+        }
+        let mut here = Skipped::default();
+        let files = walk_images(&class_dir, &mut here)?;
         if files.is_empty() {
+            let seen = here
+                .describe()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default();
             return Err(DataError::format(
                 &class_dir,
-                "empty class folder: no .jpg/.jpeg/.png images",
+                format!(
+                    "empty class folder: no images with a known extension (.{}){seen}",
+                    IMAGE_EXTENSIONS.join(", .")
+                ),
             ));
         }
-        files.sort();
+        for (k, n) in here.0 {
+            *skipped.0.entry(k).or_insert(0) += n;
+        }
         out.extend(files.into_iter().map(|p| (p, label as i64)));
     }
     Ok(out)
 }
 
-fn decode_all(files: &[(PathBuf, i64)], size: u32) -> Result<Split> {
-    let pixels = (size * size * 3) as usize;
-    let mut buf = vec![0u8; files.len() * pixels];
-    buf.par_chunks_mut(pixels)
-        .zip(files.par_iter())
-        .try_for_each(|(out, (path, _))| decode_into(path, size, out))?;
-    let labels: Vec<i64> = files.iter().map(|(_, l)| *l).collect();
-    Ok(Split {
-        images: Tensor::from_slice(&buf).reshape([files.len() as i64, size as i64, size as i64, 3]),
-        labels: Tensor::from_slice(&labels),
+/// The folder holding the test split next to `train/`, if any.
+pub fn test_folder(root: &Path) -> Option<PathBuf> {
+    TEST_FOLDERS
+        .iter()
+        .map(|n| root.join(n))
+        .find(|p| p.is_dir())
+}
+
+/// The classes and the files of both splits, before decoding.
+struct Listing {
+    classes: Vec<String>,
+    train: Vec<(PathBuf, i64)>,
+    test: Vec<(PathBuf, i64)>,
+    skipped: Skipped,
+}
+
+fn list_train_test(root: &Path, test_dir: &Path) -> Result<Listing> {
+    let mut skipped = Skipped::default();
+    let train_dir = root.join("train");
+    let classes = class_dirs(&train_dir, &mut skipped)?;
+    let test_classes = class_dirs(test_dir, &mut skipped)?;
+    if let Some(extra) = test_classes.iter().find(|c| !classes.contains(c)) {
+        return Err(DataError::format(
+            &test_dir.join(extra),
+            format!(
+                "class '{extra}' has test images but no folder under {}; train and test must \
+                 name the same classes (train has: {})",
+                train_dir.display(),
+                classes.join(", ")
+            ),
+        ));
+    }
+    let train = list_images(&train_dir, &classes, false, &mut skipped)?;
+    let test = list_images(test_dir, &classes, true, &mut skipped)?;
+    Ok(Listing {
+        classes,
+        train,
+        test,
+        skipped,
     })
 }
 
-/// Decodes one image file into `out` (HWC RGB, `size` x `size`).
+fn list_held_out(root: &Path, val_split: f64) -> Result<Listing> {
+    if root.join("train").is_dir() {
+        return Err(DataError::format(
+            root,
+            format!(
+                "has a train/ folder but no test/ (or val/) folder beside it; add \
+                 test/<class>/ folders, or hold out a share of the training images with \
+                 `--data {} --val-split 0.1`",
+                root.join("train").display()
+            ),
+        ));
+    }
+    if !(val_split > 0.0 && val_split < 1.0) {
+        return Err(DataError::format(
+            root,
+            format!("no train/ and test/ folders, and --val-split {val_split} is not in (0, 1)"),
+        ));
+    }
+    let mut skipped = Skipped::default();
+    let classes = class_dirs(root, &mut skipped)?;
+    let mut all = list_images(root, &classes, false, &mut skipped)?;
+    let n_test = ((all.len() as f64) * val_split).round() as usize;
+    all.shuffle(&mut rand::rngs::StdRng::seed_from_u64(SPLIT_SEED));
+    let test = all.split_off(all.len() - n_test);
+    Ok(Listing {
+        classes,
+        train: all,
+        test,
+        skipped,
+    })
+}
+
+/// Lists a folder's classes and images (no decoding); also what `data info` reports.
+fn list(root: &Path, val_split: f64) -> Result<Listing> {
+    match (root.join("train").is_dir(), test_folder(root)) {
+        (true, Some(test)) => list_train_test(root, &test),
+        _ => list_held_out(root, val_split),
+    }
+}
+
+/// Whether `dir` holds at least one image in some non-hidden sub-folder (how format detection
+/// tells an image folder from other folders).
+pub fn holds_class_images(dir: &Path) -> bool {
+    let mut skipped = Skipped::default();
+    let Ok(subdirs) = entries(dir, &mut skipped) else {
+        return false;
+    };
+    subdirs
+        .iter()
+        .filter(|(_, is_dir)| *is_dir)
+        .any(|(d, _)| walk_images(d, &mut skipped).is_ok_and(|f| !f.is_empty()))
+}
+
+pub fn load(root: &Path, spec: &FolderSpec) -> Result<Dataset> {
+    let Listing {
+        classes,
+        train,
+        test,
+        skipped,
+    } = list(root, spec.val_split)?;
+    // Both splits in a fixed shuffled order, so that --train-limit / test_limit subsets hold
+    // every class instead of the first classes' folders.
+    let (mut train, mut test) = (train, test);
+    train.shuffle(&mut rand::rngs::StdRng::seed_from_u64(SPLIT_SEED + 1));
+    test.shuffle(&mut rand::rngs::StdRng::seed_from_u64(SPLIT_SEED + 2));
+    let name = root
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "folder".into());
+    let mut notes: Vec<String> = skipped.describe().into_iter().collect();
+    let mut broken = Vec::new();
+    let train = decode_all(&train, spec.size, &mut broken);
+    let test = decode_all(&test, spec.size, &mut broken);
+    if !broken.is_empty() {
+        let listed = list_broken(&broken);
+        if !spec.skip_broken {
+            return Err(DataError::format(
+                root,
+                format!(
+                    "{} images do not decode (pass --set data.skip_broken=true to leave them \
+                     out):\n{listed}",
+                    broken.len()
+                ),
+            ));
+        }
+        notes.push(format!(
+            "left out {} broken images (data.skip_broken):\n{listed}",
+            broken.len()
+        ));
+    }
+    let mut ds = Dataset::new(&name, classes, train, test, root)?;
+    ds.notes = notes;
+    Ok(ds)
+}
+
+/// The first broken files with their errors, one per line, and how many more there are.
+fn list_broken(broken: &[DataError]) -> String {
+    let mut lines: Vec<String> = broken
+        .iter()
+        .take(LISTED_BROKEN)
+        .map(|e| format!("  {e}"))
+        .collect();
+    if broken.len() > LISTED_BROKEN {
+        lines.push(format!("  ... and {} more", broken.len() - LISTED_BROKEN));
+    }
+    lines.join("\n")
+}
+
+/// Decodes every file in parallel; the files that fail are left out and their errors appended
+/// to `broken`.
+fn decode_all(files: &[(PathBuf, i64)], size: u32, broken: &mut Vec<DataError>) -> Split {
+    let pixels = (size * size * 3) as usize;
+    let mut buf = vec![0u8; files.len() * pixels];
+    let results: Vec<Result<()>> = buf
+        .par_chunks_mut(pixels)
+        .zip(files.par_iter())
+        .map(|(out, (path, _))| decode_into(path, size, out))
+        .collect();
+    let mut keep = Vec::with_capacity(files.len());
+    let mut labels = Vec::with_capacity(files.len());
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(()) => {
+                keep.push(i as i64);
+                labels.push(files[i].1);
+            }
+            Err(e) => broken.push(e),
+        }
+    }
+    let n = files.len() as i64;
+    let mut images = Tensor::from_slice(&buf).reshape([n, size as i64, size as i64, 3]);
+    if keep.len() < files.len() {
+        images = images.index_select(0, &Tensor::from_slice(&keep));
+    }
+    Split {
+        images,
+        labels: Tensor::from_slice(&labels),
+    }
+}
+
+/// Decodes one image file into `out` (HWC RGB, `size` x `size`), upright by its EXIF
+/// orientation.
+///
+/// # Errors
+/// The file cannot be read, is not an image the decoders know, or is cut off before its end.
 pub fn decode_into(path: &Path, size: u32, out: &mut [u8]) -> Result<()> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let img = image::load_from_memory(&bytes)
-        .map_err(|e| DataError::format(path, format!("cannot decode image: {e}")))?;
+    let img = decode_upright(path)?;
     let rgb = fit_square(img, size).to_rgb8();
     out.copy_from_slice(rgb.as_raw());
     Ok(())
+}
+
+/// Decodes an image file whole and applies its EXIF orientation (Pillow's
+/// `ImageOps.exif_transpose`): a photo taken sideways comes out upright.
+///
+/// # Errors
+/// Unreadable, undecodable, or truncated (a JPEG must reach its end-of-image marker, as
+/// Pillow's decoder requires).
+pub fn decode_upright(path: &Path) -> Result<image::DynamicImage> {
+    use image::ImageDecoder;
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let bad = |e: image::ImageError| DataError::format(path, format!("cannot decode image: {e}"));
+    let reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
+        .with_guessed_format()
+        .map_err(|e| DataError::io(path, e))?;
+    if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(&bytes) {
+        return Err(DataError::format(
+            path,
+            "cannot decode image: the JPEG data ends before its end-of-image marker \
+             (the file is truncated)",
+        ));
+    }
+    let mut decoder = reader.into_decoder().map_err(bad)?;
+    let orientation = decoder.orientation().map_err(bad)?;
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(bad)?;
+    img.apply_orientation(orientation);
+    Ok(img)
+}
+
+/// Whether a JPEG's marker structure runs through to its end-of-image marker (EOI): segments
+/// are skipped by their lengths and entropy-coded data is scanned for the next marker, so an
+/// EOI inside an embedded EXIF thumbnail does not count. A file cut off anywhere fails.
+pub fn jpeg_is_complete(b: &[u8]) -> bool {
+    if !b.starts_with(&[0xFF, 0xD8]) {
+        return false;
+    }
+    let mut i = 2;
+    loop {
+        // Markers may be preceded by any number of 0xFF fill bytes.
+        while i < b.len() && b[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&marker) = b.get(i) else {
+            return false;
+        };
+        let prev = b[i - 1];
+        i += 1;
+        if prev != 0xFF {
+            return false;
+        }
+        match marker {
+            0xD9 => return true,
+            0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        let Some(len) = b
+            .get(i..i + 2)
+            .map(|l| u16::from_be_bytes([l[0], l[1]]) as usize)
+        else {
+            return false;
+        };
+        i += len;
+        if i > b.len() {
+            return false;
+        }
+        if marker == 0xDA {
+            // Entropy-coded data: runs until a marker that is neither a stuffed 0xFF00 nor a
+            // restart marker.
+            loop {
+                match b.get(i..i + 2) {
+                    None => return false,
+                    Some([0xFF, 0x00]) | Some([0xFF, 0xD0..=0xD7]) => i += 2,
+                    Some([0xFF, 0xFF]) | Some([0xFF, _]) => break,
+                    Some(_) => i += 1,
+                }
+            }
+        }
+    }
 }
 
 /// Resizes the shorter side to `size` and centre-crops the longer one (torchvision's

@@ -28,19 +28,45 @@ pub struct IdxFiles {
     pub test_labels: PathBuf,
 }
 
+/// Finds the four IDX files in `dir` or where torchvision keeps them under a root
+/// (`MNIST/raw/`, `FashionMNIST/raw/`, `raw/`), under the standard names (`-idx3-ubyte`) or the
+/// dotted ones some mirrors use (`.idx3-ubyte`), gzipped or not.
+///
+/// # Errors
+/// None of those places holds all four files; the error names the first missing one.
 pub fn find_files(dir: &Path) -> Result<IdxFiles> {
-    let find = |stem: &str| {
-        [stem.to_string(), format!("{stem}.gz")]
+    let places = [
+        dir.to_path_buf(),
+        dir.join("raw"),
+        dir.join("FashionMNIST").join("raw"),
+        dir.join("MNIST").join("raw"),
+    ];
+    let mut first_error = None;
+    for place in places.iter().filter(|p| p.is_dir()) {
+        match find_in(place) {
+            Ok(files) => return Ok(files),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| DataError::format(dir, "no IDX files here")))
+}
+
+fn find_in(dir: &Path) -> Result<IdxFiles> {
+    let find = |prefix: &str, kind: &str| {
+        [format!("{prefix}-{kind}"), format!("{prefix}.{kind}")]
             .into_iter()
+            .flat_map(|n| [n.clone(), format!("{n}.gz")])
             .map(|n| dir.join(n))
-            .find(|p| p.exists())
-            .ok_or_else(|| DataError::format(dir, format!("missing IDX file {stem}[.gz]")))
+            .find(|p| p.is_file())
+            .ok_or_else(|| DataError::format(dir, format!("missing IDX file {prefix}-{kind}[.gz]")))
     };
     Ok(IdxFiles {
-        train_images: find("train-images-idx3-ubyte")?,
-        train_labels: find("train-labels-idx1-ubyte")?,
-        test_images: find("t10k-images-idx3-ubyte")?,
-        test_labels: find("t10k-labels-idx1-ubyte")?,
+        train_images: find("train-images", "idx3-ubyte")?,
+        train_labels: find("train-labels", "idx1-ubyte")?,
+        test_images: find("t10k-images", "idx3-ubyte")?,
+        test_labels: find("t10k-labels", "idx1-ubyte")?,
     })
 }
 
@@ -48,7 +74,12 @@ pub fn load(dir: &Path) -> Result<Dataset> {
     let f = find_files(dir)?;
     let train = read_split(&f.train_images, &f.train_labels)?;
     let test = read_split(&f.test_images, &f.test_labels)?;
-    let fashion = dir.to_string_lossy().to_lowercase().contains("fashion");
+    // torchvision's FashionMNIST/raw, Debian's /usr/share/datasets/fashion-mnist.
+    let fashion = f
+        .train_images
+        .to_string_lossy()
+        .to_lowercase()
+        .contains("fashion");
     let classes: Vec<String> = if fashion {
         FASHION_CLASSES.iter().map(|s| s.to_string()).collect()
     } else {

@@ -69,6 +69,34 @@ pub fn batches(order: &[i64], batch_size: usize, drop_last: bool) -> Vec<&[i64]>
         .collect()
 }
 
+/// The batches a training epoch takes: [`batches`], without a final batch of a single image,
+/// on which BatchNorm would see one value per channel (its variance, and so the running
+/// statistics, would become NaN). PyTorch refuses such a batch; convkit leaves it out and
+/// says so at the start of the run ([`drops_single_image`]).
+pub fn training_batches(order: &[i64], batch_size: usize, drop_last: bool) -> Vec<&[i64]> {
+    let mut out = batches(order, batch_size, drop_last);
+    if out.len() > 1 && out.last().is_some_and(|b| b.len() == 1) {
+        out.pop();
+    }
+    out
+}
+
+/// Whether [`training_batches`] leaves out a last batch of one image for `n` images.
+pub fn drops_single_image(n: usize, batch_size: usize, drop_last: bool) -> bool {
+    batches_of(n, batch_size, drop_last) > training_steps_per_epoch(n, batch_size, drop_last)
+}
+
+/// Steps per training epoch for `n` images: the length of [`training_batches`].
+pub fn training_steps_per_epoch(n: usize, batch_size: usize, drop_last: bool) -> usize {
+    let steps = batches_of(n, batch_size, drop_last);
+    let single = !drop_last && n > batch_size && n % batch_size == 1;
+    steps - usize::from(single)
+}
+
+fn batches_of(n: usize, batch_size: usize, drop_last: bool) -> usize {
+    steps_per_epoch(n, batch_size, drop_last)
+}
+
 /// Steps per epoch for `n` images.
 pub fn steps_per_epoch(n: usize, batch_size: usize, drop_last: bool) -> usize {
     if drop_last && n >= batch_size {

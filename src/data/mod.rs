@@ -16,10 +16,12 @@ use tch::{Kind, Tensor};
 /// Everything that can go wrong while reading data; every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{path}: {source}")]
+    // Not a `#[source]`: the text already holds the io error, and a chained source would print
+    // it twice.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {problem}")]
     Format { path: PathBuf, problem: String },
@@ -34,10 +36,10 @@ impl From<std::io::Error> for DataError {
 }
 
 impl DataError {
-    pub fn io(path: &Path, source: std::io::Error) -> Self {
+    pub fn io(path: &Path, error: std::io::Error) -> Self {
         DataError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         }
     }
     pub fn format(path: &Path, problem: impl Into<String>) -> Self {
@@ -135,6 +137,13 @@ impl Split {
             labels: Tensor::from_slice(&labels),
         })
     }
+    /// The same images with every label `l` replaced by `map[l]` (another class numbering).
+    pub fn relabel(&self, map: &[i64]) -> Split {
+        Split {
+            images: self.images.shallow_clone(),
+            labels: Tensor::from_slice(map).index_select(0, &self.labels),
+        }
+    }
     /// The first `n` images of every class (in the split's fixed order): small labelled budgets.
     pub fn per_class(&self, n: usize) -> Split {
         let mut seen = std::collections::HashMap::new();
@@ -163,6 +172,9 @@ pub struct Dataset {
     /// Per-channel mean and std of the training images, in [0, 1] units.
     pub mean: Vec<f64>,
     pub std: Vec<f64>,
+    /// What the reader passed over or changed (skipped files, broken images left out), for the
+    /// start of a run and `data info` to print: nothing disappears without a word.
+    pub notes: Vec<String>,
 }
 
 impl Dataset {
@@ -175,6 +187,7 @@ impl Dataset {
             test: self.test.share(),
             mean: self.mean.clone(),
             std: self.std.clone(),
+            notes: self.notes.clone(),
         }
     }
     /// Builds a data set, checking labels and computing the channel statistics.
@@ -202,6 +215,7 @@ impl Dataset {
             test,
             mean,
             std,
+            notes: Vec::new(),
         })
     }
 
@@ -246,6 +260,30 @@ impl Dataset {
         }
         self
     }
+}
+
+/// For each of the data's classes, the index of the class of the same name among a model's
+/// classes: evaluating a model on other data matches classes by name, never by position.
+///
+/// # Errors
+/// A data class the model does not know, named with the model's classes.
+pub fn class_map(data_classes: &[String], model_classes: &[String]) -> Result<Vec<i64>> {
+    data_classes
+        .iter()
+        .map(|c| {
+            model_classes
+                .iter()
+                .position(|m| m == c)
+                .map(|i| i as i64)
+                .ok_or_else(|| {
+                    DataError::Other(format!(
+                        "the data has a class '{c}' that the model does not know (the model's \
+                         classes: {})",
+                        model_classes.join(", ")
+                    ))
+                })
+        })
+        .collect()
 }
 
 fn check_labels(split: &Split, classes: usize, source: &Path, what: &str) -> Result<()> {
@@ -313,6 +351,9 @@ pub struct DataSpec {
     pub val_split: f64,
     /// Use the on-disk decode cache (folders and IDX).
     pub use_cache: bool,
+    /// Image folders: leave out files that do not decode (listed in a warning) instead of
+    /// failing.
+    pub skip_broken: bool,
 }
 
 impl DataSpec {
@@ -323,6 +364,7 @@ impl DataSpec {
             image_size: 32,
             val_split: 0.1,
             use_cache: true,
+            skip_broken: false,
         }
     }
 }
@@ -392,17 +434,64 @@ pub fn detect_format(path: &Path) -> Result<Format> {
     if idx::find_files(path).is_ok() {
         return Ok(Format::Idx);
     }
-    let has_subdirs = std::fs::read_dir(path)
-        .map_err(|e| DataError::io(path, e))?
-        .flatten()
-        .any(|e| e.path().is_dir());
-    if has_subdirs {
+    if folder::holds_class_images(path) {
         return Ok(Format::Folder);
     }
     Err(DataError::format(
         path,
-        "found no CIFAR batches, IDX files or class folders here; pass --format",
+        format!(
+            "not a data set convkit can read: found {}.\nAccepted layouts: an image folder \
+             (train/<class>/*.jpg and test/<class>/..., or <class>/*.jpg with --val-split), \
+             CIFAR-10/100 binary (cifar-10-batches-bin/, cifar-100-binary/ or their .tar.gz), \
+             MNIST/Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz] ..., also under \
+             MNIST/raw/ or FashionMNIST/raw/); pass --format to choose one",
+            describe_contents(path)
+        ),
     ))
+}
+
+/// What a folder holds, for an error: `2 folders (a, b) holding 5 .gz files, 1 .txt file`.
+fn describe_contents(dir: &Path) -> String {
+    let mut folders = Vec::new();
+    let mut files = folder::Skipped::default();
+    let mut count = |p: &Path| {
+        let kind = p
+            .extension()
+            .map(|e| format!(".{} files", e.to_string_lossy().to_lowercase()))
+            .unwrap_or_else(|| "files without extension".into());
+        *files.0.entry(kind).or_insert(0) += 1;
+    };
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            folders.push(entry.file_name().to_string_lossy().to_string());
+            for inner in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+                if !inner.path().is_dir() {
+                    count(&inner.path());
+                }
+            }
+        } else {
+            count(&p);
+        }
+    }
+    folders.sort();
+    let shown: Vec<&str> = folders.iter().take(5).map(String::as_str).collect();
+    let kinds: Vec<String> = files.0.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    match (folders.is_empty(), kinds.is_empty()) {
+        (true, true) => "nothing (the folder is empty)".into(),
+        (true, false) => kinds.join(", "),
+        (false, _) => format!(
+            "{} folders ({}{}) and no images in them; files: {}",
+            folders.len(),
+            shown.join(", "),
+            if folders.len() > 5 { ", ..." } else { "" },
+            if kinds.is_empty() {
+                "none".into()
+            } else {
+                kinds.join(", ")
+            }
+        ),
+    }
 }
 
 /// Loads a data set from any supported source.
@@ -413,7 +502,12 @@ pub fn load(spec: &DataSpec) -> Result<Dataset> {
         Format::CifarBinary => cifar::load(&path),
         Format::Idx => cache::cached(spec, &path, || idx::load(&path)),
         Format::Folder => cache::cached(spec, &path, || {
-            folder::load(&path, spec.image_size, spec.val_split)
+            let folder_spec = folder::FolderSpec {
+                size: spec.image_size,
+                val_split: spec.val_split,
+                skip_broken: spec.skip_broken,
+            };
+            folder::load(&path, &folder_spec)
         }),
     }
 }

@@ -105,6 +105,9 @@ pub struct DataConfig {
     /// Fraction of training labels replaced by another class drawn at random (symmetric label
     /// noise, fixed by `train.seed`); test labels stay clean.
     pub label_noise: f64,
+    /// Image folders: leave out files that do not decode, listed in a warning, instead of
+    /// stopping with an error that lists them.
+    pub skip_broken: bool,
 }
 
 impl Default for DataConfig {
@@ -120,6 +123,7 @@ impl Default for DataConfig {
             classes: None,
             train_per_class: None,
             label_noise: 0.0,
+            skip_broken: false,
         }
     }
 }

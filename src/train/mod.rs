@@ -131,6 +131,7 @@ pub fn load_data(cfg: &Config, default_size: i64) -> Result<Dataset> {
         .map_err(TrainError::Invalid)?;
     spec.image_size = cfg.data.image_size.unwrap_or(default_size as u32);
     spec.val_split = cfg.data.val_split;
+    spec.skip_broken = cfg.data.skip_broken;
     let mut ds = data::load(&spec)?;
     if let Some(names) = &cfg.data.classes {
         ds = ds.keep_classes(names)?;
@@ -163,6 +164,21 @@ pub fn load_onto_device(cfg: &Config) -> Result<(Dataset, (DeviceSplit, DeviceSp
         DeviceSplit::new(&data.test, device),
     );
     Ok((data, splits))
+}
+
+/// Refuses a training split too small to train on: BatchNorm needs two values per channel.
+///
+/// # Errors
+/// Fewer than 2 training images, naming the settings that shrink the split.
+pub fn check_training_size(n: usize) -> Result<()> {
+    if n >= 2 {
+        return Ok(());
+    }
+    Err(TrainError::Invalid(format!(
+        "the training split holds {n} image(s); training needs at least 2 (BatchNorm needs \
+         two values per channel): check data.train_limit, data.train_per_class, data.classes \
+         and the data source"
+    )))
 }
 
 /// Options of one training invocation.
@@ -217,6 +233,7 @@ impl Trainer {
         if cfg.train.threads > 0 {
             tch::set_num_threads(cfg.train.threads as i32);
         }
+        check_training_size(train.len())?;
         let device = train.images.device();
         let classes = data.classes.len() as i64;
         if let Some(k) = cfg.model.classes.filter(|k| *k != classes) {
@@ -276,7 +293,7 @@ impl Trainer {
     }
 
     fn steps_per_epoch(&self) -> usize {
-        loader::steps_per_epoch(
+        loader::training_steps_per_epoch(
             self.train.len(),
             self.cfg.train.batch_size,
             self.cfg.train.drop_last,
@@ -300,7 +317,7 @@ impl Trainer {
         let total = spe * epochs;
         let start = Instant::now();
         let order = loader::epoch_order(self.train.len(), seed, epoch);
-        let lens: Vec<usize> = loader::batches(&order, bs, t.drop_last)
+        let lens: Vec<usize> = loader::training_batches(&order, bs, t.drop_last)
             .iter()
             .map(|b| b.len())
             .collect();
@@ -444,7 +461,11 @@ impl Trainer {
         let mut epoch = 0;
         'outer: loop {
             let order = loader::epoch_order(self.train.len(), self.cfg.train.seed, epoch);
-            for idx in loader::batches(&order, bs, true) {
+            let batches = loader::training_batches(&order, bs, true);
+            if batches.is_empty() {
+                break;
+            }
+            for idx in batches {
                 let Some(&lr) = lrs.get(losses.len()) else {
                     break 'outer;
                 };
@@ -459,10 +480,9 @@ impl Trainer {
                     break 'outer;
                 }
             }
+            // Small data is cycled through until the sweep is complete (as fastai's LRFinder),
+            // so the suggestion never rests on a sweep that stopped at its first rates.
             epoch += 1;
-            if self.train.len() < bs {
-                break;
-            }
         }
         bar.finish_and_clear();
         losses
@@ -800,6 +820,18 @@ fn print_start(t: &Trainer) {
         models::summary::thousands(t.model.parameter_count()),
         t.device
     );
+    for note in &t.data.notes {
+        eprintln!("data: {note}");
+    }
+    let tr = &t.cfg.train;
+    if loader::drops_single_image(t.train.len(), tr.batch_size, tr.drop_last) {
+        eprintln!(
+            "data: {} training images in batches of {} leave a last batch of 1 image; it is \
+             left out of every epoch (BatchNorm cannot train on a single value per channel)",
+            t.train.len(),
+            tr.batch_size
+        );
+    }
     if let Some(tr) = &t.transfer {
         print_transfer(tr);
     }
