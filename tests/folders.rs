@@ -332,6 +332,24 @@ fn eval_on_other_data_matches_classes_by_name() {
         text.contains("dog") && text.contains("fox") && !text.contains("cat"),
         "{text}"
     );
+    // One class tree without train/: every image is scored.
+    let flat = common::temp_dir("folders-eval-flat");
+    for (c, colour) in [("fox", fox), ("dog", dog)] {
+        for i in 0..4 {
+            write_rgb(&flat.join(c).join(format!("{i}.jpg")), 8, 8, colour);
+        }
+    }
+    let o = cli(&[
+        "eval",
+        out.to_str().unwrap(),
+        "--data",
+        flat.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("100.00%") && text.contains("(8 images)"),
+        "{text}"
+    );
     // A class the model does not know is an error naming it.
     let other = common::temp_dir("folders-eval-other");
     colour_folder(&other, &[("dog", dog), ("fox", fox), ("owl", owl)], 5);
@@ -414,4 +432,50 @@ fn lr_find_cycles_through_small_data() {
     let r = convkit::transfer::lr_find::run(cfg, &spec, &out, false).unwrap();
     assert_eq!(r.losses.len(), 30);
     assert!(r.suggested_lr > 1e-5, "{}", r.suggested_lr);
+}
+
+#[test]
+fn defaults_fit_the_data_and_the_run_records_them() {
+    use convkit::augment::{Aug, policy_for};
+    let crop = |pad| Aug::Crop {
+        pad,
+        reflect: false,
+    };
+    assert_eq!(policy_for(1, 28, "mnist").0, vec![crop(2)]);
+    assert_eq!(
+        policy_for(1, 28, "fashion-mnist").0,
+        vec![crop(2), Aug::Flip]
+    );
+    assert_eq!(policy_for(3, 32, "cifar10").0, vec![crop(4), Aug::Flip]);
+    assert_eq!(policy_for(3, 64, "pets").0, vec![crop(8), Aug::Flip]);
+    assert!(matches!(
+        policy_for(3, 224, "pets").0[0],
+        Aug::ResizedCrop { .. }
+    ));
+    // No recipe, digits: no flip, written into the run's config.toml.
+    let root = common::temp_dir("folders-defaults");
+    write_idx_set(&root.join("MNIST/raw"), false);
+    let run = common::temp_dir("folders-defaults-run");
+    let o = Command::new(env!("CARGO_BIN_EXE_convkit"))
+        .args([
+            "train", "--model", "cnn", "--epochs", "1", "--device", "cpu", "--data",
+        ])
+        .arg(&root)
+        .arg("--out")
+        .arg(&run)
+        .env("CONVKIT_DATA", common::temp_dir("folders-defaults-cache"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("recipe: defaults")
+            && err.contains("augment crop:2 (from the data: grayscale"),
+        "{err}"
+    );
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(saved.contains("augment = [\"crop:2\"]"), "{saved}");
+    // A recipe's own augmentation is kept.
+    let cfg = config::load(Some("cifar10-fast-cpu"), &[]).unwrap();
+    assert!(!cfg.augment_from_data);
 }

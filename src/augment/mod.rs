@@ -48,6 +48,47 @@ pub enum Aug {
     },
 }
 
+/// The augmentation a run gets when no recipe chooses one, from what the data is:
+///
+/// - grayscale sets (MNIST, handwriting, symbols): a 2-pixel translation and no flip, since a
+///   mirrored digit is another shape; Fashion-MNIST adds the flip (a mirrored garment is the
+///   same garment);
+/// - colour images up to 64 pixels (CIFAR-like photos): the CIFAR policy, a translation by an
+///   eighth of the side (4 px at 32) and a horizontal flip (He et al. 2016);
+/// - larger colour images: torchvision's ImageNet policy, random-resized crop and flip.
+///
+/// `channels` and `side` describe the images as the model sees them; `name` is the data set's.
+/// Returns the list and a short reason for the run's first lines.
+pub fn policy_for(channels: i64, side: i64, name: &str) -> (Vec<Aug>, String) {
+    let crop = |pad: i64| Aug::Crop {
+        pad,
+        reflect: false,
+    };
+    if channels == 1 {
+        if name == "fashion-mnist" {
+            return (
+                vec![crop(2), Aug::Flip],
+                "Fashion-MNIST: grayscale, garments look the same mirrored".into(),
+            );
+        }
+        return (
+            vec![crop(2)],
+            "grayscale images: translation only, no flip (a mirrored digit is another shape)"
+                .into(),
+        );
+    }
+    if side <= 64 {
+        let reason = format!("{side}x{side} colour images: the CIFAR policy");
+        return (vec![crop((side / 8).max(1)), Aug::Flip], reason);
+    }
+    let rrc = Aug::ResizedCrop {
+        scale: (0.08, 1.0),
+        ratio: (0.75, 4.0 / 3.0),
+    };
+    let reason = format!("{side}x{side} colour images: torchvision's ImageNet policy");
+    (vec![rrc, Aug::Flip], reason)
+}
+
 impl std::str::FromStr for Aug {
     type Err = String;
     /// `crop:4`, `crop:4:reflect`, `flip`, `cutout:8`, `rrc`, `rrc:0.2-1.0`,

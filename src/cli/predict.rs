@@ -1,7 +1,8 @@
 //! `convkit eval` and `convkit predict`.
 
 use crate::augment::Augmenter;
-use crate::data::folder::load_image;
+use crate::data::Split;
+use crate::data::folder::{self, load_image};
 use crate::data::loader::DeviceSplit;
 use crate::train::evaluate::predict_logits;
 use crate::train::{self, Config, checkpoint, metrics};
@@ -46,9 +47,9 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         cfg.data.format = None;
     }
     cfg.data.train_limit = Some(1);
-    let data = train::load_data(&cfg, ck.meta.image_size)?;
+    let (name, classes, test_split) = eval_data(&cfg, ck.meta.image_size)?;
     // Other data may hold the model's classes in another order, or only some of them.
-    let map = crate::data::class_map(&data.classes, &ck.meta.classes).with_context(|| {
+    let map = crate::data::class_map(&classes, &ck.meta.classes).with_context(|| {
         format!(
             "{}: cannot evaluate on {}",
             ck.path.display(),
@@ -58,7 +59,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let present: Vec<bool> = (0..ck.meta.classes.len() as i64)
         .map(|c| map.contains(&c))
         .collect();
-    let test_split = data.test.relabel(&map);
+    let test_split = test_split.relabel(&map);
     let aug = Augmenter::new(vec![], &ck.meta.mean, &ck.meta.std, device);
     let test = DeviceSplit::new(&test_split, device);
     let r = train::evaluate(
@@ -92,7 +93,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         std::fs::create_dir_all(&out)?;
         let s = EvalSummary {
             checkpoint: ck.path.display().to_string(),
-            dataset: data.name.clone(),
+            dataset: name,
             test_images: test.len(),
             test_accuracy: r.accuracy,
             test_top5: r.top5,
@@ -103,6 +104,26 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         metrics::write_json(&out.join("confusion.json"), &r.confusion)?;
     }
     Ok(())
+}
+
+/// The data `eval` scores: a folder of class folders without train/ is scored whole; any other
+/// source by its test split. Returns the data's name, its class names and the images.
+fn eval_data(cfg: &Config, image_size: i64) -> Result<(String, Vec<String>, Split)> {
+    let path = std::path::Path::new(&cfg.data.source);
+    if cfg.data.format.is_none() && folder::is_single_tree(path) {
+        let spec = folder::FolderSpec {
+            size: cfg.data.image_size.unwrap_or(image_size as u32),
+            val_split: 0.0,
+            skip_broken: cfg.data.skip_broken,
+        };
+        let (classes, split, notes) = folder::load_all(path, &spec)?;
+        for note in notes {
+            eprintln!("data: {note}");
+        }
+        return Ok((cfg.data.source.clone(), classes, split));
+    }
+    let data = train::load_data(cfg, image_size)?;
+    Ok((data.name.clone(), data.classes.clone(), data.test.share()))
 }
 
 #[derive(Args, Debug)]

@@ -327,6 +327,40 @@ pub fn load(root: &Path, spec: &FolderSpec) -> Result<Dataset> {
     Ok(ds)
 }
 
+/// Every image of a single class tree `root/<class>/...`, decoded as one split (for scoring a
+/// trained model on a folder of labelled images: nothing is held out, nothing trained on).
+/// Returns the class names, the images and what was skipped.
+///
+/// # Errors
+/// As [`load`]; broken files are listed, or left out with `skip_broken`.
+pub fn load_all(root: &Path, spec: &FolderSpec) -> Result<(Vec<String>, Split, Vec<String>)> {
+    let mut skipped = Skipped::default();
+    let classes = class_dirs(root, &mut skipped)?;
+    let files = list_images(root, &classes, false, &mut skipped)?;
+    let mut broken = Vec::new();
+    let split = decode_all(&files, spec.size, &mut broken);
+    let mut notes: Vec<String> = skipped.describe().into_iter().collect();
+    if !broken.is_empty() {
+        let listed = list_broken(&broken);
+        if !spec.skip_broken {
+            return Err(DataError::format(
+                root,
+                format!("{} images do not decode:\n{listed}", broken.len()),
+            ));
+        }
+        notes.push(format!(
+            "left out {} broken images:\n{listed}",
+            broken.len()
+        ));
+    }
+    Ok((classes, split, notes))
+}
+
+/// Whether `root` is one class tree (no train/ folder): evaluation then scores all of it.
+pub fn is_single_tree(root: &Path) -> bool {
+    root.is_dir() && !root.join("train").is_dir() && holds_class_images(root)
+}
+
 /// The first broken files with their errors, one per line, and how many more there are.
 fn list_broken(broken: &[DataError]) -> String {
     let mut lines: Vec<String> = broken

@@ -21,6 +21,14 @@ pub struct Config {
     pub contrastive: ContrastiveConfig,
     /// Pretrained weights, freezing and per-group learning rates.
     pub transfer: crate::transfer::TransferConfig,
+    /// Where the settings came from (`defaults`, `recipe NAME` or a file, and the number of
+    /// command-line overrides), for the first lines of a run.
+    #[serde(skip)]
+    pub origin: String,
+    /// No recipe or override chose the augmentation: the trainer picks it from the data
+    /// ([`crate::augment::policy_for`]) and the run's config.toml records the choice.
+    #[serde(skip)]
+    pub augment_from_data: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,6 +83,8 @@ impl Default for Config {
             ],
             contrastive: ContrastiveConfig::default(),
             transfer: Default::default(),
+            origin: "defaults".into(),
+            augment_from_data: false,
         }
     }
 }
@@ -289,8 +299,15 @@ pub fn load(recipe: Option<&str>, overrides: &[String]) -> Result<Config, Config
     for o in overrides {
         apply_override(&mut value, o)?;
     }
-    Config::deserialize(toml::Value::Table(value))
-        .map_err(|e| ConfigError::File(origin, e.to_string()))
+    let augment_from_data = !value.contains_key("augment");
+    let mut cfg = Config::deserialize(toml::Value::Table(value))
+        .map_err(|e| ConfigError::File(origin.clone(), e.to_string()))?;
+    cfg.origin = match overrides.len() {
+        0 => origin,
+        n => format!("{origin} + {n} settings from the command line"),
+    };
+    cfg.augment_from_data = augment_from_data;
+    Ok(cfg)
 }
 
 /// Sets `a.b=value` in a TOML table; the value is parsed as TOML (number, bool, array) or taken

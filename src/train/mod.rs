@@ -223,7 +223,7 @@ impl Trainer {
     /// `new` with the data already loaded and on the device (repeated timed runs); the run
     /// trains on the device that holds `train`.
     pub fn with_data(
-        cfg: Config,
+        mut cfg: Config,
         mut data: Dataset,
         (train, test): (DeviceSplit, DeviceSplit),
         out: &Path,
@@ -234,6 +234,11 @@ impl Trainer {
             tch::set_num_threads(cfg.train.threads as i32);
         }
         check_training_size(train.len())?;
+        if cfg.augment_from_data {
+            let shape = data.train.image_shape();
+            let side = cfg.transfer.resize.unwrap_or(shape[1]);
+            cfg.augment = crate::augment::policy_for(shape[0], side, &data.name).0;
+        }
         let device = train.images.device();
         let classes = data.classes.len() as i64;
         if let Some(k) = cfg.model.classes.filter(|k| *k != classes) {
@@ -823,6 +828,7 @@ fn print_start(t: &Trainer) {
     for note in &t.data.notes {
         eprintln!("data: {note}");
     }
+    print_recipe(t);
     let tr = &t.cfg.train;
     if loader::drops_single_image(t.train.len(), tr.batch_size, tr.drop_last) {
         eprintln!(
@@ -838,6 +844,36 @@ fn print_start(t: &Trainer) {
     if !t.history.is_empty() {
         eprintln!("resuming after epoch {}", t.history.len());
     }
+}
+
+/// The settings that shape training, and where they came from.
+fn print_recipe(t: &Trainer) {
+    let c = &t.cfg;
+    let augment: Vec<String> = c.augment.iter().map(|a| a.to_string()).collect();
+    let augment = match augment.is_empty() {
+        true => "none".to_string(),
+        false => augment.join(", "),
+    };
+    let why = if c.augment_from_data {
+        let s = t.data.train.image_shape();
+        let side = c.transfer.resize.unwrap_or(s[1]);
+        format!(
+            " (from the data: {})",
+            crate::augment::policy_for(s[0], side, &t.data.name).1
+        )
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "recipe: {}; augment {augment}{why}; {} lr {} wd {}, {:?} schedule, {} epochs of batch {}",
+        c.origin,
+        c.optim.name,
+        c.optim.lr,
+        c.optim.weight_decay,
+        c.schedule.kind,
+        c.train.epochs,
+        c.train.batch_size
+    );
 }
 
 fn print_transfer(tr: &crate::transfer::TransferSummary) {

@@ -6,6 +6,9 @@ use crate::train::{self, Config, Result, Trainer, metrics};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// Fewer recorded steps than this leave no slope to read a suggestion from.
+const MIN_STEPS: usize = 10;
+
 #[derive(Debug, Clone)]
 pub struct SweepSpec {
     pub start: f64,
@@ -89,6 +92,17 @@ pub fn run(cfg: Config, spec: &SweepSpec, out: &Path, progress: bool) -> Result<
     let mut trainer = Trainer::new(cfg, out, false)?;
     let lrs = exponential_rates(spec);
     let losses = trainer.lr_sweep(&lrs, exploded, progress);
+    // The sweep cycles through small data, so it stops early only when the loss explodes; a
+    // handful of steps would make the suggestion the sweep's first rate, which means nothing.
+    if losses.len() < MIN_STEPS.min(lrs.len()) {
+        return Err(train::TrainError::Invalid(format!(
+            "lr-find: the loss was not finite after {} steps (rates {:.1e} to {:.1e}); no rate \
+             can be suggested: start the sweep lower (--start)",
+            losses.len(),
+            lrs[0],
+            lrs[losses.len().saturating_sub(1)]
+        )));
+    }
     let smoothed = smooth(&losses);
     let (suggested_lr, min_lr_over_10) = suggest(&lrs, &smoothed);
     let result = LrFind {
