@@ -350,3 +350,59 @@ fn a_damaged_cifar_python_batch_is_an_error_naming_the_file() {
         "{err}"
     );
 }
+
+#[test]
+fn command_line_training_finds_the_state_dict_and_takes_overrides() {
+    let dir = fixtures();
+    let run = |extra: &[&str], out: &str| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_convkit"))
+            .args([
+                "train", "--model", "resnet20", "--epochs", "1", "--device", "cpu",
+            ])
+            .args(["--set", "train.batch_size=5", "--out"])
+            .arg(dir.join(out))
+            .arg("--data")
+            .arg(dir.join("c10-py5"))
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let moco = dir.join("moco.pth");
+    let moco = moco.to_str().unwrap();
+    let (ok, err) = run(&["--weights", moco, "--strict", "false"], "run-moco");
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(
+            "weights: using 'state_dict' from moco.pth, prefix 'module.encoder_q.' stripped"
+        ),
+        "{err}"
+    );
+    let (ok, err) = run(
+        &[
+            "--weights",
+            moco,
+            "--strict",
+            "false",
+            "--strip-prefix",
+            "module.encoder_k.",
+        ],
+        "run-moco-k",
+    );
+    assert!(
+        ok && err.contains("prefix 'module.encoder_k.' stripped"),
+        "{err}"
+    );
+    let ns = dir.join("namespace.pth");
+    let (ok, err) = run(
+        &["--weights", ns.to_str().unwrap(), "--weights-key", "args"],
+        "run-args",
+    );
+    assert!(
+        !ok && err.contains("refused") && err.contains("argparse.Namespace"),
+        "{err}"
+    );
+}
