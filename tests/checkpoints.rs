@@ -232,6 +232,22 @@ fn numpy_scalars_and_namespaces_beside_the_weights_are_inert() {
 }
 
 #[test]
+fn a_file_that_is_a_call_to_os_system_is_refused_and_never_runs() {
+    let path = fixtures().join("evil_root.pth");
+    for err in [
+        weights::read(&path).unwrap_err().to_string(),
+        weights::inspect(&path).unwrap_err().to_string(),
+    ] {
+        assert!(err.contains("evil_root.pth"), "{err}");
+        assert!(
+            err.contains("refused") && err.contains("posix.system") && err.contains("top level"),
+            "{err}"
+        );
+    }
+    assert!(!fixtures().join("pwned").exists(), "the pickle's code ran");
+}
+
+#[test]
 fn numpy_scalar_reads_as_its_value() {
     // The pickle inside namespace.pth, read directly: best_acc is numpy.float64(93.1).
     let file = std::fs::File::open(fixtures().join("namespace.pth")).unwrap();
