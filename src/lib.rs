@@ -15,6 +15,7 @@ pub mod experiment;
 pub mod inspect;
 pub mod models;
 pub mod optim;
+pub mod pickle;
 pub mod report;
 pub mod train;
 pub mod transfer;

@@ -15,6 +15,14 @@ pub struct TransferArgs {
     /// name (resnet18, resnet34, resnet50, resnet50-v2)
     #[arg(long)]
     weights: Option<String>,
+    /// Key path of the state dict inside the weights file, '/'-separated (e.g. state_dict,
+    /// checkpoint/model); found automatically when not given
+    #[arg(long, value_name = "PATH")]
+    weights_key: Option<String>,
+    /// Remove this prefix from the file's tensor names (e.g. module.); found automatically
+    /// when not given
+    #[arg(long, value_name = "P")]
+    strip_prefix: Option<String>,
     /// Refuse weights that do not fit exactly (a new head is always allowed)
     #[arg(long, value_name = "BOOL")]
     strict: Option<bool>,
@@ -52,6 +60,14 @@ impl TransferArgs {
         let mut o = super::Overrides::default();
         let list = |v: &[String]| (!v.is_empty()).then(|| format!("{v:?}"));
         o.set("transfer.weights", self.weights.as_deref().map(quoted));
+        o.set(
+            "transfer.weights_key",
+            self.weights_key.as_deref().map(quoted),
+        );
+        o.set(
+            "transfer.strip_prefix",
+            self.strip_prefix.as_deref().map(quoted),
+        );
         o.set("transfer.strict", self.strict.map(|v| v.to_string()));
         o.set("transfer.freeze", list(&self.freeze));
         o.set("transfer.freeze_to", self.freeze_to.map(|v| v.to_string()));

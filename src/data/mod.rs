@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod cifar;
+pub mod cifar_python;
 pub mod download;
 pub mod folder;
 pub mod idx;
@@ -319,6 +320,8 @@ pub fn channel_stats(images: &Tensor) -> (Vec<f64>, Vec<f64>) {
 #[serde(rename_all = "kebab-case")]
 pub enum Format {
     CifarBinary,
+    /// CIFAR-10/100 python version (pickled batches).
+    CifarPython,
     Folder,
     Idx,
     Synthetic,
@@ -329,11 +332,12 @@ impl std::str::FromStr for Format {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
             "cifar" | "cifar-binary" | "cifar10" | "cifar100" => Ok(Format::CifarBinary),
+            "cifar-python" => Ok(Format::CifarPython),
             "folder" | "images" => Ok(Format::Folder),
             "idx" | "mnist" => Ok(Format::Idx),
             "synthetic" => Ok(Format::Synthetic),
             other => Err(format!(
-                "unknown data format '{other}' (expected cifar-binary, folder, idx or synthetic)"
+                "unknown data format '{other}' (expected cifar-binary, cifar-python, folder, idx or synthetic)"
             )),
         }
     }
@@ -420,6 +424,9 @@ pub fn resolve(spec: &DataSpec) -> Result<(PathBuf, Format)> {
 pub fn detect_format(path: &Path) -> Result<Format> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     if path.is_file() {
+        if cifar_python::is_archive(path) {
+            return Ok(Format::CifarPython);
+        }
         if name.ends_with(".tar.gz") || name.ends_with(".tgz") || name.ends_with(".bin") {
             return Ok(Format::CifarBinary);
         }
@@ -430,6 +437,9 @@ pub fn detect_format(path: &Path) -> Result<Format> {
     }
     if cifar::find_batches(path).is_some() {
         return Ok(Format::CifarBinary);
+    }
+    if cifar_python::find(path).is_some() {
+        return Ok(Format::CifarPython);
     }
     if idx::find_files(path).is_ok() {
         return Ok(Format::Idx);
@@ -500,6 +510,7 @@ pub fn load(spec: &DataSpec) -> Result<Dataset> {
     match format {
         Format::Synthetic => Ok(synthetic::generate(&synthetic::SyntheticSpec::default())),
         Format::CifarBinary => cifar::load(&path),
+        Format::CifarPython => cifar_python::load(&path),
         Format::Idx => cache::cached(spec, &path, || idx::load(&path)),
         Format::Folder => cache::cached(spec, &path, || {
             let folder_spec = folder::FolderSpec {

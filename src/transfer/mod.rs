@@ -22,6 +22,12 @@ use std::path::Path;
 pub struct TransferConfig {
     /// A `.pth`, `.safetensors` or convkit checkpoint file, or a torchvision name (`resnet18`).
     pub weights: Option<String>,
+    /// The `/`-separated key path of the state dict inside the weights file (`state_dict`,
+    /// `checkpoint/model`); found automatically when unset (see [`weights::choose`]).
+    pub weights_key: Option<String>,
+    /// A prefix to remove from the file's tensor names (`module.`); found automatically when
+    /// unset.
+    pub strip_prefix: Option<String>,
     /// Refuse weights with missing, unexpected or wrongly shaped tensors (a classifier of
     /// another size is always replaced, not refused).
     pub strict: bool,
@@ -52,6 +58,8 @@ impl Default for TransferConfig {
     fn default() -> Self {
         TransferConfig {
             weights: None,
+            weights_key: None,
+            strip_prefix: None,
             strict: true,
             freeze: vec![],
             freeze_to: None,
@@ -252,17 +260,39 @@ pub fn normalisation(
     Ok(chosen)
 }
 
+/// The model's variables (state-dict names) and shapes, sorted by name.
+pub fn model_shapes(model: &Model) -> Vec<(String, Vec<i64>)> {
+    let mut v: Vec<(String, Vec<i64>)> = model
+        .vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (n, t.size()))
+        .collect();
+    v.sort();
+    v
+}
+
 /// Loads pretrained weights into a model whose head may have another size. A replaced head
 /// starts at zero (MAE and BEiT initialise new heads with std 2e-5): its first predictions are
 /// uniform, so early steps neither push random gradients into the pretrained body nor start
 /// from confidently wrong answers, which a randomly initialised head on strongly clustered
 /// features does.
+///
+/// The state dict is found inside training checkpoints (key path and prefix, or the config's
+/// `weights_key` / `strip_prefix`), and one line says what was chosen.
 pub fn load_weights(
     cfg: &TransferConfig,
     path: &Path,
     model: &mut Model,
 ) -> weights::Result<LoadReport> {
-    let tensors = weights::read(path)?;
+    let contents = weights::read_contents(path)?;
+    let (tensors, choice) = weights::choose(
+        &contents,
+        &model_shapes(model),
+        cfg.weights_key.as_deref(),
+        cfg.strip_prefix.as_deref(),
+    )?;
+    eprintln!("{}", choice.describe(path));
     let opts = LoadOptions {
         strict: cfg.strict,
         replace_head: true,

@@ -1,9 +1,12 @@
-//! Pretrained weights: reading torchvision `.pth` files (with a safe pickle reader),
-//! `.safetensors` files and convkit checkpoints; loading them into a model with PyTorch's
+//! Pretrained weights: reading `torch.save` files (zip and legacy formats, with the safe
+//! pickle reader [`crate::pickle`]), `.safetensors` files and convkit checkpoints; finding the
+//! state dict inside training checkpoints ([`choose`]); loading it into a model with PyTorch's
 //! `load_state_dict` checks; and the official torchvision files to download.
 
-pub mod pickle;
+pub mod choose;
 pub mod pth;
+
+pub use choose::{Choice, choose};
 
 use crate::data::download::{self, Checksum, Remote};
 use crate::models::{Model, is_buffer};
@@ -38,7 +41,8 @@ pub const IMAGENET_SIZE: i64 = 224;
 pub enum FileKind {
     /// `torch.save` zip archive.
     Pth,
-    /// A bare pickle: `torch.save` before PyTorch 1.6.
+    /// A bare pickle: `torch.save`'s legacy format (before PyTorch 1.6, or
+    /// `_use_new_zipfile_serialization=False`).
     LegacyPth,
     Safetensors,
 }
@@ -60,17 +64,46 @@ pub fn detect(path: &Path) -> Result<FileKind> {
     }
 }
 
-/// The named tensors of a `.pth`, `.safetensors` or convkit checkpoint file, on the CPU.
-/// A convkit checkpoint contributes its model weights only.
-pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    match detect(path)? {
-        FileKind::Pth => pth::read(path),
-        FileKind::LegacyPth => Err(bad(
-            path,
-            "this .pth was written by torch.save before PyTorch 1.6 (not a zip archive), which \
-             convkit does not read; re-save it with a recent torch: \
-             torch.save(torch.load(f), 'new.pth')",
-        )),
+/// A dict (or list) of tensors found in a weights file.
+#[derive(Debug)]
+pub struct Group {
+    /// Its key path in the file, `/`-separated (`state_dict`, `checkpoint/model`); empty for
+    /// the top level.
+    pub key: String,
+    /// Names (the dict's keys) and tensors, on the CPU, in file order.
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+/// Everything a weights file holds that convkit can use.
+#[derive(Debug)]
+pub struct Contents {
+    pub path: PathBuf,
+    /// Every dict or list that directly holds tensors, in file order.
+    pub groups: Vec<Group>,
+    /// Other values met at key paths, described (`("epoch", "an int")`,
+    /// `("args", "a argparse.Namespace object")`); placeholders were never imported or run.
+    pub others: Vec<(String, String)>,
+}
+
+/// `'state_dict'`, or `the top level` for the empty key path.
+fn key_name(key: &str) -> String {
+    if key.is_empty() {
+        "the top level".into()
+    } else {
+        format!("'{key}'")
+    }
+}
+
+/// Reads every group of tensors of a `.pth` (zip or legacy), `.safetensors` or convkit
+/// checkpoint file (whose model section is one group).
+///
+/// # Errors
+/// An unreadable, truncated or refused file, or one that holds no tensors at all (the error
+/// names any placeholders the file holds instead, e.g. a call to `posix.system`).
+pub fn read_contents(path: &Path) -> Result<Contents> {
+    let contents = match detect(path)? {
+        FileKind::Pth => pth::read(path)?,
+        FileKind::LegacyPth => pth::read_legacy(path)?,
         FileKind::Safetensors => {
             let tensors = Tensor::read_safetensors(path).map_err(|e| {
                 bad(
@@ -78,9 +111,60 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
                     format!("not a readable safetensors file (truncated or damaged?): {e}"),
                 )
             })?;
-            Ok(checkpoint_model_section(tensors))
+            Contents {
+                path: path.to_path_buf(),
+                groups: vec![Group {
+                    key: String::new(),
+                    tensors: checkpoint_model_section(tensors),
+                }],
+                others: vec![],
+            }
         }
+    };
+    if contents.groups.iter().all(|g| g.tensors.is_empty()) {
+        let objects: Vec<String> = contents
+            .others
+            .iter()
+            .filter(|(_, d)| d.ends_with(" object") || d.starts_with("the name "))
+            .take(3)
+            .map(|(k, d)| format!("{d} at {}", key_name(k)))
+            .collect();
+        if !objects.is_empty() {
+            return Err(bad(
+                path,
+                format!(
+                    "refused: the file holds no tensors, only Python objects convkit does not \
+                     build ({}); nothing was imported or run",
+                    objects.join(", ")
+                ),
+            ));
+        }
+        return Err(bad(
+            path,
+            "the file holds no tensors (not a state dict or checkpoint)",
+        ));
     }
+    Ok(contents)
+}
+
+/// The named tensors of a weights file, on the CPU: the file's largest group of tensors (the
+/// state dict of a plain file; see [`choose`] to pick the one that fits a model). A convkit
+/// checkpoint contributes its model weights only.
+///
+/// # Errors
+/// As [`read_contents`].
+pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let contents = read_contents(path)?;
+    let best = (0..contents.groups.len())
+        .rev()
+        .max_by_key(|&i| contents.groups[i].tensors.len())
+        .unwrap_or(0);
+    Ok(contents
+        .groups
+        .into_iter()
+        .nth(best)
+        .map(|g| g.tensors)
+        .unwrap_or_default())
 }
 
 /// A convkit checkpoint stores `model.<key>`, `optim.<key>` and `meta`; its model section is
@@ -105,18 +189,33 @@ pub struct TensorInfo {
     pub dtype: String,
 }
 
+/// Every tensor of a file, named `<key path>/<name>` when it is nested (a safetensors file's
+/// optimiser section included).
+///
+/// # Errors
+/// As [`read_contents`].
 pub fn inspect(path: &Path) -> Result<Vec<TensorInfo>> {
-    let tensors = match detect(path)? {
-        FileKind::Safetensors => Tensor::read_safetensors(path)
-            .map_err(|e| bad(path, format!("not a readable safetensors file: {e}")))?,
-        _ => read(path)?,
+    let groups = match detect(path)? {
+        FileKind::Safetensors => vec![Group {
+            key: String::new(),
+            tensors: Tensor::read_safetensors(path)
+                .map_err(|e| bad(path, format!("not a readable safetensors file: {e}")))?,
+        }],
+        _ => read_contents(path)?.groups,
     };
-    Ok(tensors
+    Ok(groups
         .into_iter()
-        .map(|(name, t)| TensorInfo {
-            name,
-            shape: t.size(),
-            dtype: format!("{:?}", t.kind()).to_lowercase(),
+        .flat_map(|g| {
+            let key = g.key;
+            g.tensors.into_iter().map(move |(name, t)| TensorInfo {
+                name: match (key.is_empty(), name.is_empty()) {
+                    (true, _) => name,
+                    (false, true) => key.clone(),
+                    (false, false) => format!("{key}/{name}"),
+                },
+                shape: t.size(),
+                dtype: format!("{:?}", t.kind()).to_lowercase(),
+            })
         })
         .collect())
 }

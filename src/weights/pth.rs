@@ -1,10 +1,23 @@
-//! PyTorch's `torch.save` files (the zip format, PyTorch >= 1.6): `<name>/data.pkl` describes
-//! the state dict with tensors pointing at storages stored raw in `<name>/data/<key>`.
+//! PyTorch's `torch.save` files, read through the safe pickle reader ([`crate::pickle`]):
+//!
+//! - the zip format (PyTorch >= 1.6): `<name>/data.pkl` describes the object, with tensors
+//!   pointing at storages stored raw in `<name>/data/<key>`;
+//! - the legacy format (`_use_new_zipfile_serialization=False`, and every file before 1.6),
+//!   as `torch/serialization.py`'s `_legacy_save` writes it: consecutive pickles of the magic
+//!   number `0x1950a86a20f9469cfc6c`, the protocol version 1001, a `sys_info` dict, the object,
+//!   and the list of storage keys; then, for each key in that list's order, an 8-byte
+//!   little-endian element count followed by the storage's raw bytes.
+//!
+//! Every dict (or list) that directly holds tensors becomes a [`Group`] named by its key path
+//! in the file (`state_dict`, `checkpoint/model`); [`super::choose`] picks the one that fits a
+//! model.
 
-use super::WeightsError;
-use super::pickle::{self, TensorRef, Value};
+use super::{Contents, Group, WeightsError};
+use crate::pickle::{self, TensorRef, Value};
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::Path;
+use std::rc::Rc;
 use tch::{Kind, Tensor};
 
 fn bad(path: &Path, problem: impl Into<String>) -> WeightsError {
@@ -42,8 +55,11 @@ fn read_entry(zip: &mut Archive, name: &str, path: &Path) -> Result<Vec<u8>, Wei
     Ok(buf)
 }
 
-/// Reads the state dict of a zip-format `.pth` file.
-pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>, WeightsError> {
+/// Reads every group of tensors of a zip-format `.pth` file.
+///
+/// # Errors
+/// A damaged archive, a refused or malformed pickle, storages of the wrong size.
+pub fn read(path: &Path) -> Result<Contents, WeightsError> {
     let file = std::fs::File::open(path).map_err(|e| bad(path, e.to_string()))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| {
         bad(
@@ -69,68 +85,248 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>, WeightsError> {
     }
     let root = pickle::load(&read_entry(&mut zip, &pkl, path)?)
         .map_err(|e| bad(path, format!("{pkl}: {e}")))?;
-    let entries = state_dict_entries(root).map_err(|p| bad(path, p))?;
-    entries
-        .into_iter()
-        .map(|(name, t)| {
-            let data = read_entry(&mut zip, &format!("{prefix}data/{}", t.storage.key), path)?;
-            let tensor = to_tensor(&t, &data).map_err(|p| bad(path, format!("{name}: {p}")))?;
-            Ok((name, tensor))
-        })
-        .collect()
+    let mut storages: HashMap<String, Rc<Vec<u8>>> = HashMap::new();
+    contents(path, &root, |key| {
+        if let Some(d) = storages.get(key) {
+            return Ok(d.clone());
+        }
+        let d = Rc::new(read_entry(&mut zip, &format!("{prefix}data/{key}"), path)?);
+        storages.insert(key.to_string(), d.clone());
+        Ok(d)
+    })
 }
 
-/// The `name -> tensor` pairs of a state dict; a checkpoint that wraps one under `state_dict`
-/// or `model` is unwrapped.
-fn state_dict_entries(root: Value) -> Result<Vec<(String, TensorRef)>, String> {
-    let Value::Dict(items) = root else {
-        return Err("the file does not hold a state dict (a dict of tensors)".into());
+/// `0x1950a86a20f9469cfc6c`, little-endian, as pickle's `LONG1` stores it.
+const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+
+/// Reads every group of tensors of a legacy (pre-1.6 format) `torch.save` file.
+///
+/// # Errors
+/// Not the legacy format, a refused or malformed pickle, or storages that run past the end of
+/// the file.
+pub fn read_legacy(path: &Path) -> Result<Contents, WeightsError> {
+    let bytes = std::fs::read(path).map_err(|e| bad(path, e.to_string()))?;
+    let mut at = 0usize;
+    let mut next = |what: &str| -> Result<Value, WeightsError> {
+        let (v, n) = pickle::load_prefix(&bytes[at..])
+            .map_err(|e| bad(path, format!("legacy torch.save file, {what}: {e}")))?;
+        at += n;
+        Ok(v)
     };
-    let wrapped = items.iter().find_map(|(k, v)| match (k, v) {
-        (Value::Str(k), Value::Dict(_)) if k == "state_dict" || k == "model" => Some(v.clone()),
-        _ => None,
-    });
-    if let Some(inner) = wrapped {
-        return state_dict_entries(inner);
+    let magic = next("magic number")?;
+    if !matches!(&magic, Value::BigInt(b) if **b == LEGACY_MAGIC) {
+        return Err(bad(
+            path,
+            "a pickle, but not a torch.save file (no torch magic number)",
+        ));
     }
-    let mut out = Vec::new();
-    for (k, v) in items {
-        match (k, v) {
-            (Value::Str(k), Value::Tensor(t)) => out.push((k, t)),
-            // Other plain values (epoch numbers, metadata) are not weights.
-            (Value::Str(_), _) => {}
-            (k, _) => return Err(format!("state dict key {k:?} is not a string")),
+    if !matches!(next("protocol version")?, Value::Int(1001)) {
+        return Err(bad(path, "legacy torch.save file of an unknown version"));
+    }
+    let info = next("sys_info")?;
+    if matches!(info.get("little_endian"), Some(Value::Bool(false))) {
+        return Err(bad(path, "big-endian tensors are not supported"));
+    }
+    let root = next("object")?;
+    let keys = next("storage keys")?
+        .items()
+        .ok_or_else(|| bad(path, "legacy torch.save file without its storage key list"))?;
+    // Each storage's element size comes from the tensors that use it.
+    let mut sizes: HashMap<String, (i64, usize)> = HashMap::new();
+    for group in tensor_groups(&root).0 {
+        for (_, t) in group.1 {
+            let (_, size) = kind_of(&t.storage.dtype).unwrap_or((Kind::Uint8, 1));
+            sizes.insert(t.storage.key.clone(), (t.storage.numel, size));
         }
     }
-    if out.is_empty() {
-        return Err("the state dict holds no tensors".into());
+    let mut storages: HashMap<String, Rc<Vec<u8>>> = HashMap::new();
+    for key in keys {
+        let key = key
+            .as_text()
+            .ok_or_else(|| bad(path, "a storage key is not a string"))?;
+        let truncated = || {
+            bad(
+                path,
+                format!("storage {key} runs past the end of the file: the file is truncated"),
+            )
+        };
+        let count_end = at.checked_add(8).filter(|&e| e <= bytes.len());
+        let count_end = count_end.ok_or_else(truncated)?;
+        let count = u64::from_le_bytes(bytes[at..count_end].try_into().unwrap());
+        let &(numel, size) = sizes
+            .get(&key)
+            .ok_or_else(|| bad(path, format!("storage {key} is used by no tensor")))?;
+        if i64::try_from(count).ok() != Some(numel) {
+            return Err(bad(
+                path,
+                format!("storage {key} holds {count} elements, its tensors say {numel}"),
+            ));
+        }
+        let end = usize::try_from(count)
+            .ok()
+            .and_then(|c| c.checked_mul(size))
+            .and_then(|n| count_end.checked_add(n))
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(truncated)?;
+        storages.insert(key, Rc::new(bytes[count_end..end].to_vec()));
+        at = end;
     }
-    Ok(out)
+    contents(path, &root, |key| {
+        storages
+            .get(key)
+            .cloned()
+            .ok_or_else(|| bad(path, format!("storage {key} is missing from the file")))
+    })
+}
+
+/// Tensor references grouped by the dict or list holding them, and a description of every
+/// other value met at a key path (`('args', 'a argparse.Namespace object')`).
+type RefGroups = (
+    Vec<(String, Vec<(String, Rc<TensorRef>)>)>,
+    Vec<(String, String)>,
+);
+
+/// Walks the object the pickle built: every dict, list and tuple is visited once (shared ones
+/// too); placeholders are described, never looked into.
+fn tensor_groups(root: &Value) -> RefGroups {
+    fn join(path: &str, k: &str) -> String {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}/{k}")
+        }
+    }
+    fn walk(v: &Value, path: &str, seen: &mut HashSet<usize>, out: &mut RefGroups) {
+        let entries: Vec<(String, Value)> = match v {
+            Value::Dict(d) => {
+                if !seen.insert(Rc::as_ptr(d) as *const () as usize) {
+                    return;
+                }
+                d.borrow()
+                    .iter()
+                    .map(|(k, v)| {
+                        let k = match k {
+                            Value::Int(i) => i.to_string(),
+                            other => other.as_text().unwrap_or_else(|| other.describe()),
+                        };
+                        (k, v.clone())
+                    })
+                    .collect()
+            }
+            Value::List(_) | Value::Tuple(_) => {
+                let key = match v {
+                    Value::List(l) => Rc::as_ptr(l) as *const () as usize,
+                    Value::Tuple(t) => t.as_ptr() as usize,
+                    _ => unreachable!(),
+                };
+                if !seen.insert(key) {
+                    return;
+                }
+                let items = v.items().unwrap_or_default();
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| (i.to_string(), v))
+                    .collect()
+            }
+            Value::Tensor(t) => {
+                // A bare tensor (the root, or inside a placeholder-free tuple).
+                out.0
+                    .push((path.to_string(), vec![(String::new(), t.clone())]));
+                return;
+            }
+            other => {
+                // Bounded: a list of a million numbers is not worth describing one by one.
+                if (!path.is_empty() || other.placeholder_name().is_some()) && out.1.len() < 10_000
+                {
+                    out.1.push((path.to_string(), other.describe()));
+                }
+                return;
+            }
+        };
+        let tensors: Vec<(String, Rc<TensorRef>)> = entries
+            .iter()
+            .filter_map(|(k, v)| match v {
+                Value::Tensor(t) => Some((k.clone(), t.clone())),
+                _ => None,
+            })
+            .collect();
+        if !tensors.is_empty() {
+            out.0.push((path.to_string(), tensors));
+        }
+        for (k, v) in &entries {
+            if !matches!(v, Value::Tensor(_)) {
+                walk(v, &join(path, k), seen, out);
+            }
+        }
+    }
+    let mut out = (Vec::new(), Vec::new());
+    walk(root, "", &mut HashSet::new(), &mut out);
+    out
+}
+
+/// The groups of tensors under `root`, their storages fetched by key.
+fn contents(
+    path: &Path,
+    root: &Value,
+    mut fetch: impl FnMut(&str) -> Result<Rc<Vec<u8>>, WeightsError>,
+) -> Result<Contents, WeightsError> {
+    let (refs, others) = tensor_groups(root);
+    let mut groups = Vec::new();
+    for (key, entries) in refs {
+        let mut tensors = Vec::new();
+        for (name, t) in entries {
+            let data = fetch(&t.storage.key)?;
+            let full = if key.is_empty() {
+                name.clone()
+            } else {
+                format!("{key}/{name}")
+            };
+            let tensor = to_tensor(&t, &data).map_err(|p| bad(path, format!("{full}: {p}")))?;
+            tensors.push((name, tensor));
+        }
+        groups.push(Group { key, tensors });
+    }
+    Ok(Contents {
+        path: path.to_path_buf(),
+        groups,
+        others,
+    })
 }
 
 fn to_tensor(t: &TensorRef, data: &[u8]) -> Result<Tensor, String> {
     let (kind, size) =
         kind_of(&t.storage.dtype).ok_or_else(|| format!("dtype {}", t.storage.dtype))?;
     let numel = t.storage.numel;
-    if numel < 0 || data.len() != numel as usize * size {
+    let expected = usize::try_from(numel)
+        .ok()
+        .and_then(|n| n.checked_mul(size));
+    if expected != Some(data.len()) {
         return Err(format!(
-            "storage {} holds {} bytes, expected {} ({} x {}): the file is truncated or damaged",
+            "storage {} holds {} bytes, expected {} x {}: the file is truncated or damaged",
             t.storage.key,
             data.len(),
-            numel.max(0) as usize * size,
             numel,
             t.storage.dtype
         ));
     }
     // The furthest element the view reads must lie inside the storage.
-    let last: i64 = t.offset
-        + t.shape
-            .iter()
-            .zip(&t.stride)
-            .map(|(n, s)| (n - 1).max(0) * s)
-            .sum::<i64>();
     let empty = t.shape.contains(&0);
-    if t.shape.len() != t.stride.len() || t.offset < 0 || (!empty && last >= numel.max(1)) {
+    let last = t
+        .shape
+        .iter()
+        .zip(&t.stride)
+        .try_fold(t.offset, |acc, (n, s)| {
+            if *n < 0 || *s < 0 {
+                return None;
+            }
+            acc.checked_add((n - 1).max(0).checked_mul(*s)?)
+        });
+    let inside = match last {
+        Some(last) => empty || last < numel.max(1),
+        None => false,
+    };
+    if t.shape.len() != t.stride.len() || t.offset < 0 || !inside {
         return Err("tensor view lies outside its storage".into());
     }
     let storage = Tensor::from_data_size(data, &[numel], kind);
