@@ -271,12 +271,15 @@ fn supcon_config(epochs: usize, batch: usize) -> convkit::train::Config {
 fn supcon_pretraining_improves_knn_and_the_probe_learns() {
     use convkit::contrastive::{pretrain, probe};
     let out = common::temp_dir("supcon-pretrain");
-    let mut cfg = supcon_config(3, 64);
+    // Six epochs: after three, whether kNN accuracy has risen yet depends on the CPU's kernels
+    // (on an AVX2-only EPYC it read 29.0 -> 21.9 -> 27.9%); after six it rose by 23 to 68 points
+    // for seeds 0-2 there.
+    let mut cfg = supcon_config(6, 64);
     cfg.contrastive.embed_images = 300;
     let s = pretrain::run(cfg, &out, &Default::default()).unwrap();
-    assert_eq!(s.knn_accuracy.len(), 3);
+    assert_eq!(s.knn_accuracy.len(), 6);
     assert!(
-        s.knn_accuracy[2] > s.knn_accuracy[0] + 0.05,
+        s.knn_accuracy[5] > s.knn_accuracy[0] + 0.1,
         "kNN accuracy rises: {:?}",
         s.knn_accuracy
     );
@@ -287,7 +290,7 @@ fn supcon_pretraining_improves_knn_and_the_probe_learns() {
     );
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
-    assert_eq!(summary["knn_accuracy"].as_array().unwrap().len(), 3);
+    assert_eq!(summary["knn_accuracy"].as_array().unwrap().len(), 6);
     let spec = probe::ProbeSpec {
         device: "cpu".into(),
         ..Default::default()

@@ -453,6 +453,7 @@ pub fn detect_format(path: &Path) -> Result<Format> {
             "not a data set convkit can read: found {}.\nAccepted layouts: an image folder \
              (train/<class>/*.jpg and test/<class>/..., or <class>/*.jpg with --val-split), \
              CIFAR-10/100 binary (cifar-10-batches-bin/, cifar-100-binary/ or their .tar.gz), \
+             CIFAR-10/100 python (cifar-10-batches-py/, cifar-100-python/ or their .tar.gz), \
              MNIST/Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz] ..., also under \
              MNIST/raw/ or FashionMNIST/raw/); pass --format to choose one",
             describe_contents(path)
