@@ -550,38 +550,97 @@ pub fn load_prefix(data: &[u8]) -> Res<(Value, usize)> {
     result.map(|v| (v, m.pos))
 }
 
+/// Every storage reference inside `v`, wherever it sits (in tensors, in containers, in the
+/// arguments of inert placeholder objects): the legacy `torch.save` reader needs each stored
+/// storage's element type, whoever holds it. `v` must come from [`load`], whose depth check
+/// bounds the recursion.
+pub fn storages(v: &Value) -> Vec<Rc<StorageRef>> {
+    fn walk(v: &Value, seen: &mut std::collections::HashSet<usize>, out: &mut Vec<Rc<StorageRef>>) {
+        let key = match v {
+            Value::Storage(s) => {
+                out.push(s.clone());
+                return;
+            }
+            Value::Tensor(t) => {
+                out.push(Rc::new(t.storage.clone()));
+                return;
+            }
+            Value::Tuple(t) => t.as_ptr() as *const () as usize,
+            Value::List(l) | Value::Set(l) => Rc::as_ptr(l) as *const () as usize,
+            Value::Dict(d) => Rc::as_ptr(d) as *const () as usize,
+            Value::Object(o) => Rc::as_ptr(o) as *const () as usize,
+            _ => return,
+        };
+        if !seen.insert(key) {
+            return;
+        }
+        match v {
+            Value::Tuple(t) => t.iter().for_each(|c| walk(c, seen, out)),
+            Value::List(l) | Value::Set(l) => l.borrow().iter().for_each(|c| walk(c, seen, out)),
+            Value::Dict(d) => d.borrow().iter().for_each(|(k, c)| {
+                walk(k, seen, out);
+                walk(c, seen, out);
+            }),
+            Value::Object(o) => {
+                let o = o.borrow();
+                o.args
+                    .iter()
+                    .chain(&o.state)
+                    .chain(&o.list)
+                    .for_each(|c| walk(c, seen, out));
+                o.dict.iter().for_each(|(k, c)| {
+                    walk(k, seen, out);
+                    walk(c, seen, out);
+                });
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, &mut std::collections::HashSet::new(), &mut out);
+    out
+}
+
 /// The nesting height of `v`, refusing structures deeper than [`MAX_DEPTH`] or containing
 /// themselves; `seen` caches the heights of shared containers, so each is visited once.
 fn height(v: &Value, depth: usize, seen: &mut HashMap<usize, Option<usize>>) -> Res<usize> {
     if depth > MAX_DEPTH {
         return Err(PickleError::TooDeep);
     }
-    let (key, children): (usize, Vec<Value>) = match v {
-        Value::Tuple(t) => (t.as_ptr() as usize, t.to_vec()),
-        Value::List(l) | Value::Set(l) => (Rc::as_ptr(l) as usize, l.borrow().clone()),
-        Value::Dict(d) => (
-            Rc::as_ptr(d) as usize,
-            d.borrow()
-                .iter()
-                .flat_map(|(k, v)| [k.clone(), v.clone()])
-                .collect(),
-        ),
+    // The cache is consulted before any child is collected: a container referenced K times
+    // costs its children once, not K times.
+    let key = match v {
+        Value::Tuple(t) => t.as_ptr() as *const () as usize,
+        Value::List(l) | Value::Set(l) => Rc::as_ptr(l) as *const () as usize,
+        Value::Dict(d) => Rc::as_ptr(d) as *const () as usize,
+        Value::Object(rc) => Rc::as_ptr(rc) as *const () as usize,
+        _ => return Ok(0),
+    };
+    match seen.get(&key) {
+        Some(Some(h)) => return Ok(*h),
+        Some(None) => return Err(PickleError::TooDeep), // a cycle
+        None => {}
+    }
+    let children: Vec<Value> = match v {
+        Value::Tuple(t) => t.to_vec(),
+        Value::List(l) | Value::Set(l) => l.borrow().clone(),
+        Value::Dict(d) => d
+            .borrow()
+            .iter()
+            .flat_map(|(k, v)| [k.clone(), v.clone()])
+            .collect(),
         Value::Object(rc) => {
             let o = rc.borrow();
             let mut c: Vec<Value> = o.args.iter().chain(&o.state).cloned().collect();
             c.extend(o.list.iter().cloned());
             c.extend(o.dict.iter().flat_map(|(k, v)| [k.clone(), v.clone()]));
-            (Rc::as_ptr(rc) as *const () as usize, c)
+            c
         }
         _ => return Ok(0),
     };
     if children.is_empty() {
+        seen.insert(key, Some(1));
         return Ok(1);
-    }
-    match seen.get(&key) {
-        Some(Some(h)) => return Ok(*h),
-        Some(None) => return Err(PickleError::TooDeep), // a cycle
-        None => {}
     }
     seen.insert(key, None);
     let mut h = 0;

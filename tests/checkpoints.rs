@@ -276,6 +276,9 @@ fn legacy_torch_save_files_read_like_zip_files() {
         ("model", "module.")
     );
     assert_same(&tensors, &want);
+    let (tensors, choice) = choose("legacy_namespace.pth", None, None).unwrap();
+    assert_eq!(choice.key.as_str(), "state_dict");
+    assert_same(&tensors, &want);
     let bytes = std::fs::read(dir.join("legacy.pth")).unwrap();
     for cut in [bytes.len() - 3, bytes.len() / 2, 40] {
         let path = dir.join(format!("legacy-cut-{cut}.pth"));

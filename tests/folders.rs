@@ -441,17 +441,23 @@ fn defaults_fit_the_data_and_the_run_records_them() {
         pad,
         reflect: false,
     };
-    assert_eq!(policy_for(1, 28, "mnist").0, vec![crop(2)]);
+    assert_eq!(policy_for(true, 28, "mnist").0, vec![crop(2)]);
     assert_eq!(
-        policy_for(1, 28, "fashion-mnist").0,
+        policy_for(true, 28, "fashion-mnist").0,
         vec![crop(2), Aug::Flip]
     );
-    assert_eq!(policy_for(3, 32, "cifar10").0, vec![crop(4), Aug::Flip]);
-    assert_eq!(policy_for(3, 64, "pets").0, vec![crop(8), Aug::Flip]);
+    assert_eq!(policy_for(false, 32, "cifar10").0, vec![crop(4), Aug::Flip]);
+    assert_eq!(policy_for(false, 64, "pets").0, vec![crop(8), Aug::Flip]);
     assert!(matches!(
-        policy_for(3, 224, "pets").0[0],
+        policy_for(false, 224, "pets").0[0],
         Aug::ResizedCrop { .. }
     ));
+    // Digits at 224 px (resized for ImageNet weights) or repeated to RGB stay unflipped.
+    assert_eq!(policy_for(true, 224, "digits").0, vec![crop(16)]);
+    let gray_rgb = tch::Tensor::from_slice(&[7u8, 7, 7, 200, 200, 200]).reshape([1, 1, 2, 3]);
+    let colour = tch::Tensor::from_slice(&[7u8, 7, 8, 200, 200, 200]).reshape([1, 1, 2, 3]);
+    assert!(convkit::augment::is_grayscale(&gray_rgb));
+    assert!(!convkit::augment::is_grayscale(&colour));
     // No recipe, digits: no flip, written into the run's config.toml.
     let root = common::temp_dir("folders-defaults");
     write_idx_set(&root.join("MNIST/raw"), false);
@@ -477,5 +483,5 @@ fn defaults_fit_the_data_and_the_run_records_them() {
     assert!(saved.contains("augment = [\"crop:2\"]"), "{saved}");
     // A recipe's own augmentation is kept.
     let cfg = config::load(Some("cifar10-fast-cpu"), &[]).unwrap();
-    assert!(!cfg.augment_from_data);
+    assert!(!cfg.provenance.augment_from_data);
 }

@@ -50,32 +50,27 @@ pub enum Aug {
 
 /// The augmentation a run gets when no recipe chooses one, from what the data is:
 ///
-/// - grayscale sets (MNIST, handwriting, symbols): a 2-pixel translation and no flip, since a
-///   mirrored digit is another shape; Fashion-MNIST adds the flip (a mirrored garment is the
-///   same garment);
+/// - grayscale images (MNIST, handwriting, symbols; also when repeated to 3 channels): a
+///   translation by 1/14 of the side (2 px at 28) and no flip, since a mirrored digit is
+///   another shape; Fashion-MNIST adds the flip (a mirrored garment is the same garment);
 /// - colour images up to 64 pixels (CIFAR-like photos): the CIFAR policy, a translation by an
 ///   eighth of the side (4 px at 32) and a horizontal flip (He et al. 2016);
 /// - larger colour images: torchvision's ImageNet policy, random-resized crop and flip.
 ///
-/// `channels` and `side` describe the images as the model sees them; `name` is the data set's.
-/// Returns the list and a short reason for the run's first lines.
-pub fn policy_for(channels: i64, side: i64, name: &str) -> (Vec<Aug>, String) {
+/// `side` is the image side the model sees, in pixels; `name` is the data set's. Returns the
+/// list and a short reason for the run's first lines.
+pub fn policy_for(grayscale: bool, side: i64, name: &str) -> (Vec<Aug>, String) {
     let crop = |pad: i64| Aug::Crop {
         pad,
         reflect: false,
     };
-    if channels == 1 {
-        if name == "fashion-mnist" {
-            return (
-                vec![crop(2), Aug::Flip],
-                "Fashion-MNIST: grayscale, garments look the same mirrored".into(),
-            );
-        }
-        return (
-            vec![crop(2)],
-            "grayscale images: translation only, no flip (a mirrored digit is another shape)"
-                .into(),
-        );
+    if name == "fashion-mnist" {
+        let why = "Fashion-MNIST: grayscale, garments look the same mirrored";
+        return (vec![crop((side / 14).max(2)), Aug::Flip], why.into());
+    }
+    if grayscale || name == "mnist" {
+        let why = "grayscale images: translation only, no flip (a mirrored digit is another shape)";
+        return (vec![crop((side / 14).max(2))], why.into());
     }
     if side <= 64 {
         let reason = format!("{side}x{side} colour images: the CIFAR policy");
@@ -87,6 +82,17 @@ pub fn policy_for(channels: i64, side: i64, name: &str) -> (Vec<Aug>, String) {
     };
     let reason = format!("{side}x{side} colour images: torchvision's ImageNet policy");
     (vec![rrc, Aug::Flip], reason)
+}
+
+/// Whether u8 NHWC images are grayscale: one channel, or three equal ones (a grayscale folder
+/// decoded to RGB, or `data.rgb`).
+pub fn is_grayscale(images: &Tensor) -> bool {
+    let c = images.size()[3];
+    if c == 1 {
+        return true;
+    }
+    let first = images.narrow(3, 0, 1);
+    c == 3 && images.eq_tensor(&first).all().int64_value(&[]) == 1
 }
 
 impl std::str::FromStr for Aug {

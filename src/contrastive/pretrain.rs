@@ -210,7 +210,7 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
         DeviceSplit::new(&data.train, device),
         DeviceSplit::new(&data.test, device),
     );
-    train::check_training_size(train_split.len())?;
+    train::check_training_size(train_split.len(), cfg.train.batch_size)?;
     let t = &cfg.train;
     let spe = loader::training_steps_per_epoch(train_split.len(), t.batch_size, true);
     let mut trainer = Step {

@@ -83,18 +83,15 @@ pub fn training_batches(order: &[i64], batch_size: usize, drop_last: bool) -> Ve
 
 /// Whether [`training_batches`] leaves out a last batch of one image for `n` images.
 pub fn drops_single_image(n: usize, batch_size: usize, drop_last: bool) -> bool {
-    batches_of(n, batch_size, drop_last) > training_steps_per_epoch(n, batch_size, drop_last)
+    steps_per_epoch(n, batch_size, drop_last) > training_steps_per_epoch(n, batch_size, drop_last)
 }
 
-/// Steps per training epoch for `n` images: the length of [`training_batches`].
+/// Steps per training epoch for `n` images: the length of [`training_batches`] (which the
+/// trainer only calls with `batch_size >= 2`).
 pub fn training_steps_per_epoch(n: usize, batch_size: usize, drop_last: bool) -> usize {
-    let steps = batches_of(n, batch_size, drop_last);
+    let steps = steps_per_epoch(n, batch_size, drop_last);
     let single = !drop_last && n > batch_size && n % batch_size == 1;
     steps - usize::from(single)
-}
-
-fn batches_of(n: usize, batch_size: usize, drop_last: bool) -> usize {
-    steps_per_epoch(n, batch_size, drop_last)
 }
 
 /// Steps per epoch for `n` images.

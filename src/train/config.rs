@@ -21,14 +21,36 @@ pub struct Config {
     pub contrastive: ContrastiveConfig,
     /// Pretrained weights, freezing and per-group learning rates.
     pub transfer: crate::transfer::TransferConfig,
-    /// Where the settings came from (`defaults`, `recipe NAME` or a file, and the number of
-    /// command-line overrides), for the first lines of a run.
+    /// Where the settings came from; not part of what they mean.
     #[serde(skip)]
+    pub provenance: Provenance,
+}
+
+/// Where a config came from. Configs that differ only here are equal: a run's saved config
+/// read back is the same config, whatever the command line that made it.
+#[derive(Debug, Clone)]
+pub struct Provenance {
+    /// `defaults`, `recipe NAME` or a file, and the number of command-line settings, for the
+    /// first lines of a run.
     pub origin: String,
-    /// No recipe or override chose the augmentation: the trainer picks it from the data
+    /// No recipe or setting chose the augmentation: the trainer picks it from the data
     /// ([`crate::augment::policy_for`]) and the run's config.toml records the choice.
-    #[serde(skip)]
     pub augment_from_data: bool,
+}
+
+impl Default for Provenance {
+    fn default() -> Self {
+        Provenance {
+            origin: "defaults".into(),
+            augment_from_data: false,
+        }
+    }
+}
+
+impl PartialEq for Provenance {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,8 +105,7 @@ impl Default for Config {
             ],
             contrastive: ContrastiveConfig::default(),
             transfer: Default::default(),
-            origin: "defaults".into(),
-            augment_from_data: false,
+            provenance: Provenance::default(),
         }
     }
 }
@@ -302,11 +323,11 @@ pub fn load(recipe: Option<&str>, overrides: &[String]) -> Result<Config, Config
     let augment_from_data = !value.contains_key("augment");
     let mut cfg = Config::deserialize(toml::Value::Table(value))
         .map_err(|e| ConfigError::File(origin.clone(), e.to_string()))?;
-    cfg.origin = match overrides.len() {
+    cfg.provenance.origin = match overrides.len() {
         0 => origin,
         n => format!("{origin} + {n} settings from the command line"),
     };
-    cfg.augment_from_data = augment_from_data;
+    cfg.provenance.augment_from_data = augment_from_data;
     Ok(cfg)
 }
 

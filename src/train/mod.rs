@@ -166,11 +166,19 @@ pub fn load_onto_device(cfg: &Config) -> Result<(Dataset, (DeviceSplit, DeviceSp
     Ok((data, splits))
 }
 
-/// Refuses a training split too small to train on: BatchNorm needs two values per channel.
+/// Refuses a training split or batch too small to train on: BatchNorm needs two values per
+/// channel.
 ///
 /// # Errors
-/// Fewer than 2 training images, naming the settings that shrink the split.
-pub fn check_training_size(n: usize) -> Result<()> {
+/// Fewer than 2 training images (naming the settings that shrink the split), or
+/// `train.batch_size` below 2.
+pub fn check_training_size(n: usize, batch_size: usize) -> Result<()> {
+    if batch_size < 2 {
+        return Err(TrainError::Invalid(format!(
+            "train.batch_size = {batch_size}: training needs batches of at least 2 images \
+             (BatchNorm needs two values per channel)"
+        )));
+    }
     if n >= 2 {
         return Ok(());
     }
@@ -211,6 +219,8 @@ pub struct Trainer {
     pub eval_seconds: f64,
     pub transfer: Option<crate::transfer::TransferSummary>,
     bn_eval: std::rc::Rc<[String]>,
+    /// Why the augmentation is what it is, when it was chosen from the data.
+    augment_reason: Option<String>,
 }
 
 impl Trainer {
@@ -233,11 +243,14 @@ impl Trainer {
         if cfg.train.threads > 0 {
             tch::set_num_threads(cfg.train.threads as i32);
         }
-        check_training_size(train.len())?;
-        if cfg.augment_from_data {
-            let shape = data.train.image_shape();
-            let side = cfg.transfer.resize.unwrap_or(shape[1]);
-            cfg.augment = crate::augment::policy_for(shape[0], side, &data.name).0;
+        check_training_size(train.len(), cfg.train.batch_size)?;
+        let mut augment_reason = None;
+        if cfg.provenance.augment_from_data {
+            let side = cfg.transfer.resize.unwrap_or(data.train.image_shape()[1]);
+            let gray = crate::augment::is_grayscale(&data.train.images);
+            let (policy, why) = crate::augment::policy_for(gray, side, &data.name);
+            cfg.augment = policy;
+            augment_reason = Some(why);
         }
         let device = train.images.device();
         let classes = data.classes.len() as i64;
@@ -294,6 +307,7 @@ impl Trainer {
             eval_seconds: 0.0,
             transfer,
             bn_eval,
+            augment_reason,
         })
     }
 
@@ -854,19 +868,13 @@ fn print_recipe(t: &Trainer) {
         true => "none".to_string(),
         false => augment.join(", "),
     };
-    let why = if c.augment_from_data {
-        let s = t.data.train.image_shape();
-        let side = c.transfer.resize.unwrap_or(s[1]);
-        format!(
-            " (from the data: {})",
-            crate::augment::policy_for(s[0], side, &t.data.name).1
-        )
-    } else {
-        String::new()
+    let why = match &t.augment_reason {
+        Some(why) => format!(" (from the data: {why})"),
+        None => String::new(),
     };
     eprintln!(
         "recipe: {}; augment {augment}{why}; {} lr {} wd {}, {:?} schedule, {} epochs of batch {}",
-        c.origin,
+        c.provenance.origin,
         c.optim.name,
         c.optim.lr,
         c.optim.weight_decay,

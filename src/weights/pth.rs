@@ -131,13 +131,12 @@ pub fn read_legacy(path: &Path) -> Result<Contents, WeightsError> {
     let keys = next("storage keys")?
         .items()
         .ok_or_else(|| bad(path, "legacy torch.save file without its storage key list"))?;
-    // Each storage's element size comes from the tensors that use it.
+    // Each storage's element size comes from its persistent id, wherever that sits (a tensor,
+    // or the arguments of an object convkit does not build, such as an optimiser).
     let mut sizes: HashMap<String, (i64, usize)> = HashMap::new();
-    for group in tensor_groups(&root).0 {
-        for (_, t) in group.1 {
-            let (_, size) = kind_of(&t.storage.dtype).unwrap_or((Kind::Uint8, 1));
-            sizes.insert(t.storage.key.clone(), (t.storage.numel, size));
-        }
+    for s in pickle::storages(&root) {
+        let (_, size) = kind_of(&s.dtype).unwrap_or((Kind::Uint8, 1));
+        sizes.insert(s.key.clone(), (s.numel, size));
     }
     let mut storages: HashMap<String, Rc<Vec<u8>>> = HashMap::new();
     for key in keys {
@@ -323,7 +322,7 @@ fn to_tensor(t: &TensorRef, data: &[u8]) -> Result<Tensor, String> {
             acc.checked_add((n - 1).max(0).checked_mul(*s)?)
         });
     let inside = match last {
-        Some(last) => empty || last < numel.max(1),
+        Some(last) => empty || last < numel,
         None => false,
     };
     if t.shape.len() != t.stride.len() || t.offset < 0 || !inside {
