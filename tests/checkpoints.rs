@@ -129,27 +129,40 @@ fn moco_query_encoder_is_chosen_and_its_projection_head_is_unexpected() {
     );
     // Everything but the classifier (MoCo's fc is a projection MLP).
     assert_eq!(choice.fit, choice.wanted - 2);
+    // The key encoder and the queue lie outside the prefix and are left out.
+    assert_eq!(choice.outside_prefix, choice.in_group - tensors.len());
+    assert!(choice.outside_prefix > 0);
+    assert!(tensors.iter().all(|(n, _)| !n.starts_with("module.")));
     let body: Vec<(String, Tensor)> = plain()
         .into_iter()
         .filter(|(n, _)| !n.starts_with("fc."))
         .collect();
-    assert_same(&tensors, &body);
+    assert_same(
+        &tensors
+            .iter()
+            .filter(|(n, _)| !n.starts_with("fc."))
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect::<Vec<_>>(),
+        &body,
+    );
+    // Strict loading with a new head: the projection MLP is replaced, nothing else is off.
     let mut m = model();
-    let relaxed = LoadOptions {
-        strict: false,
+    let new_head = LoadOptions {
+        strict: true,
         replace_head: true,
     };
     let path = fixtures().join("moco.pth");
-    let r = weights::load_into(&path, &tensors, &mut m, relaxed).unwrap();
+    let r = weights::load_into(&path, &tensors, &mut m, new_head).unwrap();
     assert_eq!(r.loaded, body.len());
-    assert!(r.unexpected.iter().any(|n| n == "fc.0.weight"), "{r:?}");
+    assert!(r.unexpected.is_empty() && r.missing.is_empty(), "{r:?}");
     assert!(
-        r.unexpected
-            .iter()
-            .any(|n| n.starts_with("module.encoder_k.")),
+        r.replaced_head.iter().any(|n| n.starts_with("fc.0.weight")),
         "{r:?}"
     );
-    assert_eq!(r.missing, vec!["fc.bias", "fc.weight"]);
+    assert!(
+        r.replaced_head.iter().any(|n| n == "fc.weight new"),
+        "{r:?}"
+    );
 }
 
 #[test]

@@ -27,6 +27,8 @@ pub struct Choice {
     pub wanted: usize,
     /// How many tensors the group holds.
     pub in_group: usize,
+    /// How many of them lie outside the prefix and are left out.
+    pub outside_prefix: usize,
 }
 
 impl Choice {
@@ -42,10 +44,13 @@ impl Choice {
         } else {
             format!("'{}'", self.key)
         };
-        let prefix = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!(", prefix '{}' stripped", self.prefix)
+        let prefix = match (self.prefix.is_empty(), self.outside_prefix) {
+            (true, _) => String::new(),
+            (false, 0) => format!(", prefix '{}' stripped", self.prefix),
+            (false, n) => format!(
+                ", prefix '{}' stripped, {n} tensors outside it left out",
+                self.prefix
+            ),
         };
         format!(
             "weights: using {what} from {name}{prefix} ({} of {} tensors fit)",
@@ -192,12 +197,13 @@ pub fn choose(
                     fit,
                     wanted: model.len(),
                     in_group: names.len(),
+                    outside_prefix: 0,
                 };
                 best = Some((choice, gi));
             }
         }
     }
-    let Some((choice, gi)) = best.filter(|(c, _)| c.fit > 0 || model.is_empty()) else {
+    let Some((mut choice, gi)) = best.filter(|(c, _)| c.fit > 0 || model.is_empty()) else {
         let files = some(
             groups.iter().map(|&i| {
                 let g = &contents.groups[i];
@@ -222,13 +228,16 @@ pub fn choose(
             ),
         ));
     };
-    let tensors = contents.groups[gi]
-        .tensors
+    // Under a prefix, the tensors outside it belong to other networks in the same file (MoCo's
+    // key encoder and queue, a teacher): they are left out, and counted.
+    let group = &contents.groups[gi].tensors;
+    let tensors: Vec<(String, Tensor)> = group
         .iter()
-        .map(|(n, t)| {
-            let name = n.strip_prefix(&choice.prefix).unwrap_or(n);
-            (name.to_string(), t.shallow_clone())
+        .filter_map(|(n, t)| {
+            let name = n.strip_prefix(&choice.prefix)?;
+            Some((name.to_string(), t.shallow_clone()))
         })
         .collect();
+    choice.outside_prefix = group.len() - tensors.len();
     Ok((tensors, choice))
 }

@@ -294,6 +294,11 @@ pub fn load_into(
     let mut accepted = Vec::new();
     for (name, t) in weights {
         match vars.get(name) {
+            // A classifier of another shape (a projection MLP of a self-supervised encoder,
+            // `fc.0.weight`) is replaced by the model's new head.
+            None if opts.replace_head && name.starts_with(&head) => report
+                .replaced_head
+                .push(format!("{name} {:?} left out", t.size())),
             None => report.unexpected.push(name.clone()),
             Some(v) if v.size() == t.size() => accepted.push((name, v, t)),
             Some(v) if opts.replace_head && name.starts_with(&head) => report
@@ -306,9 +311,15 @@ pub fn load_into(
             )),
         }
     }
-    // Missing head tensors are expected when the head is replaced.
-    if !report.replaced_head.is_empty() {
-        report.missing.retain(|n| !n.starts_with(&head));
+    // Missing head tensors are expected when the head is replaced: a file without a classifier
+    // (a backbone, a self-supervised encoder) gets the model's new, freshly initialised head.
+    if opts.replace_head {
+        let (new_head, rest): (Vec<String>, Vec<String>) =
+            report.missing.drain(..).partition(|n| n.starts_with(&head));
+        report.missing = rest;
+        report
+            .replaced_head
+            .extend(new_head.into_iter().map(|n| format!("{n} new")));
     }
     report.missing.sort();
     report.unexpected.sort();
