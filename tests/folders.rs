@@ -82,6 +82,12 @@ fn extensions_any_case_subfolders_and_hidden_files() {
             8,
             [0, 200, 0],
         );
+        for name in ["f.TIF", "g.webp"] {
+            write_rgb(&root.join(split).join("dog").join(name), 8, 8, [0, 200, 0]);
+        }
+        let gray = image::GrayImage::from_pixel(8, 8, image::Luma([90]));
+        gray.save(root.join(split).join("dog").join("h.pgm"))
+            .unwrap();
     }
     // A link back to the class folder itself must not loop.
     #[cfg(unix)]
@@ -92,8 +98,8 @@ fn extensions_any_case_subfolders_and_hidden_files() {
     .unwrap();
     let ds = data::load(&spec(&root)).unwrap();
     assert_eq!(ds.classes, vec!["cat", "dog"]);
-    assert_eq!(counts(&ds.train.labels_vec(), 2), vec![8, 2]);
-    assert_eq!(counts(&ds.test.labels_vec(), 2), vec![8, 2]);
+    assert_eq!(counts(&ds.train.labels_vec(), 2), vec![8, 5]);
+    assert_eq!(counts(&ds.test.labels_vec(), 2), vec![8, 5]);
     let notes = ds.notes.join("\n");
     // Per split: ._a.png and .DS_Store (hidden files), .ipynb_checkpoints, notes.txt.
     assert!(
@@ -155,7 +161,13 @@ fn truncated_jpegs_are_errors_all_listed_or_skipped() {
         }
     }
     let whole = root.join("train/a/0.jpg");
-    assert!(folder::jpeg_is_complete(&std::fs::read(&whole).unwrap()));
+    let bytes = std::fs::read(&whole).unwrap();
+    assert!(folder::jpeg_is_complete(&bytes));
+    // Stray bytes between two segments, which libjpeg and Pillow skip, are no truncation.
+    let mut stray = bytes[..2].to_vec();
+    stray.extend_from_slice(&[0x00, 0x17]);
+    stray.extend_from_slice(&bytes[2..]);
+    assert!(folder::jpeg_is_complete(&stray));
     let mut cut = Vec::new();
     for name in ["train/a/1.jpg", "train/b/2.jpg", "test/b/0.jpg"] {
         let p = root.join(name);
@@ -198,13 +210,16 @@ fn test_classes_must_exist_in_train_and_test_folder_is_required() {
         err.contains("owl") && err.contains("no folder under") && err.contains("cat, dog"),
         "{err}"
     );
-    // A test split without some training class is fine; val/ serves as the test split.
+    // A test split without some training class is fine; val/ serves as the test split, also
+    // beside an unlabelled test/ of loose images (as Kaggle leaves them).
     std::fs::remove_dir_all(root.join("test/owl")).unwrap();
     std::fs::rename(root.join("test"), root.join("val")).unwrap();
+    write_rgb(&root.join("test/unlabelled.png"), 8, 8, [1, 2, 3]);
     let ds = data::load(&spec(&root)).unwrap();
     assert_eq!((ds.train.len(), ds.test.len()), (2, 1));
     // train/ without any test folder: one sentence suggesting --val-split.
     std::fs::remove_dir_all(root.join("val")).unwrap();
+    std::fs::remove_dir_all(root.join("test")).unwrap();
     let err = data::load(&spec(&root)).unwrap_err().to_string();
     assert!(
         err.contains("no test/") && err.contains("--val-split") && err.lines().count() == 1,

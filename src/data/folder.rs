@@ -114,7 +114,7 @@ fn entries(dir: &Path, skipped: &mut Skipped) -> Result<Vec<(PathBuf, bool)>> {
 
 /// Every image file under `dir`, in sub-folders too, sorted. Links are followed and each real
 /// folder is read once, so a link back to a parent cannot loop.
-pub fn walk_images(dir: &Path, skipped: &mut Skipped) -> Result<Vec<PathBuf>> {
+fn walk_images(dir: &Path, skipped: &mut Skipped) -> Result<Vec<PathBuf>> {
     let mut seen = HashSet::new();
     let mut images = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
@@ -190,12 +190,21 @@ fn list_images(
     Ok(out)
 }
 
-/// The folder holding the test split next to `train/`, if any.
-pub fn test_folder(root: &Path) -> Option<PathBuf> {
+/// The folder holding the test split next to `train/`: the first of `test/`, `val/`,
+/// `valid/`, `validation/` that holds class folders (Kaggle-style roots often have an
+/// unlabelled `test/` of loose images beside a labelled `val/`).
+fn test_folder(root: &Path) -> Option<PathBuf> {
+    let has_classes = |p: &Path| {
+        std::fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.path().is_dir() && !is_hidden(&e.path()))
+    };
     TEST_FOLDERS
         .iter()
         .map(|n| root.join(n))
-        .find(|p| p.is_dir())
+        .find(|p| p.is_dir() && has_classes(p))
 }
 
 /// The classes and the files of both splits, before decoding.
@@ -305,23 +314,7 @@ pub fn load(root: &Path, spec: &FolderSpec) -> Result<Dataset> {
     let mut broken = Vec::new();
     let train = decode_all(&train, spec.size, &mut broken);
     let test = decode_all(&test, spec.size, &mut broken);
-    if !broken.is_empty() {
-        let listed = list_broken(&broken);
-        if !spec.skip_broken {
-            return Err(DataError::format(
-                root,
-                format!(
-                    "{} images do not decode (pass --set data.skip_broken=true to leave them \
-                     out):\n{listed}",
-                    broken.len()
-                ),
-            ));
-        }
-        notes.push(format!(
-            "left out {} broken images (data.skip_broken):\n{listed}",
-            broken.len()
-        ));
-    }
+    notes.extend(check_broken(root, &broken, spec.skip_broken)?);
     let mut ds = Dataset::new(&name, classes, train, test, root)?;
     ds.notes = notes;
     Ok(ds)
@@ -340,25 +333,38 @@ pub fn load_all(root: &Path, spec: &FolderSpec) -> Result<(Vec<String>, Split, V
     let mut broken = Vec::new();
     let split = decode_all(&files, spec.size, &mut broken);
     let mut notes: Vec<String> = skipped.describe().into_iter().collect();
-    if !broken.is_empty() {
-        let listed = list_broken(&broken);
-        if !spec.skip_broken {
-            return Err(DataError::format(
-                root,
-                format!("{} images do not decode:\n{listed}", broken.len()),
-            ));
-        }
-        notes.push(format!(
-            "left out {} broken images:\n{listed}",
-            broken.len()
-        ));
-    }
+    notes.extend(check_broken(root, &broken, spec.skip_broken)?);
     Ok((classes, split, notes))
 }
 
 /// Whether `root` is one class tree (no train/ folder): evaluation then scores all of it.
 pub fn is_single_tree(root: &Path) -> bool {
     root.is_dir() && !root.join("train").is_dir() && holds_class_images(root)
+}
+
+/// Nothing when no file is broken; with `skip_broken`, a note listing the files left out.
+///
+/// # Errors
+/// Broken files without `skip_broken`: one error listing them all (the first 20 named).
+fn check_broken(root: &Path, broken: &[DataError], skip_broken: bool) -> Result<Option<String>> {
+    if broken.is_empty() {
+        return Ok(None);
+    }
+    let listed = list_broken(broken);
+    if !skip_broken {
+        return Err(DataError::format(
+            root,
+            format!(
+                "{} images do not decode (pass --set data.skip_broken=true to leave them \
+                 out):\n{listed}",
+                broken.len()
+            ),
+        ));
+    }
+    Ok(Some(format!(
+        "left out {} broken images (data.skip_broken):\n{listed}",
+        broken.len()
+    )))
 }
 
 /// The first broken files with their errors, one per line, and how many more there are.
@@ -454,18 +460,18 @@ pub fn jpeg_is_complete(b: &[u8]) -> bool {
     }
     let mut i = 2;
     loop {
-        // Markers may be preceded by any number of 0xFF fill bytes.
+        // Extraneous bytes before a marker are skipped (as libjpeg's next_marker does), and a
+        // marker may be preceded by any number of 0xFF fill bytes.
+        while i < b.len() && b[i] != 0xFF {
+            i += 1;
+        }
         while i < b.len() && b[i] == 0xFF {
             i += 1;
         }
         let Some(&marker) = b.get(i) else {
             return false;
         };
-        let prev = b[i - 1];
         i += 1;
-        if prev != 0xFF {
-            return false;
-        }
         match marker {
             0xD9 => return true,
             0x01 | 0xD0..=0xD7 => continue,

@@ -40,9 +40,11 @@ pub enum TrainError {
     Weights(#[from] crate::weights::WeightsError),
     #[error(transparent)]
     Config(#[from] config::ConfigError),
-    #[error("{0}")]
+    // Transparent: a `{0}` message with the error also as its source prints the text twice
+    // under `{:#}`.
+    #[error(transparent)]
     Io(#[from] std::io::Error),
-    #[error("tensor: {0}")]
+    #[error(transparent)]
     Tensor(#[from] tch::TchError),
     #[error(
         "training diverged: the loss became {loss} at step {step} (epoch {epoch}, learning rate {lr:.4}). \
