@@ -762,6 +762,7 @@ fn prepare_transfer(
         summary.loaded_tensors = report.loaded;
         summary.replaced_head = report.replaced_head.clone();
         summary.not_loaded = report.problems();
+        summary.chosen = report.chosen;
     }
     Ok(summary)
 }
@@ -887,6 +888,9 @@ fn print_recipe(t: &Trainer) {
 }
 
 fn print_transfer(tr: &crate::transfer::TransferSummary) {
+    if let Some(chosen) = &tr.chosen {
+        eprintln!("{chosen}");
+    }
     if let Some(w) = &tr.weights {
         eprintln!(
             "weights: {w} ({} tensors loaded{}{}; normalisation: {})",

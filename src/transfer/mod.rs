@@ -94,6 +94,9 @@ pub struct GroupSummary {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TransferSummary {
     pub weights: Option<String>,
+    /// Which tensors of the file were used: key path and prefix stripped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen: Option<String>,
     pub loaded_tensors: usize,
     pub replaced_head: Vec<String>,
     pub not_loaded: String,
@@ -279,7 +282,7 @@ pub fn model_shapes(model: &Model) -> Vec<(String, Vec<i64>)> {
 /// features does.
 ///
 /// The state dict is found inside training checkpoints (key path and prefix, or the config's
-/// `weights_key` / `strip_prefix`), and one line says what was chosen.
+/// `weights_key` / `strip_prefix`); the report says what was chosen.
 pub fn load_weights(
     cfg: &TransferConfig,
     path: &Path,
@@ -292,12 +295,12 @@ pub fn load_weights(
         cfg.weights_key.as_deref(),
         cfg.strip_prefix.as_deref(),
     )?;
-    eprintln!("{}", choice.describe(path));
     let opts = LoadOptions {
         strict: cfg.strict,
         replace_head: true,
     };
-    let report = weights::load_into(path, &tensors, model, opts)?;
+    let mut report = weights::load_into(path, &tensors, model, opts)?;
+    report.chosen = Some(choice.describe(path));
     if !report.replaced_head.is_empty() {
         let fc = &model.net.classifier().inner;
         tch::no_grad(|| {

@@ -230,6 +230,9 @@ pub struct LoadReport {
     /// Classifier tensors whose shape differs (another number of classes): the model keeps its
     /// new, freshly initialised head.
     pub replaced_head: Vec<String>,
+    /// Where in the file the tensors came from (see [`Choice::describe`]), when searched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chosen: Option<String>,
 }
 
 impl LoadReport {
