@@ -96,14 +96,22 @@ fn extensions_any_case_subfolders_and_hidden_files() {
         root.join("train").join("cat").join("batch2").join("again"),
     )
     .unwrap();
+    // An editor's lock file: a hidden link that leads nowhere.
+    #[cfg(unix)]
+    std::os::unix::fs::symlink("nowhere", root.join("train/dog/.#lock")).unwrap();
+    let mut zero = spec(&root);
+    zero.image_size = 0;
+    let err = data::load(&zero).unwrap_err().to_string();
+    assert!(err.contains("image size 0"), "{err}");
     let ds = data::load(&spec(&root)).unwrap();
     assert_eq!(ds.classes, vec!["cat", "dog"]);
     assert_eq!(counts(&ds.train.labels_vec(), 2), vec![8, 5]);
     assert_eq!(counts(&ds.test.labels_vec(), 2), vec![8, 5]);
     let notes = ds.notes.join("\n");
-    // Per split: ._a.png and .DS_Store (hidden files), .ipynb_checkpoints, notes.txt.
+    // Per split: ._a.png and .DS_Store (hidden files), .ipynb_checkpoints, notes.txt; and
+    // the lock link.
     assert!(
-        notes.contains("4 hidden files")
+        notes.contains("5 hidden files")
             && notes.contains("2 hidden folders")
             && notes.contains("2 .txt")
             && notes.contains("1 repeated folders"),
@@ -217,6 +225,16 @@ fn test_classes_must_exist_in_train_and_test_folder_is_required() {
     write_rgb(&root.join("test/unlabelled.png"), 8, 8, [1, 2, 3]);
     let ds = data::load(&spec(&root)).unwrap();
     assert_eq!((ds.train.len(), ds.test.len()), (2, 1));
+    assert!(
+        ds.notes.iter().any(|n| n.contains("val is the test split")),
+        "{:?}",
+        ds.notes
+    );
+    // test/ of loose images and no val/: said so.
+    std::fs::rename(root.join("val"), root.join("elsewhere")).unwrap();
+    let err = data::load(&spec(&root)).unwrap_err().to_string();
+    assert!(err.contains("holds no class folders (unlabelled"), "{err}");
+    std::fs::rename(root.join("elsewhere"), root.join("val")).unwrap();
     // train/ without any test folder: one sentence suggesting --val-split.
     std::fs::remove_dir_all(root.join("val")).unwrap();
     std::fs::remove_dir_all(root.join("test")).unwrap();
@@ -235,7 +253,7 @@ fn format_detection_says_what_it_saw() {
     std::fs::write(root.join("cifar-10-batches-py/readme.html"), b"x").unwrap();
     let err = data::detect_format(&root).unwrap_err().to_string();
     assert!(
-        err.contains("1 folders (cifar-10-batches-py)")
+        err.contains("1 folder (cifar-10-batches-py)")
             && err.contains("no images")
             && err.contains("Accepted layouts"),
         "{err}"
@@ -274,6 +292,10 @@ fn mnist_as_torchvision_stores_it_and_dotted_names() {
         ("fashion-mnist", 4, 2)
     );
     assert_eq!(ds.train.labels_vec(), vec![0, 1, 2, 3]);
+    // Both of torchvision's roots in one folder: which one is meant is not guessed.
+    write_idx_set(&root.join("MNIST/raw"), false);
+    let err = data::load(&spec(&root)).unwrap_err().to_string();
+    assert!(err.contains("both FashionMNIST/raw and MNIST/raw"), "{err}");
     let dotted = common::temp_dir("folders-mnist-dotted");
     write_idx_set(&dotted.join("MNIST/raw"), true);
     let ds = data::load(&spec(&dotted)).unwrap();

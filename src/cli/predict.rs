@@ -123,6 +123,9 @@ fn eval_data(cfg: &Config, image_size: i64) -> Result<(String, Vec<String>, Spli
         return Ok((cfg.data.source.clone(), classes, split));
     }
     let data = train::load_data(cfg, image_size)?;
+    for note in &data.notes {
+        eprintln!("data: {note}");
+    }
     Ok((data.name.clone(), data.classes.clone(), data.test.share()))
 }
 

@@ -23,6 +23,8 @@ pub const CIFAR10_CLASSES: [&str; 10] = [
     "truck",
 ];
 const PIXELS: usize = 3 * 32 * 32;
+/// The largest archive entry read: CIFAR-100's train.bin is 50,000 x 3,074 bytes.
+const MAX_ENTRY: u64 = 160_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
@@ -133,11 +135,31 @@ fn read_archive(path: &Path) -> Result<HashMap<String, Vec<u8>>> {
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
         if name.ends_with(".bin") || name.ends_with(".txt") {
+            // The largest CIFAR file is a 50,000-record train.bin (153 MB): an entry declaring
+            // more is not CIFAR, and is refused before anything is allocated for it.
+            if entry.size() > MAX_ENTRY {
+                return Err(DataError::format(
+                    path,
+                    format!(
+                        "archive entry {name} declares {} bytes: not a CIFAR file",
+                        entry.size()
+                    ),
+                ));
+            }
             let mut bytes = Vec::new();
-            entry.read_to_end(&mut bytes).map_err(bad)?;
+            (&mut entry)
+                .take(MAX_ENTRY)
+                .read_to_end(&mut bytes)
+                .map_err(bad)?;
             files.insert(name, bytes);
         }
     }
+    // Read the compressed stream to its end, so that gzip's CRC and length are checked: a
+    // flipped byte in the deflate data is an error, not silently different pixels.
+    archive
+        .into_inner()
+        .read_to_end(&mut Vec::new())
+        .map_err(bad)?;
     Ok(files)
 }
 

@@ -83,9 +83,9 @@ fn file_kind(path: &Path) -> String {
 }
 
 fn is_hidden(path: &Path) -> bool {
+    // Bytes, not str: a name that is not UTF-8 can still start with a dot.
     path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with('.'))
+        .is_some_and(|n| n.as_encoded_bytes().first() == Some(&b'.'))
 }
 
 /// The non-hidden entries of a folder, sorted, with whether each is a folder (links followed;
@@ -94,18 +94,21 @@ fn entries(dir: &Path, skipped: &mut Skipped) -> Result<Vec<(PathBuf, bool)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
         let path = entry.map_err(|e| DataError::io(dir, e))?.path();
-        let Ok(meta) = std::fs::metadata(&path) else {
-            skipped.add("broken links");
-            continue;
-        };
+        let meta = std::fs::metadata(&path);
         if is_hidden(&path) {
-            skipped.add(if meta.is_dir() {
+            // Hidden links that lead nowhere (editors' `.#file` locks) are hidden files too.
+            let is_dir = meta.is_ok_and(|m| m.is_dir());
+            skipped.add(if is_dir {
                 "hidden folders"
             } else {
                 "hidden files"
             });
             continue;
         }
+        let Ok(meta) = meta else {
+            skipped.add("broken links");
+            continue;
+        };
         out.push((path, meta.is_dir()));
     }
     out.sort();
@@ -213,6 +216,8 @@ struct Listing {
     train: Vec<(PathBuf, i64)>,
     test: Vec<(PathBuf, i64)>,
     skipped: Skipped,
+    /// What the layout made the reader decide, for the user.
+    notes: Vec<String>,
 }
 
 fn list_train_test(root: &Path, test_dir: &Path) -> Result<Listing> {
@@ -238,10 +243,19 @@ fn list_train_test(root: &Path, test_dir: &Path) -> Result<Listing> {
         train,
         test,
         skipped,
+        notes: Vec::new(),
     })
 }
 
 fn list_held_out(root: &Path, val_split: f64) -> Result<Listing> {
+    if root.join("train").is_dir() && root.join("test").is_dir() {
+        return Err(DataError::format(
+            &root.join("test"),
+            "holds no class folders (unlabelled images?), and there is no val/ folder of \
+             class folders beside it; put the test images in test/<class>/ folders, or hold out \
+             a share of the training images with `--data <root>/train --val-split 0.1`",
+        ));
+    }
     if root.join("train").is_dir() {
         return Err(DataError::format(
             root,
@@ -270,13 +284,23 @@ fn list_held_out(root: &Path, val_split: f64) -> Result<Listing> {
         train: all,
         test,
         skipped,
+        notes: Vec::new(),
     })
 }
 
 /// Lists a folder's classes and images (no decoding); also what `data info` reports.
 fn list(root: &Path, val_split: f64) -> Result<Listing> {
     match (root.join("train").is_dir(), test_folder(root)) {
-        (true, Some(test)) => list_train_test(root, &test),
+        (true, Some(test)) => {
+            let mut listing = list_train_test(root, &test)?;
+            if test != root.join("test") && root.join("test").is_dir() {
+                listing.notes.push(format!(
+                    "test/ holds no class folders (unlabelled images?); {} is the test split",
+                    test.file_name().unwrap_or_default().to_string_lossy()
+                ));
+            }
+            Ok(listing)
+        }
         _ => list_held_out(root, val_split),
     }
 }
@@ -300,6 +324,7 @@ pub fn load(root: &Path, spec: &FolderSpec) -> Result<Dataset> {
         train,
         test,
         skipped,
+        notes: layout_notes,
     } = list(root, spec.val_split)?;
     // Both splits in a fixed shuffled order, so that --train-limit / test_limit subsets hold
     // every class instead of the first classes' folders.
@@ -311,9 +336,11 @@ pub fn load(root: &Path, spec: &FolderSpec) -> Result<Dataset> {
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "folder".into());
     let mut notes: Vec<String> = skipped.describe().into_iter().collect();
+    notes.extend(layout_notes);
     let mut broken = Vec::new();
-    let train = decode_all(&train, spec.size, &mut broken);
-    let test = decode_all(&test, spec.size, &mut broken);
+    let (train, resized_train) = decode_all(&train, spec.size, &mut broken);
+    let (test, resized_test) = decode_all(&test, spec.size, &mut broken);
+    notes.extend(resize_note(resized_train + resized_test, spec.size));
     notes.extend(check_broken(root, &broken, spec.skip_broken)?);
     let mut ds = Dataset::new(&name, classes, train, test, root)?;
     ds.notes = notes;
@@ -327,12 +354,23 @@ pub fn load(root: &Path, spec: &FolderSpec) -> Result<Dataset> {
 /// # Errors
 /// As [`load`]; broken files are listed, or left out with `skip_broken`.
 pub fn load_all(root: &Path, spec: &FolderSpec) -> Result<(Vec<String>, Split, Vec<String>)> {
+    if !(1..=super::MAX_IMAGE_SIZE).contains(&spec.size) {
+        return Err(DataError::format(
+            root,
+            format!(
+                "image size {} is not 1 to {}",
+                spec.size,
+                super::MAX_IMAGE_SIZE
+            ),
+        ));
+    }
     let mut skipped = Skipped::default();
     let classes = class_dirs(root, &mut skipped)?;
     let files = list_images(root, &classes, false, &mut skipped)?;
     let mut broken = Vec::new();
-    let split = decode_all(&files, spec.size, &mut broken);
+    let (split, resized) = decode_all(&files, spec.size, &mut broken);
     let mut notes: Vec<String> = skipped.describe().into_iter().collect();
+    notes.extend(resize_note(resized, spec.size));
     notes.extend(check_broken(root, &broken, spec.skip_broken)?);
     Ok((classes, split, notes))
 }
@@ -355,8 +393,8 @@ fn check_broken(root: &Path, broken: &[DataError], skip_broken: bool) -> Result<
         return Err(DataError::format(
             root,
             format!(
-                "{} images do not decode (pass --set data.skip_broken=true to leave them \
-                 out):\n{listed}",
+                "{} images do not decode (pass --set data.skip_broken=true, or --skip-broken \
+                 to `data info`, to leave them out):\n{listed}",
                 broken.len()
             ),
         ));
@@ -381,22 +419,24 @@ fn list_broken(broken: &[DataError]) -> String {
 }
 
 /// Decodes every file in parallel; the files that fail are left out and their errors appended
-/// to `broken`.
-fn decode_all(files: &[(PathBuf, i64)], size: u32, broken: &mut Vec<DataError>) -> Split {
+/// to `broken`. Also returns how many images were not already `size` x `size`.
+fn decode_all(files: &[(PathBuf, i64)], size: u32, broken: &mut Vec<DataError>) -> (Split, usize) {
     let pixels = (size * size * 3) as usize;
     let mut buf = vec![0u8; files.len() * pixels];
-    let results: Vec<Result<()>> = buf
+    let results: Vec<Result<bool>> = buf
         .par_chunks_mut(pixels)
         .zip(files.par_iter())
-        .map(|(out, (path, _))| decode_into(path, size, out))
+        .map(|(out, (path, _))| decode_resized(path, size, out))
         .collect();
     let mut keep = Vec::with_capacity(files.len());
     let mut labels = Vec::with_capacity(files.len());
+    let mut resized = 0;
     for (i, r) in results.into_iter().enumerate() {
         match r {
-            Ok(()) => {
+            Ok(changed) => {
                 keep.push(i as i64);
                 labels.push(files[i].1);
+                resized += usize::from(changed);
             }
             Err(e) => broken.push(e),
         }
@@ -406,10 +446,21 @@ fn decode_all(files: &[(PathBuf, i64)], size: u32, broken: &mut Vec<DataError>) 
     if keep.len() < files.len() {
         images = images.index_select(0, &Tensor::from_slice(&keep));
     }
-    Split {
+    let split = Split {
         images,
         labels: Tensor::from_slice(&labels),
-    }
+    };
+    (split, resized)
+}
+
+/// Says that images were resized, so a 24-pixel data set is not taken for a 32-pixel one.
+fn resize_note(resized: usize, size: u32) -> Option<String> {
+    (resized > 0).then(|| {
+        format!(
+            "{resized} images were resized (shorter side) and centre-cropped to {size}x{size} \
+             (data.image_size, --image-size)"
+        )
+    })
 }
 
 /// Decodes one image file into `out` (HWC RGB, `size` x `size`), upright by its EXIF
@@ -418,10 +469,16 @@ fn decode_all(files: &[(PathBuf, i64)], size: u32, broken: &mut Vec<DataError>) 
 /// # Errors
 /// The file cannot be read, is not an image the decoders know, or is cut off before its end.
 pub fn decode_into(path: &Path, size: u32, out: &mut [u8]) -> Result<()> {
+    decode_resized(path, size, out).map(|_| ())
+}
+
+/// [`decode_into`], returning whether the image had to be resized or cropped.
+fn decode_resized(path: &Path, size: u32, out: &mut [u8]) -> Result<bool> {
     let img = decode_upright(path)?;
+    let changed = (img.width(), img.height()) != (size, size);
     let rgb = fit_square(img, size).to_rgb8();
     out.copy_from_slice(rgb.as_raw());
-    Ok(())
+    Ok(changed)
 }
 
 /// Decodes an image file whole and applies its EXIF orientation (Pillow's

@@ -41,6 +41,12 @@ pub fn find_files(dir: &Path) -> Result<IdxFiles> {
         dir.join("FashionMNIST").join("raw"),
         dir.join("MNIST").join("raw"),
     ];
+    if ambiguous(dir) {
+        return Err(DataError::format(
+            dir,
+            "holds both FashionMNIST/raw and MNIST/raw; point --data at the one to use",
+        ));
+    }
     let mut first_error = None;
     for place in places.iter().filter(|p| p.is_dir()) {
         match find_in(place) {
@@ -51,6 +57,13 @@ pub fn find_files(dir: &Path) -> Result<IdxFiles> {
         }
     }
     Err(first_error.unwrap_or_else(|| DataError::format(dir, "no IDX files here")))
+}
+
+/// Whether `dir` holds both of torchvision's roots, so that which one is meant cannot be told.
+pub fn ambiguous(dir: &Path) -> bool {
+    ["FashionMNIST", "MNIST"]
+        .iter()
+        .all(|n| find_in(&dir.join(n).join("raw")).is_ok())
 }
 
 fn find_in(dir: &Path) -> Result<IdxFiles> {
@@ -110,22 +123,34 @@ fn read_split(images: &Path, labels: &Path) -> Result<Split> {
     })
 }
 
-/// Reads an IDX file of u8 data, checking the magic number and that the size matches the header.
+/// Reads an IDX file of u8 data, gzipped or not, checking the magic number, that every
+/// dimension is positive and that the data is exactly what the header promises.
+///
+/// The header is read first and a gzip stream is inflated only up to the size it declares
+/// (plus one byte to detect excess), then read to its end so that its CRC and length are
+/// checked: a small `.gz` of zeros cannot inflate into gigabytes.
+///
+/// # Errors
+/// Unreadable file, damaged gzip stream, wrong magic, a zero dimension or one whose product
+/// overflows, or a data size that differs from the header's; each names the file.
 pub fn read_idx(path: &Path, magic: u32) -> Result<(Vec<i64>, Vec<u8>)> {
-    let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| DataError::format(path, format!("bad gzip data: {e}")))?;
-        out
-    } else {
-        raw
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut file = std::io::BufReader::new(file);
+    let head = file.fill_buf().map_err(|e| DataError::io(path, e))?;
+    let reader: Box<dyn Read> = match head.starts_with(&[0x1f, 0x8b]) {
+        true => Box::new(flate2::read::GzDecoder::new(file)),
+        false => Box::new(file),
     };
-    if bytes.len() < 4 {
-        return Err(DataError::format(path, "too short for an IDX header"));
-    }
-    let found = u32::from_be_bytes(bytes[0..4].try_into().unwrap());
+    read_idx_from(reader, path, magic)
+}
+
+fn read_idx_from(mut r: impl Read, path: &Path, magic: u32) -> Result<(Vec<i64>, Vec<u8>)> {
+    let damaged = |e: std::io::Error| DataError::format(path, format!("bad IDX data: {e}"));
+    let mut word = [0u8; 4];
+    r.read_exact(&mut word)
+        .map_err(|_| DataError::format(path, "too short for an IDX header"))?;
+    let found = u32::from_be_bytes(word);
     if found != magic {
         return Err(DataError::format(
             path,
@@ -133,24 +158,44 @@ pub fn read_idx(path: &Path, magic: u32) -> Result<(Vec<i64>, Vec<u8>)> {
         ));
     }
     let ndim = (magic & 0xff) as usize;
-    let header = 4 + 4 * ndim;
-    if bytes.len() < header {
-        return Err(DataError::format(path, "truncated IDX header"));
+    let mut dims = Vec::with_capacity(ndim);
+    for _ in 0..ndim {
+        r.read_exact(&mut word)
+            .map_err(|_| DataError::format(path, "truncated IDX header"))?;
+        dims.push(u32::from_be_bytes(word) as i64);
     }
-    let dims: Vec<i64> = (0..ndim)
-        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as i64)
-        .collect();
-    let expected = dims.iter().product::<i64>() as usize;
-    if bytes.len() - header != expected {
+    let expected = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
+        .filter(|_| dims.iter().all(|&d| d > 0));
+    let Some(expected) = expected.filter(|&n| i64::try_from(n).is_ok()) else {
         return Err(DataError::format(
             path,
             format!(
-                "header promises {expected} data bytes ({dims:?}) but the file holds {}",
-                bytes.len() - header
+                "IDX header declares dimensions {dims:?}: each must be positive and their product representable"
             ),
         ));
+    };
+    let mut data = Vec::new();
+    // One byte more than promised tells a longer file from an exact one.
+    (&mut r)
+        .take(expected as u64 + 1)
+        .read_to_end(&mut data)
+        .map_err(damaged)?;
+    if data.len() != expected {
+        let held = if data.len() > expected {
+            "more".to_string()
+        } else {
+            data.len().to_string()
+        };
+        return Err(DataError::format(
+            path,
+            format!("header promises {expected} data bytes ({dims:?}) but the file holds {held}"),
+        ));
     }
-    Ok((dims, bytes[header..].to_vec()))
+    // The rest of the stream is empty; reading it verifies a gzip stream's CRC and length.
+    r.read_to_end(&mut Vec::new()).map_err(damaged)?;
+    Ok((dims, data))
 }
 
 /// Encodes u8 data as an IDX file (for tests and tools).

@@ -441,7 +441,7 @@ pub fn detect_format(path: &Path) -> Result<Format> {
     if cifar_python::find(path).is_some() {
         return Ok(Format::CifarPython);
     }
-    if idx::find_files(path).is_ok() {
+    if idx::find_files(path).is_ok() || idx::ambiguous(path) {
         return Ok(Format::Idx);
     }
     if folder::holds_class_images(path) {
@@ -461,6 +461,14 @@ pub fn detect_format(path: &Path) -> Result<Format> {
     ))
 }
 
+/// `1 folder`, `2 folders`.
+fn plural(n: usize, what: &str) -> String {
+    match n {
+        1 => format!("1 {what}"),
+        _ => format!("{n} {what}s"),
+    }
+}
+
 /// What a folder holds, for an error: `2 folders (a, b) holding 5 .gz files, 1 .txt file`.
 fn describe_contents(dir: &Path) -> String {
     let mut folders = Vec::new();
@@ -472,17 +480,23 @@ fn describe_contents(dir: &Path) -> String {
             .unwrap_or_else(|| "files without extension".into());
         *files.0.entry(kind).or_insert(0) += 1;
     };
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = entry.path();
-        if p.is_dir() {
-            folders.push(entry.file_name().to_string_lossy().to_string());
-            for inner in std::fs::read_dir(&p).into_iter().flatten().flatten() {
-                if !inner.path().is_dir() {
-                    count(&inner.path());
+    // Files up to three levels down (root/train/cat/x.csv), at most 100,000 entries: enough to
+    // say what is there without walking a whole disk.
+    let mut pending = vec![(dir.to_path_buf(), 0)];
+    let mut budget = 100_000usize;
+    while let Some((d, depth)) = pending.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            budget = budget.saturating_sub(1);
+            let p = entry.path();
+            match p.is_dir() {
+                true if depth == 0 => {
+                    folders.push(entry.file_name().to_string_lossy().to_string());
+                    pending.push((p, 1));
                 }
+                true if depth < 2 && budget > 0 => pending.push((p, depth + 1)),
+                true => {}
+                false => count(&p),
             }
-        } else {
-            count(&p);
         }
     }
     folders.sort();
@@ -492,8 +506,8 @@ fn describe_contents(dir: &Path) -> String {
         (true, true) => "nothing (the folder is empty)".into(),
         (true, false) => kinds.join(", "),
         (false, _) => format!(
-            "{} folders ({}{}) and no images in them; files: {}",
-            folders.len(),
+            "{} ({}{}) and no images in them; files: {}",
+            plural(folders.len(), "folder"),
             shown.join(", "),
             if folders.len() > 5 { ", ..." } else { "" },
             if kinds.is_empty() {
@@ -505,8 +519,21 @@ fn describe_contents(dir: &Path) -> String {
     }
 }
 
+/// The largest square side image folders are decoded to: 4096 px is 48 MiB per RGB image.
+pub const MAX_IMAGE_SIZE: u32 = 4096;
+
 /// Loads a data set from any supported source.
+///
+/// # Errors
+/// An image size outside 1..=[`MAX_IMAGE_SIZE`], a source that cannot be found or read, or a
+/// reader's error (each names its file).
 pub fn load(spec: &DataSpec) -> Result<Dataset> {
+    if !(1..=MAX_IMAGE_SIZE).contains(&spec.image_size) {
+        return Err(DataError::Other(format!(
+            "image size {} (data.image_size, --image-size): must be 1 to {MAX_IMAGE_SIZE} pixels",
+            spec.image_size
+        )));
+    }
     let (path, format) = resolve(spec)?;
     match format {
         Format::Synthetic => Ok(synthetic::generate(&synthetic::SyntheticSpec::default())),

@@ -59,6 +59,44 @@ pub struct ModelSpec {
     pub widths: Option<Vec<i64>>,
 }
 
+/// Bounds on what a spec may ask for, far above any real network, so that a damaged checkpoint
+/// or a typo cannot build a 10^12-class head or a zero-width layer.
+const MAX_CLASSES: i64 = 1_000_000;
+const MAX_CHANNELS: i64 = 64;
+const MAX_WIDTH: i64 = 16_384;
+const MAX_STAGES: usize = 8;
+
+impl ModelSpec {
+    /// Checks the numbers a spec carries (from a config or a checkpoint's metadata).
+    ///
+    /// # Errors
+    /// Classes outside 1..=1,000,000, input channels outside 1..=64, or widths that are empty,
+    /// more than 8, or outside 1..=16,384; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=MAX_CLASSES).contains(&self.classes) {
+            return Err(format!(
+                "{} classes: must be 1 to {MAX_CLASSES}",
+                self.classes
+            ));
+        }
+        if !(1..=MAX_CHANNELS).contains(&self.in_channels) {
+            return Err(format!(
+                "{} input channels: must be 1 to {MAX_CHANNELS}",
+                self.in_channels
+            ));
+        }
+        if let Some(w) = &self.widths {
+            let bad = w.iter().find(|x| !(1..=MAX_WIDTH).contains(*x));
+            if w.is_empty() || w.len() > MAX_STAGES || bad.is_some() {
+                return Err(format!(
+                    "model.widths {w:?}: 1 to {MAX_STAGES} widths, each 1 to {MAX_WIDTH}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn three() -> i64 {
     3
 }
@@ -185,13 +223,9 @@ pub fn known_names() -> String {
 pub fn build(spec: &ModelSpec, device: Device) -> Result<Model, ModelError> {
     let vs = nn::VarStore::new(device);
     let p = vs.root();
+    spec.validate()
+        .map_err(|p| ModelError::Invalid(spec.name.clone(), p))?;
     let (c, k) = (spec.in_channels, spec.classes);
-    if k < 1 {
-        return Err(ModelError::Invalid(
-            spec.name.clone(),
-            format!("{k} classes"),
-        ));
-    }
     let widths = |default: &[i64]| spec.widths.clone().unwrap_or_else(|| default.to_vec());
     let stem = spec.stem.unwrap_or(Stem::Imagenet);
     let net: Box<dyn Network> = match spec.name.as_str() {

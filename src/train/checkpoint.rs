@@ -15,7 +15,7 @@ pub const FORMAT: &str = "convkit-checkpoint-v1";
 pub enum CheckpointError {
     #[error("{path}: {problem}")]
     Bad { path: PathBuf, problem: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
@@ -73,6 +73,53 @@ pub fn save(
     })
 }
 
+/// What a weights file from another tool is, from its first bytes (`None`: maybe a checkpoint).
+fn foreign_weights(path: &Path) -> Option<&'static str> {
+    use std::io::Read;
+    let mut head = [0u8; 9];
+    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
+    // A safetensors header (u64 length, then '{') may also start with 0x80.
+    match head {
+        [.., b'{'] => None,
+        [b'P', b'K', ..] => Some("a torch.save .pth archive"),
+        [0x80, 2..=5, ..] => Some("a pickle (a torch.save file from before PyTorch 1.6?)"),
+        _ => None,
+    }
+}
+
+/// Checks everything later code trusts in a checkpoint's metadata: the model spec, one class
+/// name per output, mean and std of one value per input channel (std positive), an image size
+/// a decoder can make.
+fn check_meta(m: &Meta) -> Result<(), String> {
+    m.spec.validate()?;
+    if m.classes.len() as i64 != m.spec.classes {
+        return Err(format!(
+            "{} class names for a model with {} outputs",
+            m.classes.len(),
+            m.spec.classes
+        ));
+    }
+    let channels = m.spec.in_channels as usize;
+    if m.mean.len() != channels || m.std.len() != channels {
+        return Err(format!(
+            "mean/std of {}/{} values for {channels} input channels",
+            m.mean.len(),
+            m.std.len()
+        ));
+    }
+    if m.mean.iter().any(|v| !v.is_finite()) || m.std.iter().any(|v| !(*v > 0.0 && v.is_finite())) {
+        return Err(format!(
+            "mean {:?} / std {:?}: must be finite, std above 0",
+            m.mean, m.std
+        ));
+    }
+    let max = crate::data::MAX_IMAGE_SIZE as i64;
+    if !(1..=max).contains(&m.image_size) {
+        return Err(format!("image size {}: must be 1 to {max}", m.image_size));
+    }
+    Ok(())
+}
+
 /// A loaded checkpoint file.
 pub struct Loaded {
     pub path: PathBuf,
@@ -94,6 +141,16 @@ pub fn read(path: &Path) -> Result<Loaded, CheckpointError> {
     if !path.exists() {
         return Err(bad(&path, "no such checkpoint"));
     }
+    if let Some(kind) = foreign_weights(&path) {
+        return Err(bad(
+            &path,
+            format!(
+                "this is {kind}, not a convkit checkpoint: eval, predict, probe and inspect take a \
+                 convkit run folder or checkpoint; to start from these weights, pass them to \
+                 `convkit train` or `convkit finetune` with --weights"
+            ),
+        ));
+    }
     let tensors = Tensor::read_safetensors(&path)
         .map_err(|e| bad(&path, format!("not a readable safetensors checkpoint: {e}")))?;
     let meta_t = tensors
@@ -108,6 +165,7 @@ pub fn read(path: &Path) -> Result<Loaded, CheckpointError> {
             format!("checkpoint format '{}' is not {FORMAT}", meta.format),
         ));
     }
+    check_meta(&meta).map_err(|p| bad(&path, format!("damaged checkpoint metadata: {p}")))?;
     Ok(Loaded {
         path,
         meta,

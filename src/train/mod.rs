@@ -132,6 +132,7 @@ pub fn load_data(cfg: &Config, default_size: i64) -> Result<Dataset> {
         .transpose()
         .map_err(TrainError::Invalid)?;
     spec.image_size = cfg.data.image_size.unwrap_or(default_size as u32);
+
     spec.val_split = cfg.data.val_split;
     spec.skip_broken = cfg.data.skip_broken;
     let mut ds = data::load(&spec)?;
@@ -150,6 +151,13 @@ pub fn load_data(cfg: &Config, default_size: i64) -> Result<Dataset> {
     }
     if let Some(n) = cfg.data.test_limit {
         ds.test = ds.test.take(n);
+    }
+    if ds.test.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "{}: the test split holds no images, so nothing could be evaluated (check \
+             data.test_limit, data.val_split and the data's test folder)",
+            cfg.data.source
+        )));
     }
     if cfg.data.rgb {
         ds = ds.to_rgb();
@@ -876,7 +884,7 @@ fn print_recipe(t: &Trainer) {
         None => String::new(),
     };
     eprintln!(
-        "recipe: {}; augment {augment}{why}; {} lr {} wd {}, {:?} schedule, {} epochs of batch {}",
+        "recipe: {}; augment {augment}{why}; {} lr {} wd {}, {:?} schedule, epochs {}, batch {}",
         c.provenance.origin,
         c.optim.name,
         c.optim.lr,

@@ -1,0 +1,229 @@
+//! Broken and hostile input (issue "Broken and hostile input"): readers validate what a file
+//! declares before trusting it, and every error names the file or the setting.
+mod common;
+
+use convkit::data::{self, DataSpec, idx};
+use convkit::train::{self, RunOptions, checkpoint, config};
+use std::io::Write;
+use tch::Tensor;
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+fn idx_header(dims: &[u32]) -> Vec<u8> {
+    idx::encode(dims, &[])
+}
+
+#[test]
+fn idx_headers_that_overflow_or_are_zero_are_refused() {
+    let dir = common::temp_dir("hostile-idx");
+    let magic = 0x0000_0803;
+    for (name, dims) in [
+        ("overflow", vec![u32::MAX, u32::MAX, u32::MAX]),
+        ("zero", vec![0, 28, 28]),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(&p, idx_header(&dims)).unwrap();
+        let err = idx::read_idx(&p, magic).unwrap_err().to_string();
+        assert!(
+            err.contains(name) && err.contains("each must be positive"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_gzip_bomb_is_inflated_only_as_far_as_the_header_says() {
+    let dir = common::temp_dir("hostile-gz");
+    // 2 images of 28x28 declared, 200 MB of zeros behind them: refused after 1,569 bytes.
+    let mut raw = idx_header(&[2, 28, 28]);
+    raw.resize(raw.len() + 200_000_000, 0);
+    let p = dir.join("bomb.gz");
+    std::fs::write(&p, gzip(&raw)).unwrap();
+    assert!(std::fs::metadata(&p).unwrap().len() < 1_000_000);
+    let err = idx::read_idx(&p, 0x0000_0803).unwrap_err().to_string();
+    assert!(
+        err.contains("bomb.gz") && err.contains("promises 1568 data bytes") && err.contains("more"),
+        "{err}"
+    );
+    // A flipped byte inside the deflate stream: the CRC is checked.
+    let mut good = idx_header(&[2, 28, 28]);
+    good.extend((0..1568).map(|i| (i * 31 % 251) as u8));
+    let mut gz = gzip(&good);
+    let mid = gz.len() / 2;
+    gz[mid] ^= 0x55;
+    let q = dir.join("flipped.gz");
+    std::fs::write(&q, &gz).unwrap();
+    let err = idx::read_idx(&q, 0x0000_0803).unwrap_err().to_string();
+    assert!(err.contains("flipped.gz"), "{err}");
+}
+
+#[test]
+fn a_cifar_archive_with_a_flipped_byte_is_refused() {
+    let dir = common::temp_dir("hostile-cifar");
+    let batch = dir.join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&batch).unwrap();
+    let labels: Vec<u8> = (0..4).collect();
+    let px: Vec<u8> = (0..4 * 3072).map(|i| (i * 13 % 251) as u8).collect();
+    for name in [
+        "data_batch_1.bin",
+        "data_batch_2.bin",
+        "data_batch_3.bin",
+        "data_batch_4.bin",
+        "data_batch_5.bin",
+        "test_batch.bin",
+    ] {
+        let records = data::cifar::encode_records(&px, &labels);
+        std::fs::write(batch.join(name), records).unwrap();
+    }
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.append_dir_all("cifar-10-batches-bin", &batch).unwrap();
+    let mut gz = gzip(&tar.into_inner().unwrap());
+    let archive = dir.join("cifar-10-binary.tar.gz");
+    std::fs::write(&archive, &gz).unwrap();
+    assert!(data::load(&DataSpec::new(archive.to_str().unwrap())).is_ok());
+    let mid = gz.len() / 2;
+    gz[mid] ^= 0x01;
+    std::fs::write(&archive, &gz).unwrap();
+    let err = data::load(&DataSpec::new(archive.to_str().unwrap()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cifar-10-binary.tar.gz"), "{err}");
+}
+
+/// A real checkpoint of a tiny run, then copies whose metadata is damaged one field at a time.
+#[test]
+fn damaged_checkpoint_metadata_is_refused_naming_the_file() {
+    let out = common::temp_dir("hostile-ck");
+    let overrides: Vec<String> = [
+        "data.source=\"synthetic\"",
+        "data.train_limit=64",
+        "data.test_limit=32",
+        "model.name=\"cnn\"",
+        "model.widths=[8, 8]",
+        "train.epochs=1",
+        "train.batch_size=32",
+        "train.device=\"cpu\"",
+    ]
+    .map(String::from)
+    .into();
+    train::run(
+        config::load(None, &overrides).unwrap(),
+        &out,
+        &RunOptions::default(),
+    )
+    .unwrap();
+    let ck = out.join("checkpoints/last.safetensors");
+    let tensors = Tensor::read_safetensors(&ck).unwrap();
+    let meta_of = |t: &[(String, Tensor)]| -> serde_json::Value {
+        let m = &t.iter().find(|(n, _)| n == "meta").unwrap().1;
+        serde_json::from_slice(&Vec::<u8>::try_from(m).unwrap()).unwrap()
+    };
+    let meta = meta_of(&tensors);
+    let cases: [(&str, &str, serde_json::Value); 7] = [
+        ("classes0", "/spec/classes", serde_json::json!(0)),
+        (
+            "classes1e12",
+            "/spec/classes",
+            serde_json::json!(1_000_000_000_000i64),
+        ),
+        ("widths", "/spec/widths", serde_json::json!([-8, 16])),
+        ("channels", "/spec/in_channels", serde_json::json!(-1)),
+        ("size", "/image_size", serde_json::json!(0)),
+        ("std", "/std", serde_json::json!([0.0, 0.5, 0.5])),
+        ("names", "/classes", serde_json::json!(["a", "b"])),
+    ];
+    for (label, pointer, value) in cases {
+        let mut m = meta.clone();
+        *m.pointer_mut(pointer).unwrap() = value;
+        let bytes = serde_json::to_vec(&m).unwrap();
+        let mut damaged: Vec<(String, Tensor)> = tensors
+            .iter()
+            .filter(|(n, _)| n != "meta")
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect();
+        damaged.push(("meta".into(), Tensor::from_slice(&bytes)));
+        let path = out.join(format!("damaged-{label}.safetensors"));
+        Tensor::write_safetensors(&damaged, &path).unwrap();
+        let err = checkpoint::read(&path).map(|_| ()).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("damaged-{label}"))
+                && err.contains("damaged checkpoint metadata"),
+            "{label}: {err}"
+        );
+        // The command line says it in one line, without a panic.
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_convkit"))
+            .args(["predict", path.to_str().unwrap(), "x.png"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{label}: {text}");
+        assert!(
+            text.starts_with("error: ") && !text.contains("panicked"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn image_size_and_widths_out_of_range_name_the_setting() {
+    let mut spec = DataSpec::new("synthetic");
+    spec.image_size = 100_000;
+    let err = data::load(&spec).unwrap_err().to_string();
+    assert!(err.contains("image size 100000"), "{err}");
+    let cfg = config::load(
+        None,
+        &["model.name=\"cnn\"".into(), "model.widths=[0, 16]".into()],
+    )
+    .unwrap();
+    let spec = cfg.model.spec(10, 3);
+    let err = convkit::models::build(&spec, tch::Device::Cpu)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model.widths [0, 16]"), "{err}");
+}
+
+#[test]
+fn empty_splits_are_refused() {
+    for (setting, expect) in [
+        ("data.train_limit=0", "training split holds 0"),
+        ("data.train_per_class=0", "training split holds 0"),
+        ("data.test_limit=0", "test split holds no images"),
+    ] {
+        let overrides: Vec<String> = vec![
+            "data.source=\"synthetic\"".into(),
+            "model.name=\"cnn\"".into(),
+            "train.device=\"cpu\"".into(),
+            setting.into(),
+        ];
+        let cfg = config::load(None, &overrides).unwrap();
+        let out = common::temp_dir("hostile-empty");
+        let err = train::run(cfg, &out, &RunOptions::default())
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expect), "{setting}: {err}");
+    }
+}
+
+#[test]
+fn eval_of_a_pth_file_says_what_it_takes() {
+    let dir = common::temp_dir("hostile-pth-eval");
+    let p = dir.join("resnet.pth");
+    std::fs::write(&p, b"PK\x03\x04 a zip archive").unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_convkit"))
+        .args(["eval", p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        text.contains("resnet.pth")
+            && text.contains("not a convkit checkpoint")
+            && text.contains("--weights"),
+        "{text}"
+    );
+}
