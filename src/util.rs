@@ -27,12 +27,51 @@ pub fn atomic_write_bytes(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     atomic_write(path, |tmp| std::fs::write(tmp, bytes))
 }
 
+/// `.<stem>.<pid>.tmp.<ext>` beside `path`: hidden, owned by this process, and keeping the
+/// extension (image encoders choose the format by it).
 fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
+    let stem = path
+        .file_stem()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+    let ext = path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    path.with_file_name(format!(".{stem}.{}.tmp{ext}", std::process::id()))
+}
+
+/// Removes the temporary files [`atomic_write`] left in `dir` when a process was killed while
+/// writing (their process is gone); the files of a live writer are kept. Returns how many were
+/// removed.
+pub fn clean_stale_temps(dir: &Path) -> usize {
+    // Whether a process lives is read from /proc; without it nothing is removed.
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    if !Path::new("/proc/self").exists() {
+        return 0;
+    }
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(pid) = temp_owner(&name) else {
+            continue;
+        };
+        let alive = Path::new("/proc").join(pid.to_string()).exists();
+        if !alive && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// The process id in a name [`temp_sibling`] made (`.last.1234.tmp.safetensors`), or in the
+/// form earlier versions made (`.last.safetensors.1234.tmp`).
+fn temp_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (before, _) = rest.split_once(".tmp")?;
+    before.rsplit('.').next()?.parse().ok()
 }
 
 /// Stable 64-bit FNV-1a hash, for cache keys that must not change between runs or builds.
@@ -116,6 +155,17 @@ pub fn read_json<T: for<'de> serde::Deserialize<'de>>(path: &Path) -> Option<T> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn temp_names_carry_their_owner() {
+        let tmp = super::temp_sibling(std::path::Path::new("run/plots/loss.png"));
+        let name = tmp.file_name().unwrap().to_str().unwrap().to_string();
+        assert_eq!(name, format!(".loss.{}.tmp.png", std::process::id()));
+        assert_eq!(super::temp_owner(&name), Some(std::process::id()));
+        assert_eq!(super::temp_owner(".last.safetensors.4242.tmp"), Some(4242));
+        assert_eq!(super::temp_owner(".DS_Store"), None);
+        assert_eq!(super::temp_owner("loss.png"), None);
+    }
+
     #[test]
     fn mean_and_sample_sd_by_hand() {
         // Mean 5; squared deviations 9 + 1 + 1 + 9 = 20 over n - 1 = 3.

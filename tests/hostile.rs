@@ -227,3 +227,64 @@ fn eval_of_a_pth_file_says_what_it_takes() {
         "{text}"
     );
 }
+
+/// A process id no process has now (for temporary files of a killed writer).
+fn dead_pid() -> u32 {
+    (4_000_000..4_100_000)
+        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        .unwrap()
+}
+
+#[test]
+fn a_killed_runs_temporary_files_are_cleaned_and_plots_are_whole() {
+    let out = common::temp_dir("hostile-stale");
+    let pid = dead_pid();
+    let stale = [
+        out.join(format!("checkpoints/.last.safetensors.{pid}.tmp")),
+        out.join(format!("plots/.loss.{pid}.tmp.png")),
+    ];
+    for f in &stale {
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, b"half").unwrap();
+    }
+    // A live writer's file (this process) is left alone.
+    let live = out.join(format!(".notes.{}.tmp.txt", std::process::id()));
+    std::fs::write(&live, b"mine").unwrap();
+    let overrides: Vec<String> = [
+        "data.source=\"synthetic\"",
+        "data.train_limit=64",
+        "data.test_limit=32",
+        "model.name=\"cnn\"",
+        "model.widths=[8, 8]",
+        "train.epochs=1",
+        "train.batch_size=32",
+        "train.device=\"cpu\"",
+    ]
+    .map(String::from)
+    .into();
+    train::run(
+        config::load(None, &overrides).unwrap(),
+        &out,
+        &RunOptions::default(),
+    )
+    .unwrap();
+    for f in &stale {
+        assert!(!f.exists(), "{} is still there", f.display());
+    }
+    assert!(live.exists());
+    for plot in ["loss", "accuracy", "confusion"] {
+        let p = out.join(format!("plots/{plot}.png"));
+        assert!(
+            image::open(&p).is_ok(),
+            "{} is not a whole PNG",
+            p.display()
+        );
+    }
+    let leftovers: Vec<String> = std::fs::read_dir(out.join("plots"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -203,6 +203,7 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
         train_seconds = ck.meta.train_seconds;
     }
     std::fs::create_dir_all(out.join("checkpoints"))?;
+    train::clean_run_folder(out);
     crate::util::atomic_write_bytes(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
     let augmenter = Augmenter::new(cfg.augment.clone(), &data.mean, &data.std, device);
     let plain = Augmenter::new(vec![], &data.mean, &data.std, device);

@@ -98,7 +98,7 @@ pub fn load(path: &Path) -> Result<Dataset> {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         HashMap::from([(name, bytes)])
     } else {
-        read_archive(path)?
+        read_archive(path, |n| n.ends_with(".bin") || n.ends_with(".txt"))?
     };
     assemble(path, files)
 }
@@ -121,7 +121,17 @@ fn read_folder(dir: &Path) -> Result<HashMap<String, Vec<u8>>> {
     Ok(files)
 }
 
-fn read_archive(path: &Path) -> Result<HashMap<String, Vec<u8>>> {
+/// The files of a CIFAR `.tar.gz` whose names `wanted` accepts (by file name, folders
+/// dropped), each entry capped at the largest CIFAR file, and the gzip stream read to its end
+/// so that its CRC and length are checked: a flipped byte in the deflate data is an error, not
+/// silently different pixels. Used by the binary and the python versions.
+///
+/// # Errors
+/// An unreadable or damaged archive, or an entry declaring more than [`MAX_ENTRY`] bytes.
+pub(super) fn read_archive(
+    path: &Path,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<HashMap<String, Vec<u8>>> {
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
     let bad = |e: std::io::Error| DataError::format(path, format!("not a readable .tar.gz: {e}"));
@@ -134,32 +144,28 @@ fn read_archive(path: &Path) -> Result<HashMap<String, Vec<u8>>> {
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        if name.ends_with(".bin") || name.ends_with(".txt") {
-            // The largest CIFAR file is a 50,000-record train.bin (153 MB): an entry declaring
-            // more is not CIFAR, and is refused before anything is allocated for it.
-            if entry.size() > MAX_ENTRY {
-                return Err(DataError::format(
-                    path,
-                    format!(
-                        "archive entry {name} declares {} bytes: not a CIFAR file",
-                        entry.size()
-                    ),
-                ));
-            }
-            let mut bytes = Vec::new();
-            (&mut entry)
-                .take(MAX_ENTRY)
-                .read_to_end(&mut bytes)
-                .map_err(bad)?;
-            files.insert(name, bytes);
+        if !wanted(&name) || !entry.header().entry_type().is_file() {
+            continue;
         }
+        // The largest CIFAR file is a 50,000-record train.bin (153 MB): an entry declaring more
+        // is not CIFAR, and is refused before anything is allocated for it.
+        if entry.size() > MAX_ENTRY {
+            return Err(DataError::format(
+                path,
+                format!(
+                    "archive entry {name} declares {} bytes: not a CIFAR file",
+                    entry.size()
+                ),
+            ));
+        }
+        let mut bytes = Vec::new();
+        (&mut entry)
+            .take(MAX_ENTRY)
+            .read_to_end(&mut bytes)
+            .map_err(bad)?;
+        files.insert(name, bytes);
     }
-    // Read the compressed stream to its end, so that gzip's CRC and length are checked: a
-    // flipped byte in the deflate data is an error, not silently different pixels.
-    archive
-        .into_inner()
-        .read_to_end(&mut Vec::new())
-        .map_err(bad)?;
+    std::io::copy(&mut archive.into_inner(), &mut std::io::sink()).map_err(bad)?;
     Ok(files)
 }
 

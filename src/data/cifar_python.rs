@@ -10,11 +10,10 @@
 //! files re-pickled by Python 3 use `str` keys. They are read with the safe pickle reader
 //! ([`crate::pickle`]): the numpy arrays are read as data, nothing is imported or called.
 
-use super::cifar::{CIFAR10_CLASSES, Variant};
+use super::cifar::{self, CIFAR10_CLASSES, Variant};
 use super::{DataError, Dataset, Result, Split};
 use crate::pickle::{self, Value};
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
@@ -93,7 +92,7 @@ pub fn load(path: &Path) -> Result<Dataset> {
         }
         (files, dir)
     } else {
-        (read_archive(path)?, path.to_path_buf())
+        (cifar::read_archive(path, wanted)?, path.to_path_buf())
     };
     let variant = if files.contains_key("train") {
         Variant::Cifar100
@@ -132,31 +131,6 @@ pub fn load(path: &Path) -> Result<Dataset> {
         Variant::Cifar100 => "cifar100",
     };
     Dataset::new(name, classes, train, test, &source)
-}
-
-/// The batch files of an archive, read to the end of the gzip stream (so a damaged or cut
-/// archive fails its checksum instead of passing unnoticed).
-fn read_archive(path: &Path) -> Result<HashMap<String, Vec<u8>>> {
-    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
-    let bad = |e: std::io::Error| DataError::format(path, format!("not a readable .tar.gz: {e}"));
-    let mut files = HashMap::new();
-    for entry in archive.entries().map_err(bad)? {
-        let mut entry = entry.map_err(bad)?;
-        let name = entry
-            .path()
-            .map_err(bad)?
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        if wanted(&name) && entry.header().entry_type().is_file() {
-            let mut bytes = Vec::new();
-            entry.read_to_end(&mut bytes).map_err(bad)?;
-            files.insert(name, bytes);
-        }
-    }
-    std::io::copy(&mut archive.into_inner(), &mut std::io::sink()).map_err(bad)?;
-    Ok(files)
 }
 
 fn dict_value(root: &Value, keys: &[&str]) -> std::result::Result<Value, String> {

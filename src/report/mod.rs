@@ -29,6 +29,24 @@ impl From<ChartError> for std::io::Error {
     }
 }
 
+/// Draws into a temporary sibling (keeping the `.png` extension the encoder goes by) and
+/// renames it over `path`: a kill while plotting never leaves an empty or half-drawn picture.
+fn atomic_png(
+    path: &Path,
+    draw: impl FnOnce(&Path) -> Result<(), ChartError>,
+) -> Result<(), ChartError> {
+    crate::util::atomic_write(path, draw)
+}
+
+impl From<std::io::Error> for ChartError {
+    fn from(e: std::io::Error) -> Self {
+        ChartError {
+            path: String::new(),
+            problem: e.to_string(),
+        }
+    }
+}
+
 fn chart_err<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> ChartError + '_ {
     move |e| ChartError {
         path: path.display().to_string(),
@@ -50,9 +68,21 @@ const COLOURS: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
-/// A line chart of named (x, y) series.
+/// A line chart of named (x, y) series, written atomically.
 pub fn line_chart(
     path: &Path,
+    title: &str,
+    labels: (&str, &str),
+    series: &[(&str, Vec<(f64, f64)>)],
+) -> Result<(), ChartError> {
+    atomic_png(path, |tmp| {
+        draw_line_chart(path, tmp, title, labels, series)
+    })
+}
+
+fn draw_line_chart(
+    path: &Path,
+    tmp: &Path,
     title: &str,
     (x_label, y_label): (&str, &str),
     series: &[(&str, Vec<(f64, f64)>)],
@@ -74,7 +104,7 @@ pub fn line_chart(
         x1 = x0 + 1.0;
     }
     let pad = ((y1 - y0) * 0.05).max(1e-6);
-    let root = BitMapBackend::new(path, (720, 440)).into_drawing_area();
+    let root = BitMapBackend::new(tmp, (720, 440)).into_drawing_area();
     root.fill(&WHITE).map_err(&err)?;
     let mut builder = ChartBuilder::on(&root);
     builder
@@ -109,9 +139,23 @@ pub fn line_chart(
     Ok(())
 }
 
-/// A 2-D scatter of `points`, one colour per class of `labels`, with a legend.
+/// A 2-D scatter of `points`, one colour per class of `labels`, with a legend; written
+/// atomically.
 pub fn scatter_chart(
     path: &Path,
+    title: &str,
+    points: &[(f64, f64)],
+    labels: &[i64],
+    classes: &[String],
+) -> Result<(), ChartError> {
+    atomic_png(path, |tmp| {
+        draw_scatter_chart(path, tmp, title, points, labels, classes)
+    })
+}
+
+fn draw_scatter_chart(
+    path: &Path,
+    tmp: &Path,
     title: &str,
     points: &[(f64, f64)],
     labels: &[i64],
@@ -127,7 +171,7 @@ pub fn scatter_chart(
         let pad = ((hi - lo) * 0.05).max(1e-6);
         (lo - pad)..(hi + pad)
     };
-    let root = BitMapBackend::new(path, (720, 600)).into_drawing_area();
+    let root = BitMapBackend::new(tmp, (720, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(&err)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
@@ -158,9 +202,21 @@ pub fn scatter_chart(
     Ok(())
 }
 
-/// A confusion-matrix heatmap: rows are true classes, columns predictions, colour the row share.
+/// A confusion-matrix heatmap: rows are true classes, columns predictions, colour the row share;
+/// written atomically.
 pub fn confusion_chart(
     path: &Path,
+    confusion: &Confusion,
+    classes: &[String],
+) -> Result<(), ChartError> {
+    atomic_png(path, |tmp| {
+        draw_confusion_chart(path, tmp, confusion, classes)
+    })
+}
+
+fn draw_confusion_chart(
+    path: &Path,
+    tmp: &Path,
     confusion: &Confusion,
     classes: &[String],
 ) -> Result<(), ChartError> {
@@ -173,7 +229,7 @@ pub fn confusion_chart(
         left as u32 + cell as u32 * k as u32 + 20,
         top as u32 + cell as u32 * k as u32 + 110,
     );
-    let root = BitMapBackend::new(path, size).into_drawing_area();
+    let root = BitMapBackend::new(tmp, size).into_drawing_area();
     root.fill(&WHITE).map_err(&err)?;
     let font = ("sans-serif", 13).into_font();
     root.draw(&Text::new(

@@ -176,6 +176,21 @@ pub fn load_onto_device(cfg: &Config) -> Result<(Dataset, (DeviceSplit, DeviceSp
     Ok((data, splits))
 }
 
+/// Removes what a killed run left half-written in a run folder (temporary checkpoint, plot
+/// and report files whose process is gone), and says so.
+pub fn clean_run_folder(out: &Path) {
+    let removed: usize = ["", "checkpoints", "plots"]
+        .iter()
+        .map(|sub| crate::util::clean_stale_temps(&out.join(sub)))
+        .sum();
+    if removed > 0 {
+        eprintln!(
+            "{}: removed {removed} temporary files a killed run left behind",
+            out.display()
+        );
+    }
+}
+
 /// Refuses a training split or batch too small to train on: BatchNorm needs two values per
 /// channel.
 ///
@@ -558,6 +573,7 @@ impl Trainer {
     /// Trains the remaining epochs, evaluating and checkpointing after each.
     pub fn fit(&mut self, opts: &RunOptions) -> Result<()> {
         std::fs::create_dir_all(self.out.join("checkpoints"))?;
+        clean_run_folder(&self.out);
         crate::util::atomic_write_bytes(
             &self.out.join("config.toml"),
             self.cfg.to_toml().as_bytes(),
