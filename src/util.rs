@@ -41,6 +41,74 @@ fn temp_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{stem}.{}.tmp{ext}", std::process::id()))
 }
 
+/// An exclusive claim on a run folder: `<dir>/.lock` holds the writer's process id while it
+/// runs and is removed when the lock is dropped. A second writer is refused with the holder's
+/// id; a lock whose process is gone (a killed run) is taken over.
+#[derive(Debug)]
+pub struct RunLock {
+    path: PathBuf,
+}
+
+impl RunLock {
+    /// Claims `dir` (created if needed).
+    ///
+    /// # Errors
+    /// Another live process holds the folder (its id is named), or the lock file cannot be
+    /// written (the folder's path is named).
+    pub fn acquire(dir: &Path) -> std::io::Result<RunLock> {
+        let named =
+            |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(named)?;
+        let path = dir.join(".lock");
+        for _ in 0..2 {
+            let created = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path);
+            match created {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    write!(f, "{}", std::process::id()).map_err(named)?;
+                    return Ok(RunLock { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                    let pid = holder.trim().parse::<u32>().ok();
+                    if let Some(pid) = pid.filter(|p| process_alive(*p)) {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::ResourceBusy,
+                            format!(
+                                "{}: in use by process {pid} (it holds {}); wait for that run to \
+                                 end, or choose another --out",
+                                dir.display(),
+                                path.display()
+                            ),
+                        ));
+                    }
+                    // The holder was killed: its lock is stale.
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(e) => return Err(named(e)),
+            }
+        }
+        Err(std::io::Error::other(format!(
+            "{}: cannot take the run folder's lock",
+            dir.display()
+        )))
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Whether a process with this id exists (read from /proc; assumed alive without /proc).
+fn process_alive(pid: u32) -> bool {
+    !Path::new("/proc/self").exists() || Path::new("/proc").join(pid.to_string()).exists()
+}
+
 /// Removes the temporary files [`atomic_write`] left in `dir` when a process was killed while
 /// writing (their process is gone); the files of a live writer are kept. Returns how many were
 /// removed.
@@ -58,8 +126,7 @@ pub fn clean_stale_temps(dir: &Path) -> usize {
         let Some(pid) = temp_owner(&name) else {
             continue;
         };
-        let alive = Path::new("/proc").join(pid.to_string()).exists();
-        if !alive && std::fs::remove_file(entry.path()).is_ok() {
+        if !process_alive(pid) && std::fs::remove_file(entry.path()).is_ok() {
             removed += 1;
         }
     }

@@ -288,3 +288,42 @@ fn a_killed_runs_temporary_files_are_cleaned_and_plots_are_whole() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn a_second_writer_is_refused_and_a_stale_lock_taken_over() {
+    let out = common::temp_dir("hostile-lock");
+    let mut holder = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    std::fs::write(out.join(".lock"), holder.id().to_string()).unwrap();
+    let overrides: Vec<String> = [
+        "data.source=\"synthetic\"",
+        "data.train_limit=64",
+        "data.test_limit=32",
+        "model.name=\"cnn\"",
+        "model.widths=[8, 8]",
+        "train.epochs=1",
+        "train.batch_size=32",
+        "train.device=\"cpu\"",
+    ]
+    .map(String::from)
+    .into();
+    let cfg = config::load(None, &overrides).unwrap();
+    let err = train::run(cfg.clone(), &out, &RunOptions::default())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("in use by process {}", holder.id())) && err.contains("--out"),
+        "{err}"
+    );
+    assert!(
+        !out.join("config.toml").exists(),
+        "the second writer wrote nothing"
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    train::run(cfg, &out, &RunOptions::default()).unwrap();
+    assert!(!out.join(".lock").exists(), "the lock is freed on exit");
+}

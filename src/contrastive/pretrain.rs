@@ -168,6 +168,7 @@ impl Step<'_> {
 pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary> {
     let wall = Instant::now();
     crate::util::tune_allocator();
+    let _lock = crate::util::RunLock::acquire(out)?;
     let cfg = train::effective_config(cfg, out, opts)?;
     let c = cfg.contrastive.clone();
     let supervised = match c.method.as_str() {

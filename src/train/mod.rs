@@ -830,6 +830,7 @@ pub fn effective_config(cfg: Config, out: &Path, opts: &RunOptions) -> Result<Co
 /// Trains a config into `out` and writes summary.json and the report.
 pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<TrainSummary> {
     let wall = Instant::now();
+    let _lock = crate::util::RunLock::acquire(out)?;
     let cfg = effective_config(cfg, out, opts)?;
     let mut trainer = Trainer::new(cfg, out, opts.resume)?;
     print_start(&trainer);
