@@ -327,3 +327,66 @@ fn a_second_writer_is_refused_and_a_stale_lock_taken_over() {
     train::run(cfg, &out, &RunOptions::default()).unwrap();
     assert!(!out.join(".lock").exists(), "the lock is freed on exit");
 }
+
+#[test]
+fn resume_applies_its_settings_or_refuses_them() {
+    let out = common::temp_dir("hostile-resume");
+    let overrides: Vec<String> = [
+        "data.source=\"synthetic\"",
+        "data.train_limit=64",
+        "data.test_limit=32",
+        "model.name=\"cnn\"",
+        "model.widths=[8, 8]",
+        "train.epochs=1",
+        "train.batch_size=32",
+        "train.device=\"cpu\"",
+    ]
+    .map(String::from)
+    .into();
+    let cfg = config::load(None, &overrides).unwrap();
+    train::run(cfg.clone(), &out, &RunOptions::default()).unwrap();
+    // A finished 1-epoch run extended to 2 epochs at another rate: both applied and recorded.
+    let more = RunOptions {
+        resume: true,
+        resume_settings: vec!["train.epochs=2".into(), "optim.lr=0.005".into()],
+        ..Default::default()
+    };
+    let s = train::run(cfg.clone(), &out, &more).unwrap();
+    assert_eq!(s.epochs, 2);
+    let saved: train::Config =
+        toml::from_str(&std::fs::read_to_string(out.join("config.toml")).unwrap()).unwrap();
+    assert_eq!((saved.train.epochs, saved.optim.lr), (2, 0.005));
+    let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 2);
+    // What would make it another run is refused, naming the setting.
+    for setting in [
+        "model.name=\"resnet20\"",
+        "train.batch_size=16",
+        "augment=[]",
+    ] {
+        let bad = RunOptions {
+            resume: true,
+            resume_settings: vec![setting.into()],
+            ..Default::default()
+        };
+        let err = train::run(cfg.clone(), &out, &bad)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        let key = setting.split('=').next().unwrap();
+        assert!(
+            err.contains(&format!("`{key}` cannot change when resuming")),
+            "{err}"
+        );
+    }
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_convkit"))
+        .args(["train", "--resume", "--config", "quickstart", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--config cannot be given with --resume"),
+        "{err}"
+    );
+}

@@ -74,19 +74,35 @@ impl TrainArgs {
 }
 
 impl TrainArgs {
-    pub fn options(&self) -> RunOptions {
-        RunOptions {
+    /// Run options; with `--resume`, the command line's settings go with them, to be applied
+    /// to the saved config or refused (never ignored).
+    ///
+    /// # Errors
+    /// `--config` given with `--resume` (the run's own config is used).
+    pub fn options(&self) -> Result<RunOptions> {
+        if self.resume && self.config.is_some() {
+            anyhow::bail!(
+                "--config cannot be given with --resume: a resumed run continues with the config \
+                 saved in its folder (change its length or rate with --epochs, --lr)"
+            );
+        }
+        Ok(RunOptions {
             resume: self.resume,
             progress: train::progress::wanted(),
+            resume_settings: if self.resume {
+                self.overrides()
+            } else {
+                Vec::new()
+            },
             ..Default::default()
-        }
+        })
     }
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
     let cfg = config::load(a.config.as_deref(), &a.overrides())?;
     let out = a.out.clone().unwrap_or_else(|| "runs/train".into());
-    train::run(cfg, &out, &a.options())?;
+    train::run(cfg, &out, &a.options()?)?;
     Ok(())
 }
 
@@ -121,7 +137,11 @@ pub fn supcon(a: SupconArgs) -> Result<()> {
         &overrides,
     )?;
     let out = a.train.out.clone().unwrap_or_else(|| "runs/supcon".into());
-    crate::contrastive::pretrain::run(cfg, &out, &a.train.options())?;
+    let mut opts = a.train.options()?;
+    if opts.resume {
+        opts.resume_settings = overrides;
+    }
+    crate::contrastive::pretrain::run(cfg, &out, &opts)?;
     Ok(())
 }
 

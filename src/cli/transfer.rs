@@ -121,7 +121,7 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
     let opts = finetune::FinetuneOptions {
         head_epochs: a.head_epochs,
         head_lr_mult: a.head_lr_mult,
-        run: a.train.options(),
+        run: a.train.options()?,
     };
     if a.compare_frozen {
         let r = finetune::probe_vs_frozen(&cfg, &out, &opts)?;

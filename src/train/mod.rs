@@ -224,7 +224,23 @@ pub struct RunOptions {
     pub stop_after: Option<usize>,
     /// Write no checkpoint (timed benchmark runs, which are never resumed).
     pub no_checkpoints: bool,
+    /// Settings (`section.key=value`) given on the command line with `resume`: applied to the
+    /// saved config when [`RESUMABLE`] allows them (and recorded in config.toml), refused
+    /// otherwise; never ignored.
+    pub resume_settings: Vec<String>,
 }
+
+/// What a resumed run may change: its length, its learning rate and schedule, and where and
+/// how fast it runs. Anything else (data, model, batch, augmentation, seed) would make it
+/// another run.
+pub const RESUMABLE: [&str; 6] = [
+    "train.epochs",
+    "optim.lr",
+    "schedule.",
+    "train.eval_every",
+    "train.device",
+    "train.threads",
+];
 
 /// Everything a training run holds while it runs.
 pub struct Trainer {
@@ -816,7 +832,11 @@ pub fn diverged(
     }
 }
 
-/// The config a run uses: the given one, or when resuming the one saved in the run folder.
+/// The config a run uses: the given one, or when resuming the one saved in the run folder
+/// with the resume settings of `opts` applied ([`RESUMABLE`]).
+///
+/// # Errors
+/// The saved config cannot be read, or a resume setting changes what a resumed run cannot.
 pub fn effective_config(cfg: Config, out: &Path, opts: &RunOptions) -> Result<Config> {
     if !opts.resume {
         return Ok(cfg);
@@ -824,7 +844,37 @@ pub fn effective_config(cfg: Config, out: &Path, opts: &RunOptions) -> Result<Co
     let path = out.join("config.toml");
     let saved = std::fs::read_to_string(&path)
         .map_err(|e| TrainError::Invalid(format!("cannot resume {}: {e}", out.display())))?;
-    toml::from_str(&saved).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))
+    let mut table: toml::Table = toml::from_str(&saved)
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+    for setting in &opts.resume_settings {
+        let key = setting
+            .split_once('=')
+            .map_or(setting.as_str(), |(k, _)| k)
+            .trim();
+        let allowed = RESUMABLE
+            .iter()
+            .any(|r| key == *r || (r.ends_with('.') && key.starts_with(r)));
+        if !allowed {
+            return Err(TrainError::Invalid(format!(
+                "{}: `{key}` cannot change when resuming (the run would no longer be the one \
+                 its checkpoint continues); with --resume you may set: --epochs, --lr, \
+                 schedule.*, train.eval_every, --device, train.threads. Start a new run in \
+                 another --out for anything else",
+                out.display()
+            )));
+        }
+        config::apply_override(&mut table, setting)?;
+    }
+    let resumed: Config = serde::Deserialize::deserialize(toml::Value::Table(table))
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+    if !opts.resume_settings.is_empty() {
+        eprintln!(
+            "resuming with {} (recorded in {})",
+            opts.resume_settings.join(", "),
+            path.display()
+        );
+    }
+    Ok(resumed)
 }
 
 /// Trains a config into `out` and writes summary.json and the report.
