@@ -10,7 +10,7 @@ where
     E: From<std::io::Error>,
 {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+        create_dir(dir)?;
     }
     let tmp = temp_sibling(path);
     let result = write(&tmp);
@@ -18,13 +18,29 @@ where
         let _ = std::fs::remove_file(&tmp);
         return result;
     }
-    std::fs::rename(&tmp, path)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        named(path, e)
+    })?;
     Ok(())
 }
 
 /// `atomic_write` for bytes already in memory.
 pub fn atomic_write_bytes(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    atomic_write(path, |tmp| std::fs::write(tmp, bytes))
+    atomic_write(path, |tmp| {
+        std::fs::write(tmp, bytes).map_err(|e| named(path, e))
+    })
+}
+
+/// An io error that names its path once, in words (`runs/x: Read-only file system (os error
+/// 30)`), keeping its kind; the source is not chained, so it prints once.
+pub fn named(path: &Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// `create_dir_all` whose error names the folder.
+pub fn create_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| named(dir, e))
 }
 
 /// `.<stem>.<pid>.tmp.<ext>` beside `path`: hidden, owned by this process, and keeping the

@@ -390,3 +390,29 @@ fn resume_applies_its_settings_or_refuses_them() {
         "{err}"
     );
 }
+
+#[test]
+fn a_run_folder_that_cannot_be_made_is_named_once() {
+    let dir = common::temp_dir("hostile-fs");
+    let file = dir.join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = file.join("run");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_convkit"))
+        .args([
+            "train",
+            "--data",
+            "synthetic",
+            "--model",
+            "cnn",
+            "--epochs",
+            "1",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains(&out.display().to_string()), "{err}");
+    assert_eq!(err.matches("os error 20").count(), 1, "{err}");
+}

@@ -90,7 +90,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         println!("  {c:<16} {:.1}%", 100.0 * acc);
     }
     if let Some(out) = a.out {
-        std::fs::create_dir_all(&out)?;
+        crate::util::create_dir(&out)?;
         let s = EvalSummary {
             checkpoint: ck.path.display().to_string(),
             dataset: name,

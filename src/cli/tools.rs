@@ -240,7 +240,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         r.loader_images_per_second / r.train_images_per_second
     );
     if let Some(out) = a.out {
-        std::fs::create_dir_all(&out)?;
+        crate::util::create_dir(&out)?;
         metrics::write_json(&out.join("summary.json"), &r)?;
     }
     Ok(())

@@ -119,7 +119,7 @@ pub fn measure(run: &Path, out: &Path, spec: &EmbedSpec) -> Result<SpaceRow> {
     };
     let map = embedding::tsne(&z.to_device(Device::Cpu), &spec.tsne);
     let file = format!("tsne-{name}.png");
-    std::fs::create_dir_all(out)?;
+    crate::util::create_dir(out)?;
     let points: Vec<f64> = Vec::try_from(map.to_kind(tch::Kind::Double).flatten(0, -1))?;
     let points: Vec<(f64, f64)> = points.chunks(2).map(|p| (p[0], p[1])).collect();
     let label_list: Vec<i64> = Vec::try_from(labels.to_device(Device::Cpu))?;

@@ -203,7 +203,7 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
         history = ck.meta.history.clone();
         train_seconds = ck.meta.train_seconds;
     }
-    std::fs::create_dir_all(out.join("checkpoints"))?;
+    crate::util::create_dir(&out.join("checkpoints"))?;
     train::clean_run_folder(out);
     crate::util::atomic_write_bytes(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
     let augmenter = Augmenter::new(cfg.augment.clone(), &data.mean, &data.std, device);
@@ -358,7 +358,7 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
 
 fn write_plots(out: &Path, history: &[EpochMetrics], method: &str) -> std::io::Result<()> {
     let plots = out.join("plots");
-    std::fs::create_dir_all(&plots)?;
+    crate::util::create_dir(&plots)?;
     let series = |f: fn(&EpochMetrics) -> f64| crate::report::epoch_series(history, f);
     crate::report::line_chart(
         &plots.join("loss.png"),

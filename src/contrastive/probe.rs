@@ -145,7 +145,7 @@ pub fn run(run: &Path, out: &Path, spec: &ProbeSpec) -> Result<ProbeSummary> {
     crate::util::tune_allocator();
     let device = train::parse_device(&spec.device)?;
     let ck = checkpoint::read(run)?;
-    std::fs::create_dir_all(out)?;
+    crate::util::create_dir(out)?;
     let cache = cached_features(&ck, out, device)?;
     let (train_x, train_y) = (
         get(&cache, "train_x").to_device(device),

@@ -161,7 +161,7 @@ pub fn prior<T: for<'de> Deserialize<'de>>(dir: &Path, cfg: &Config) -> Result<P
     let same = std::fs::read_to_string(&marker).is_ok_and(|t| t == cfg.to_toml());
     if !same {
         let _ = std::fs::remove_dir_all(dir);
-        std::fs::create_dir_all(dir)?;
+        crate::util::create_dir(dir)?;
         crate::util::atomic_write_bytes(&marker, cfg.to_toml().as_bytes())?;
         return Ok(Prior::Fresh);
     }

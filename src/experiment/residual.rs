@@ -155,7 +155,7 @@ fn run_model(spec: &Spec, out: &Path, model: &str) -> Result<Row> {
 
 pub fn run(spec: &Spec, out: &Path) -> Result<Summary> {
     let start = Instant::now();
-    std::fs::create_dir_all(out.join("plots"))?;
+    crate::util::create_dir(&out.join("plots"))?;
     let rows = spec
         .models
         .iter()

@@ -278,7 +278,7 @@ pub fn run(spec: &Spec, out: &Path) -> Result<Summary> {
             "supcon-vs-ce needs at least one seed and one method".into(),
         ));
     }
-    std::fs::create_dir_all(out.join("plots"))?;
+    crate::util::create_dir(&out.join("plots"))?;
     let probe_cfg = ce_config(
         spec,
         Setting {

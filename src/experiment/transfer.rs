@@ -181,7 +181,7 @@ fn transfer_run(spec: &Spec, out: &Path, strategy: Strategy, budget: usize) -> R
 /// Runs the experiment into `out`: `summary.json`, `report.html`, `plots/accuracy.png`.
 pub fn run(spec: &Spec, out: &Path) -> Result<Summary> {
     let start = Instant::now();
-    std::fs::create_dir_all(out.join("plots"))?;
+    crate::util::create_dir(&out.join("plots"))?;
     let pre = pretrain(spec, out)?;
     let mut rows = Vec::new();
     for &budget in &spec.budgets {

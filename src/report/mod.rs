@@ -297,7 +297,7 @@ pub fn run_report(
     classes: &[String],
 ) -> std::io::Result<()> {
     let plots = out.join("plots");
-    std::fs::create_dir_all(&plots)?;
+    crate::util::create_dir(&plots)?;
     let series = |f: fn(&EpochMetrics) -> f64| epoch_series(history, f);
     line_chart(
         &plots.join("loss.png"),

@@ -588,7 +588,7 @@ impl Trainer {
 
     /// Trains the remaining epochs, evaluating and checkpointing after each.
     pub fn fit(&mut self, opts: &RunOptions) -> Result<()> {
-        std::fs::create_dir_all(self.out.join("checkpoints"))?;
+        crate::util::create_dir(&self.out.join("checkpoints"))?;
         clean_run_folder(&self.out);
         crate::util::atomic_write_bytes(
             &self.out.join("config.toml"),

@@ -287,7 +287,7 @@ pub fn cached_features(cfg: &Config, out: &Path) -> Result<[Tensor; 5]> {
         .map(|(n, t)| (n.to_string(), t.shallow_clone()))
         .collect();
     tensors.push(("tag".into(), tag));
-    std::fs::create_dir_all(out)?;
+    crate::util::create_dir(out)?;
     atomic_write(&path, |tmp| {
         Tensor::write_safetensors(&tensors, tmp).map_err(|e| std::io::Error::other(e.to_string()))
     })?;
@@ -295,7 +295,7 @@ pub fn cached_features(cfg: &Config, out: &Path) -> Result<[Tensor; 5]> {
 }
 
 fn linear_probe(cfg: &Config, out: &Path, start: Instant) -> Result<FinetuneSummary> {
-    std::fs::create_dir_all(out)?;
+    crate::util::create_dir(out)?;
     let device = train::parse_device(&cfg.train.device)?;
     let [train_x, train_y, test_x, test_y, classes] =
         cached_features(cfg, out)?.map(|t| t.to_device(device));

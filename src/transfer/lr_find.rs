@@ -112,7 +112,7 @@ pub fn run(cfg: Config, spec: &SweepSpec, out: &Path, progress: bool) -> Result<
         suggested_lr,
         min_lr_over_10,
     };
-    std::fs::create_dir_all(out.join("plots"))?;
+    crate::util::create_dir(&out.join("plots"))?;
     metrics::write_json(&out.join("lr-find.json"), &result)?;
     let points = |v: &[f64]| -> Vec<(f64, f64)> {
         result
