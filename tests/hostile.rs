@@ -416,3 +416,37 @@ fn a_run_folder_that_cannot_be_made_is_named_once() {
     assert!(err.contains(&out.display().to_string()), "{err}");
     assert_eq!(err.matches("os error 20").count(), 1, "{err}");
 }
+
+#[test]
+fn config_values_out_of_range_name_the_field_and_the_file() {
+    for (setting, expect) in [
+        ("train.batch_size=0", "train.batch_size = 0"),
+        ("train.label_smoothing=5", "train.label_smoothing = 5"),
+        ("augment=[\"rrc:0.9-0.1\"]", "scale 0.9-0.1"),
+        ("augment=[\"gray:5\"]", "probability 5"),
+        ("transfer.resize=0", "transfer.resize = Some(0)"),
+        ("transfer.resize=100000", "transfer.resize = Some(100000)"),
+        ("train.threads=1000000", "train.threads = 1000000"),
+        ("optim.lr=-1", "optim.lr = -1"),
+    ] {
+        let err = config::load(Some("quickstart"), &[setting.to_string()])
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(expect) && err.contains("recipe quickstart"),
+            "{setting}: {err}"
+        );
+    }
+    let dir = common::temp_dir("hostile-config");
+    let file = dir.join("mine.toml");
+    std::fs::write(&file, "[train]\nepochs = 0\n").unwrap();
+    let err = config::load(Some(file.to_str().unwrap()), &[])
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("mine.toml") && err.contains("train.epochs = 0"),
+        "{err}"
+    );
+}

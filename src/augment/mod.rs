@@ -160,7 +160,41 @@ impl std::str::FromStr for Aug {
                 ));
             }
         };
+        aug.check()
+            .map_err(|p| format!("augmentation '{s}': {p}"))?;
         Ok(aug)
+    }
+}
+
+impl Aug {
+    /// The ranges each augmentation's numbers must lie in (sizes in pixels, probabilities and
+    /// scales as fractions).
+    fn check(&self) -> Result<(), String> {
+        let unit = |v: f64| (0.0..=1.0).contains(&v);
+        match self {
+            Aug::Crop { pad, .. } if !(0..=1024).contains(pad) => {
+                Err(format!("padding {pad} must be 0 to 1024 pixels"))
+            }
+            Aug::Cutout { size } if !(1..=4096).contains(size) => {
+                Err(format!("size {size} must be 1 to 4096 pixels"))
+            }
+            Aug::ResizedCrop {
+                scale: (lo, hi), ..
+            } if !(*lo > 0.0 && lo <= hi && *hi <= 1.0) => {
+                Err(format!("scale {lo}-{hi} must satisfy 0 < low <= high <= 1"))
+            }
+            Aug::Jitter(j)
+                if !(unit(j.p)
+                    && [j.brightness, j.contrast, j.saturation]
+                        .iter()
+                        .all(|f| (0.0..=10.0).contains(f))
+                    && (0.0..=0.5).contains(&j.hue)) =>
+            {
+                Err("factors must be 0 to 10, hue 0 to 0.5, probability 0 to 1".into())
+            }
+            Aug::Grayscale { p } if !unit(*p) => Err(format!("probability {p} must be 0 to 1")),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -323,6 +323,8 @@ pub fn load(recipe: Option<&str>, overrides: &[String]) -> Result<Config, Config
     let augment_from_data = !value.contains_key("augment");
     let mut cfg = Config::deserialize(toml::Value::Table(value))
         .map_err(|e| ConfigError::File(origin.clone(), e.to_string()))?;
+    cfg.validate()
+        .map_err(|e| ConfigError::File(origin.clone(), e))?;
     cfg.provenance.origin = match overrides.len() {
         0 => origin,
         n => format!("{origin} + {n} settings from the command line"),
@@ -355,7 +357,84 @@ pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), ConfigE
     Ok(())
 }
 
+/// The most intra-op threads a run may ask for; more only adds idle threads.
+pub const MAX_THREADS: usize = 1024;
+
 impl Config {
+    /// Checks every numeric setting's range, naming the field (`train.batch_size = 0: ...`).
+    /// Model widths and classes are checked by the model spec, image sizes by the data layer.
+    ///
+    /// # Errors
+    /// The first setting out of its range.
+    pub fn validate(&self) -> Result<(), String> {
+        let t = &self.train;
+        let o = &self.optim;
+        let d = &self.data;
+        let checks: [(bool, String); 12] = [
+            (
+                t.epochs >= 1,
+                format!("train.epochs = {}: at least 1", t.epochs),
+            ),
+            (
+                t.batch_size >= 1,
+                format!("train.batch_size = {}: at least 1", t.batch_size),
+            ),
+            (
+                t.eval_batch_size >= 1,
+                format!("train.eval_batch_size = {}: at least 1", t.eval_batch_size),
+            ),
+            (
+                (0.0..1.0).contains(&t.label_smoothing),
+                format!(
+                    "train.label_smoothing = {}: must be in [0, 1)",
+                    t.label_smoothing
+                ),
+            ),
+            (
+                t.threads <= MAX_THREADS,
+                format!("train.threads = {}: at most {MAX_THREADS}", t.threads),
+            ),
+            (
+                t.eval_every >= 1,
+                format!("train.eval_every = {}: at least 1", t.eval_every),
+            ),
+            (
+                o.lr.is_finite() && o.lr > 0.0,
+                format!("optim.lr = {}: must be above 0", o.lr),
+            ),
+            (
+                o.weight_decay.is_finite() && o.weight_decay >= 0.0,
+                format!("optim.weight_decay = {}: must be 0 or more", o.weight_decay),
+            ),
+            (
+                (0.0..1.0).contains(&o.momentum),
+                format!("optim.momentum = {}: must be in [0, 1)", o.momentum),
+            ),
+            (
+                (0.0..1.0).contains(&d.val_split),
+                format!("data.val_split = {}: must be in [0, 1)", d.val_split),
+            ),
+            (
+                (0.0..=1.0).contains(&d.label_noise),
+                format!("data.label_noise = {}: must be in [0, 1]", d.label_noise),
+            ),
+            (
+                self.transfer
+                    .resize
+                    .is_none_or(|r| (1..=crate::data::MAX_IMAGE_SIZE as i64).contains(&r)),
+                format!(
+                    "transfer.resize = {:?}: must be 1 to {} pixels",
+                    self.transfer.resize,
+                    crate::data::MAX_IMAGE_SIZE
+                ),
+            ),
+        ];
+        if let Some((_, problem)) = checks.into_iter().find(|(ok, _)| !ok) {
+            return Err(problem);
+        }
+        Ok(())
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
     }

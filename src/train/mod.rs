@@ -282,7 +282,9 @@ impl Trainer {
     ) -> Result<Self> {
         crate::util::tune_allocator();
         if cfg.train.threads > 0 {
-            tch::set_num_threads(cfg.train.threads as i32);
+            // More threads than cores only adds idle ones (a million would hang the start).
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            tch::set_num_threads(cfg.train.threads.min(cores) as i32);
         }
         check_training_size(train.len(), cfg.train.batch_size)?;
         let mut augment_reason = None;
@@ -866,6 +868,9 @@ pub fn effective_config(cfg: Config, out: &Path, opts: &RunOptions) -> Result<Co
         config::apply_override(&mut table, setting)?;
     }
     let resumed: Config = serde::Deserialize::deserialize(toml::Value::Table(table))
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+    resumed
+        .validate()
         .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
     if !opts.resume_settings.is_empty() {
         eprintln!(
