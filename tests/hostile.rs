@@ -450,3 +450,29 @@ fn config_values_out_of_range_name_the_field_and_the_file() {
         "{err}"
     );
 }
+
+#[test]
+fn a_zero_stride_tensor_cannot_become_gigabytes() {
+    let dir = common::temp_dir("hostile-stride");
+    let file = dir.join("expanded.pth");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = format!(
+        "import torch; torch.save({{'w': torch.zeros(1).expand(32768, 65536), \
+         'b': torch.ones(3).expand(2, 3)}}, r'{}')",
+        file.display()
+    );
+    let status = std::process::Command::new(root.join(".venv/bin/python"))
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(std::fs::metadata(&file).unwrap().len() < 4096);
+    let err = convkit::weights::read(&file)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("expanded.pth") && err.contains("would repeat its storage"),
+        "{err}"
+    );
+}

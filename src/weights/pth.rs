@@ -49,9 +49,29 @@ fn read_entry(zip: &mut Archive, name: &str, path: &Path) -> Result<Vec<u8>, Wei
     let mut f = zip
         .by_name(name)
         .map_err(|e| bad(path, format!("archive entry {name}: {e}")))?;
-    let mut buf = Vec::with_capacity(f.size() as usize);
-    f.read_to_end(&mut buf)
+    // The size an entry declares is not trusted for allocation: at most what the file on disk
+    // could hold is reserved, and reading stops one byte past the declared size.
+    let on_disk = std::fs::metadata(path).map_or(0, |m| m.len());
+    let declared = f.size();
+    let mut buf = Vec::with_capacity(declared.min(on_disk) as usize);
+    (&mut f)
+        .take(declared.saturating_add(1))
+        .read_to_end(&mut buf)
         .map_err(|e| bad(path, format!("archive entry {name} is damaged: {e}")))?;
+    if buf.len() as u64 != declared {
+        return Err(bad(
+            path,
+            format!(
+                "archive entry {name} declares {declared} bytes but holds {}{}",
+                buf.len().min(declared as usize),
+                if buf.len() as u64 > declared {
+                    " and more"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
     Ok(buf)
 }
 
@@ -293,6 +313,9 @@ fn contents(
     })
 }
 
+/// The most elements a view may hold beyond its storage's own (expanded tensors).
+const MAX_REPEATED_ELEMENTS: i64 = 1 << 24;
+
 fn to_tensor(t: &TensorRef, data: &[u8]) -> Result<Tensor, String> {
     let (kind, size) =
         kind_of(&t.storage.dtype).ok_or_else(|| format!("dtype {}", t.storage.dtype))?;
@@ -327,6 +350,21 @@ fn to_tensor(t: &TensorRef, data: &[u8]) -> Result<Tensor, String> {
     };
     if t.shape.len() != t.stride.len() || t.offset < 0 || !inside {
         return Err("tensor view lies outside its storage".into());
+    }
+    // A view may repeat its storage's elements (stride 0, as `expand` makes), but a weights file
+    // has no use for a tensor much larger than its storage: a few hundred bytes must not
+    // become gigabytes when the view is made contiguous.
+    let elements = t
+        .shape
+        .iter()
+        .try_fold(1i64, |acc, &n| acc.checked_mul(n))
+        .unwrap_or(i64::MAX);
+    if elements > numel.max(MAX_REPEATED_ELEMENTS) {
+        return Err(format!(
+            "tensor of shape {:?} ({elements} elements) would repeat its storage of {numel} \
+             elements: refused",
+            t.shape
+        ));
     }
     let storage = Tensor::from_data_size(data, &[numel], kind);
     Ok(storage
