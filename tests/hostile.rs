@@ -476,3 +476,52 @@ fn a_zero_stride_tensor_cannot_become_gigabytes() {
         "{err}"
     );
 }
+
+#[test]
+fn a_damaged_decode_cache_is_decoded_again() {
+    let root = common::temp_dir("hostile-cache-src");
+    for (split, n) in [("train", 3), ("test", 2)] {
+        for c in ["a", "b"] {
+            let d = root.join(split).join(c);
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..n {
+                image::RgbImage::from_pixel(8, 8, image::Rgb([i * 40, 9, 9]))
+                    .save(d.join(format!("{i}.png")))
+                    .unwrap();
+            }
+        }
+    }
+    let mut spec = DataSpec::new(root.to_str().unwrap());
+    spec.image_size = 8;
+    let good = data::load(&spec).unwrap();
+    let file = data::cache::cache_file(&spec, &root).unwrap();
+    let tensors = Tensor::read_safetensors(&file).unwrap();
+    let damage = |name: &str, value: Tensor| {
+        let damaged: Vec<(String, Tensor)> = tensors
+            .iter()
+            .map(|(n, t)| match n == name {
+                true => (n.clone(), value.shallow_clone()),
+                false => (n.clone(), t.shallow_clone()),
+            })
+            .collect();
+        Tensor::write_safetensors(&damaged, &file).unwrap();
+    };
+    for (name, value) in [
+        ("train_labels", Tensor::from_slice(&[0i64, 1, 7, 0, 1, 1])),
+        ("train_labels", Tensor::from_slice(&[0i64, 1])),
+        (
+            "train_images",
+            Tensor::zeros([6, 8, 8], (tch::Kind::Uint8, tch::Device::Cpu)),
+        ),
+    ] {
+        damage(name, value);
+        assert!(data::cache::read(&file).is_err(), "{name} damage passed");
+        let again = data::load(&spec).unwrap();
+        assert!(again.train.labels.equal(&good.train.labels));
+        assert!(again.train.images.equal(&good.train.images));
+        assert!(
+            data::cache::read(&file).is_ok(),
+            "the cache is written again"
+        );
+    }
+}

@@ -18,7 +18,7 @@ where
     if file.exists() {
         match read(&file) {
             Ok(ds) => return Ok(ds),
-            Err(e) => eprintln!("cache {} unreadable ({e}); decoding again", file.display()),
+            Err(e) => eprintln!("warning: {e}; decoding the data again"),
         }
     }
     let ds = decode()?;
@@ -127,7 +127,7 @@ pub fn read(file: &Path) -> Result<Dataset> {
     };
     let meta: CacheMeta = serde_json::from_slice(&tensor_bytes(&get("meta")?))
         .map_err(|e| DataError::format(file, format!("bad cache metadata: {e}")))?;
-    Ok(Dataset {
+    let ds = Dataset {
         name: meta.name,
         classes: meta.classes,
         train: Split {
@@ -141,5 +141,58 @@ pub fn read(file: &Path) -> Result<Dataset> {
         mean: meta.mean,
         std: meta.std,
         notes: meta.notes,
-    })
+    };
+    check(&ds).map_err(|p| DataError::format(file, format!("damaged cache: {p}")))?;
+    Ok(ds)
+}
+
+/// Everything later code trusts in a cached data set: u8 images `[N, H, W, C]` with 1 or 3
+/// channels and the same size in both splits, one i64 label per image inside the class range,
+/// at least one class and training image, one mean and std per channel.
+fn check(ds: &Dataset) -> std::result::Result<(), String> {
+    use tch::Kind;
+    let train = ds.train.images.size();
+    if ds.classes.is_empty() || ds.train.is_empty() {
+        return Err("no classes or no training images".into());
+    }
+    for (what, split) in [("train", &ds.train), ("test", &ds.test)] {
+        let s = split.images.size();
+        let l = split.labels.size();
+        let shape_ok = s.len() == 4 && s[1..] == train[1..] && matches!(s[3], 1 | 3);
+        if !shape_ok || split.images.kind() != Kind::Uint8 {
+            return Err(format!(
+                "{what} images of shape {s:?} ({:?})",
+                split.images.kind()
+            ));
+        }
+        if l != [s[0]] || split.labels.kind() != Kind::Int64 {
+            return Err(format!(
+                "{} {what} labels for {} images",
+                l.first().unwrap_or(&0),
+                s[0]
+            ));
+        }
+        if !split.is_empty() {
+            let (lo, hi) = (
+                split.labels.min().int64_value(&[]),
+                split.labels.max().int64_value(&[]),
+            );
+            if lo < 0 || hi >= ds.classes.len() as i64 {
+                return Err(format!(
+                    "{what} label {} outside 0..{}",
+                    if lo < 0 { lo } else { hi },
+                    ds.classes.len()
+                ));
+            }
+        }
+    }
+    let c = train[3] as usize;
+    if ds.mean.len() != c || ds.std.len() != c {
+        return Err(format!(
+            "mean/std of {}/{} values for {c} channels",
+            ds.mean.len(),
+            ds.std.len()
+        ));
+    }
+    Ok(())
 }
