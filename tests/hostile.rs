@@ -525,3 +525,48 @@ fn a_damaged_decode_cache_is_decoded_again() {
         );
     }
 }
+
+#[test]
+fn damaged_optimiser_state_on_resume_is_an_error_naming_the_checkpoint() {
+    let out = common::temp_dir("hostile-steps");
+    let overrides: Vec<String> = [
+        "data.source=\"synthetic\"",
+        "data.train_limit=64",
+        "data.test_limit=32",
+        "model.name=\"cnn\"",
+        "model.widths=[8, 8]",
+        "train.epochs=2",
+        "train.batch_size=32",
+        "train.device=\"cpu\"",
+    ]
+    .map(String::from)
+    .into();
+    let cfg = config::load(None, &overrides).unwrap();
+    let first = RunOptions {
+        stop_after: Some(1),
+        ..Default::default()
+    };
+    train::run(cfg.clone(), &out, &first).unwrap();
+    let ck = out.join("checkpoints/last.safetensors");
+    let damaged: Vec<(String, Tensor)> = Tensor::read_safetensors(&ck)
+        .unwrap()
+        .into_iter()
+        .map(|(n, t)| match n == "optim.__steps" {
+            true => (n, Tensor::from(3i64)),
+            false => (n, t),
+        })
+        .collect();
+    Tensor::write_safetensors(&damaged, &ck).unwrap();
+    let resume = RunOptions {
+        resume: true,
+        ..Default::default()
+    };
+    let err = train::run(cfg, &out, &resume)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("last.safetensors") && err.contains("__steps is a Int64 tensor of shape []"),
+        "{err}"
+    );
+}

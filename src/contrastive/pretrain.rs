@@ -199,7 +199,9 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
     if opts.resume {
         let ck = checkpoint::read(&ck_path)?;
         ck.load_into(&mut model)?;
-        optim.load_state(&ck.section("optim"))?;
+        optim
+            .load_state(&ck.section("optim"))
+            .map_err(|e| TrainError::Invalid(format!("{}: {e}", ck.path.display())))?;
         history = ck.meta.history.clone();
         train_seconds = ck.meta.train_seconds;
     }

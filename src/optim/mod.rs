@@ -253,11 +253,28 @@ impl Optimizer {
             }
         }
         let steps = find("__steps").ok_or_else(|| OptimError::State("missing __steps".into()))?;
-        self.steps = steps.int64_value(&[0]);
+        self.steps = match (steps.size().as_slice(), steps.kind()) {
+            ([1], tch::Kind::Int64) => steps.int64_value(&[0]),
+            (shape, kind) => {
+                return Err(OptimError::State(format!(
+                    "__steps is a {kind:?} tensor of shape {shape:?}, expected one int64"
+                )));
+            }
+        };
+        if self.steps < 0 {
+            return Err(OptimError::State(format!("__steps is {}", self.steps)));
+        }
         if let Some(l) = &mut self.lookahead {
             for (n, _, slow) in &mut l.pairs {
                 let key = format!("lookahead.{n}");
                 let t = find(&key).ok_or_else(|| OptimError::State(format!("missing {key}")))?;
+                if t.size() != slow.size() {
+                    return Err(OptimError::State(format!(
+                        "{key} has shape {:?}, expected {:?}",
+                        t.size(),
+                        slow.size()
+                    )));
+                }
                 tch::no_grad(|| slow.copy_(t));
             }
         }

@@ -210,13 +210,13 @@ impl Loaded {
     }
 }
 
-/// Copies named tensors into a model's variables, checking names and shapes like PyTorch's
-/// strict `load_state_dict`.
 /// The run folder a checkpoint file belongs to (`<run>/checkpoints/<file>`).
 pub fn run_folder(checkpoint: &Path) -> Option<&Path> {
     checkpoint.parent()?.parent()
 }
 
+/// Copies named tensors into a model's variables, checking names and shapes like PyTorch's
+/// strict `load_state_dict`.
 pub fn copy_weights(
     path: &Path,
     weights: &[(String, Tensor)],

@@ -327,7 +327,9 @@ impl Trainer {
         if resume {
             let ck = checkpoint::read(&out.join("checkpoints").join("last.safetensors"))?;
             ck.load_into(&mut model)?;
-            optim.load_state(&ck.section("optim"))?;
+            optim
+                .load_state(&ck.section("optim"))
+                .map_err(|e| TrainError::Invalid(format!("{}: {e}", ck.path.display())))?;
             history = ck.meta.history.clone();
             train_seconds = ck.meta.train_seconds;
         }
