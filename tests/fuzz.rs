@@ -35,12 +35,7 @@ enum Edit {
 }
 
 fn edits() -> impl Strategy<Value = Vec<Edit>> {
-    let field = prop_oneof![
-        Just(0u32),
-        Just(0x7fff_ffff),
-        Just(u32::MAX),
-        any::<u32>()
-    ];
+    let field = prop_oneof![Just(0u32), Just(0x7fff_ffff), Just(u32::MAX), any::<u32>()];
     let edit = prop_oneof![
         (any::<usize>(), 1..=255u8).prop_map(|(i, b)| Edit::Flip(i, b)),
         (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Edit::Insert(i, b)),
@@ -78,7 +73,10 @@ fn runner(seed: u8) -> TestRunner {
         failure_persistence: None,
         ..Config::default()
     };
-    TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &[seed; 32]))
+    TestRunner::new_with_rng(
+        config,
+        TestRng::from_seed(RngAlgorithm::ChaCha, &[seed; 32]),
+    )
 }
 
 /// Peak resident memory of this process so far, in KiB (VmHWM).
@@ -98,13 +96,21 @@ fn fuzz_in_process(name: &str, seed: &[u8], read: impl Fn(&[u8])) {
         let bytes = apply(seed, &e);
         let start = Instant::now();
         read(&bytes);
-        prop_assert!(start.elapsed() < TIME_LIMIT, "{name}: took {:?}", start.elapsed());
+        prop_assert!(
+            start.elapsed() < TIME_LIMIT,
+            "{name}: took {:?}",
+            start.elapsed()
+        );
         Ok(())
     });
     if let Err(e) = result {
         panic!("{name}: {e}");
     }
-    assert!(peak_kb() < MEMORY_LIMIT_KB, "{name}: peak {} KiB", peak_kb());
+    assert!(
+        peak_kb() < MEMORY_LIMIT_KB,
+        "{name}: peak {} KiB",
+        peak_kb()
+    );
 }
 
 #[test]
@@ -159,7 +165,12 @@ fn seeds(dir: &Path) -> Vec<(&'static str, String, Vec<u8>)> {
     ]
     .map(String::from)
     .into();
-    train::run(config::load(None, &overrides).unwrap(), &run, &RunOptions::default()).unwrap();
+    train::run(
+        config::load(None, &overrides).unwrap(),
+        &run,
+        &RunOptions::default(),
+    )
+    .unwrap();
     let ck = std::fs::read(run.join("checkpoints/last.safetensors")).unwrap();
     let py = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
     let pth = dir.join("small.pth");
@@ -171,7 +182,9 @@ fn seeds(dir: &Path) -> Vec<(&'static str, String, Vec<u8>)> {
         pth.display(),
         legacy.display()
     );
-    let ok = std::process::Command::new(py).args(["-c", &script]).status();
+    let ok = std::process::Command::new(py)
+        .args(["-c", &script])
+        .status();
     assert!(ok.unwrap().success());
     let labels = [0u8, 1, 2];
     let px: Vec<u8> = (0..3 * 3072).map(|i| (i % 251) as u8).collect();
@@ -200,18 +213,32 @@ fn seeds(dir: &Path) -> Vec<(&'static str, String, Vec<u8>)> {
     let cache = std::fs::read(data::cache::cache_file(&spec, &folder).unwrap()).unwrap();
     let png = {
         let p = dir.join("seed.png");
-        image::RgbImage::from_pixel(8, 8, image::Rgb([5, 6, 7])).save(&p).unwrap();
+        image::RgbImage::from_pixel(8, 8, image::Rgb([5, 6, 7]))
+            .save(&p)
+            .unwrap();
         std::fs::read(p).unwrap()
     };
     vec![
         ("checkpoint", "last.safetensors".into(), ck),
         ("weights", "small.pth".into(), std::fs::read(&pth).unwrap()),
-        ("weights", "legacy.pth".into(), std::fs::read(&legacy).unwrap()),
-        ("cifar", "cifar-10-binary.tar.gz".into(), gz.finish().unwrap()),
+        (
+            "weights",
+            "legacy.pth".into(),
+            std::fs::read(&legacy).unwrap(),
+        ),
+        (
+            "cifar",
+            "cifar-10-binary.tar.gz".into(),
+            gz.finish().unwrap(),
+        ),
         ("cifar", "data_batch_1.bin".into(), cifar),
         ("cache", "cache.safetensors".into(), cache),
         ("image", "seed.png".into(), png),
-        ("image", "seed.jpg".into(), std::fs::read(write_jpeg(dir)).unwrap()),
+        (
+            "image",
+            "seed.jpg".into(),
+            std::fs::read(write_jpeg(dir)).unwrap(),
+        ),
     ]
 }
 
@@ -264,10 +291,20 @@ fn fuzz_child_process() {
 
 /// Runs the child on `files` from `from`; returns how many it finished, and its stderr when it
 /// did not exit cleanly.
-fn run_child(list: &Path, files: &[String], from: usize) -> (usize, Vec<(u128, u64)>, Option<String>) {
+fn run_child(
+    list: &Path,
+    files: &[String],
+    from: usize,
+) -> (usize, Vec<(u128, u64)>, Option<String>) {
     std::fs::write(list, files[from..].join("\n")).unwrap();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "fuzz_child_process", "--nocapture", "--test-threads", "1"])
+        .args([
+            "--exact",
+            "fuzz_child_process",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
         .env("CONVKIT_FUZZ_LIST", list)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -278,7 +315,9 @@ fn run_child(list: &Path, files: &[String], from: usize) -> (usize, Vec<(u128, u
     let limit = TIME_LIMIT * 4 + Duration::from_millis(50) * (files.len() - from) as u32;
     let watchdog = std::thread::spawn(move || {
         std::thread::sleep(limit);
-        let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
     });
     let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let done: Vec<(u128, u64)> = stdout
@@ -331,7 +370,12 @@ fn libtorch_readers_survive_mutations() {
             from = files.len();
         }
     }
-    assert!(problems.is_empty(), "{} inputs failed:\n{}", problems.len(), problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{} inputs failed:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
     assert_eq!(read, files.len(), "every mutated file was read");
     assert_eq!(files.len(), 8 * CASES as usize);
 }

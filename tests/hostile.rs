@@ -174,12 +174,12 @@ fn image_size_and_widths_out_of_range_name_the_setting() {
     spec.image_size = 100_000;
     let err = data::load(&spec).unwrap_err().to_string();
     assert!(err.contains("image size 100000"), "{err}");
-    let cfg = config::load(
-        None,
-        &["model.name=\"cnn\"".into(), "model.widths=[0, 16]".into()],
-    )
-    .unwrap();
-    let spec = cfg.model.spec(10, 3);
+    // A spec from elsewhere (a checkpoint's metadata) is checked when the model is built.
+    let mut spec = config::load(None, &["model.name=\"cnn\"".into()])
+        .unwrap()
+        .model
+        .spec(10, 3);
+    spec.widths = Some(vec![0, 16]);
     let err = convkit::models::build(&spec, tch::Device::Cpu)
         .map(|_| ())
         .unwrap_err()
@@ -428,6 +428,9 @@ fn config_values_out_of_range_name_the_field_and_the_file() {
         ("transfer.resize=100000", "transfer.resize = Some(100000)"),
         ("train.threads=1000000", "train.threads = 1000000"),
         ("optim.lr=-1", "optim.lr = -1"),
+        ("model.widths=[0, 16]", "model.widths [0, 16]"),
+        ("model.widths=[-8, 16]", "model.widths [-8, 16]"),
+        ("model.widths=[8,8,8,8,8,8,8,8,8,8,8,8]", "1 to 8 widths"),
     ] {
         let err = config::load(Some("quickstart"), &[setting.to_string()])
             .map(|_| ())

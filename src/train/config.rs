@@ -432,7 +432,10 @@ impl Config {
         if let Some((_, problem)) = checks.into_iter().find(|(ok, _)| !ok) {
             return Err(problem);
         }
-        Ok(())
+        // Widths and a fixed class count are the model spec's to check; the data's class and
+        // channel counts are not known yet, so 1 stands in for them.
+        let classes = self.model.classes.unwrap_or(1);
+        self.model.spec(classes, 1).validate()
     }
 
     pub fn to_toml(&self) -> String {
