@@ -72,9 +72,18 @@ impl RunLock {
     /// Another live process holds the folder (its id is named), or the lock file cannot be
     /// written (the folder's path is named).
     pub fn acquire(dir: &Path) -> std::io::Result<RunLock> {
-        let named =
-            |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display()));
-        std::fs::create_dir_all(dir).map_err(named)?;
+        let named = |e: std::io::Error| named(dir, e);
+        create_dir(dir)?;
+        // A run writes config.toml, checkpoints/ and plots/ into its folder: never into `/`.
+        if dir.canonicalize().map_err(named)?.parent().is_none() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: the file-system root cannot be a run folder",
+                    dir.display()
+                ),
+            ));
+        }
         let path = dir.join(".lock");
         for _ in 0..2 {
             let created = std::fs::OpenOptions::new()

@@ -166,6 +166,39 @@ fn damaged_checkpoint_metadata_is_refused_naming_the_file() {
             "{text}"
         );
     }
+    // An image size the network cannot take (two 2x2 poolings of a 1x1 image) is found when
+    // the model is built, before any image is predicted.
+    let mut m = meta.clone();
+    *m.pointer_mut("/image_size").unwrap() = serde_json::json!(1);
+    let mut small: Vec<(String, Tensor)> = tensors
+        .iter()
+        .filter(|(n, _)| n != "meta")
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    small.push((
+        "meta".into(),
+        Tensor::from_slice(&serde_json::to_vec(&m).unwrap()),
+    ));
+    let path = out.join("damaged-size1.safetensors");
+    Tensor::write_safetensors(&small, &path).unwrap();
+    let img = out.join("x.png");
+    image::RgbImage::new(4, 4).save(&img).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_convkit"))
+        .args([
+            "predict",
+            "--device",
+            "cpu",
+            path.to_str().unwrap(),
+            img.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("too small") && !text.contains("panicked"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -572,4 +605,177 @@ fn damaged_optimiser_state_on_resume_is_an_error_naming_the_checkpoint() {
         err.contains("last.safetensors") && err.contains("__steps is a Int64 tensor of shape []"),
         "{err}"
     );
+}
+
+/// A PNG whose header declares `w` x `h` pixels (the data is an 8x8 image's).
+fn png_declaring(path: &std::path::Path, w: u32, h: u32) {
+    let mut bytes = Vec::new();
+    image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]))
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    // IHDR: length (4) + "IHDR" (4) at offset 8; width and height follow, then the CRC.
+    bytes[16..20].copy_from_slice(&w.to_be_bytes());
+    bytes[20..24].copy_from_slice(&h.to_be_bytes());
+    let mut crc = flate2::Crc::new();
+    crc.update(&bytes[12..29]);
+    bytes[29..33].copy_from_slice(&crc.sum().to_be_bytes());
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn image_folders_with_traps_end_in_clean_errors_or_are_read() {
+    let root = common::temp_dir("hostile-images");
+    for split in ["train", "test"] {
+        for c in ["a", "b"] {
+            let d = root.join(split).join(c);
+            std::fs::create_dir_all(&d).unwrap();
+            image::RgbImage::from_pixel(8, 8, image::Rgb([9, 9, 9]))
+                .save(d.join("0.png"))
+                .unwrap();
+        }
+    }
+    // A FIFO named like an image: skipped, never opened (opening would block).
+    let fifo = root.join("train/a/pipe.png");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // A class folder whose name is not UTF-8 is still opened.
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = std::ffi::OsStr::from_bytes(b"c\xff");
+        for split in ["train", "test"] {
+            let d = root.join(split).join(odd);
+            std::fs::create_dir_all(&d).unwrap();
+            image::RgbImage::from_pixel(8, 8, image::Rgb([7, 7, 7]))
+                .save(d.join("0.png"))
+                .unwrap();
+        }
+    }
+    let mut spec = DataSpec::new(root.to_str().unwrap());
+    spec.image_size = 8;
+    spec.use_cache = false;
+    let ds = data::load(&spec).unwrap();
+    assert_eq!(ds.classes, vec!["a", "b", "c\u{fffd}"]);
+    assert!(
+        ds.notes.iter().any(|n| n.contains("1 special files")),
+        "{:?}",
+        ds.notes
+    );
+    // A header declaring 100000 x 100000 pixels is refused before anything is allocated.
+    png_declaring(&root.join("train/b/huge.png"), 100_000, 100_000);
+    let err = data::load(&spec).unwrap_err().to_string();
+    assert!(
+        err.contains("huge.png") && err.contains("100000x100000"),
+        "{err}"
+    );
+}
+
+#[test]
+fn idx_splits_of_different_image_sizes_are_refused() {
+    let dir = common::temp_dir("hostile-idx-sizes");
+    let files = [
+        ("train-images-idx3-ubyte", idx::encode(&[2, 1, 1], &[1, 2])),
+        ("train-labels-idx1-ubyte", idx::encode(&[2], &[0, 1])),
+        (
+            "t10k-images-idx3-ubyte",
+            idx::encode(&[1, 28, 28], &[0; 784]),
+        ),
+        ("t10k-labels-idx1-ubyte", idx::encode(&[1], &[1])),
+    ];
+    for (name, mut bytes) in files {
+        if name.contains("images") {
+            bytes[3] = 3;
+        } else {
+            bytes[3] = 1;
+        }
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    let mut spec = DataSpec::new(dir.to_str().unwrap());
+    spec.use_cache = false;
+    let err = data::load(&spec).unwrap_err().to_string();
+    assert!(
+        err.contains("training images are [1, 1, 1]") && err.contains("[1, 28, 28]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_deflate_bomb_inside_a_pth_is_refused() {
+    let dir = common::temp_dir("hostile-deflate");
+    let file = dir.join("bomb.pth");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = format!(
+        "import io, torch, zipfile\n\
+         buf = io.BytesIO(); torch.save({{'w': torch.zeros(10)}}, buf)\n\
+         zin = zipfile.ZipFile(buf)\n\
+         with zipfile.ZipFile(r'{}', 'w', zipfile.ZIP_DEFLATED) as z:\n\
+         \x20   for i in zin.infolist():\n\
+         \x20       d = zin.read(i.filename)\n\
+         \x20       z.writestr(i.filename, bytes(150_000_000) if i.filename.endswith('data/0') else d)\n",
+        file.display()
+    );
+    let ok = std::process::Command::new(root.join(".venv/bin/python"))
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert!(std::fs::metadata(&file).unwrap().len() < 1_000_000);
+    let err = convkit::weights::read(&file)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bomb.pth") && err.contains("inflates from"),
+        "{err}"
+    );
+}
+
+#[test]
+fn more_bad_settings_and_data_are_named() {
+    for (setting, expect) in [
+        ("schedule.gamma=nan", "schedule.gamma = NaN"),
+        ("schedule.div=0", "schedule.div = 0"),
+        ("schedule.pct_start=2", "schedule.pct_start = 2"),
+        ("optim.eps=0", "optim.eps = 0"),
+        ("contrastive.temperature=0", "contrastive.temperature = 0"),
+        ("train.epochs=4000000000", "train.epochs = 4000000000"),
+    ] {
+        let err = config::load(None, &[setting.to_string()])
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expect), "{setting}: {err}");
+    }
+    let err = config::load(None, &["train.batch_size=-1".to_string()])
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // A single-class data set cannot train a classifier.
+    let cfg = config::load(
+        None,
+        &[
+            "data.classes=[\"disk\"]".into(),
+            "model.name=\"cnn\"".into(),
+            "train.device=\"cpu\"".into(),
+        ],
+    )
+    .unwrap();
+    let err = train::run(
+        cfg,
+        &common::temp_dir("hostile-one-class"),
+        &RunOptions::default(),
+    )
+    .map(|_| ())
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("a classifier needs at least 2"), "{err}");
 }

@@ -203,26 +203,52 @@ fn assemble(source: &Path, files: HashMap<String, Vec<u8>>) -> Result<Dataset> {
         };
         (train, parse_named(variant.test_file())?)
     };
-    let classes = class_names(&files, variant);
+    let classes = class_names(source, &files, variant)?;
     Dataset::new(variant.name(), classes, train, test, source)
 }
 
-fn class_names(files: &HashMap<String, Vec<u8>>, variant: Variant) -> Vec<String> {
-    let listed: Vec<String> = files
-        .get(variant.names_file())
-        .map(|b| {
-            String::from_utf8_lossy(b)
-                .lines()
-                .map(|l| l.trim().to_string())
-                .filter(|l| !l.is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
-    match variant {
-        _ if !listed.is_empty() => listed,
-        Variant::Cifar10 => CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
-        Variant::Cifar100 => (0..100).map(|i| format!("class{i}")).collect(),
+/// The class names from the archive's names file, or the standard ones when it has none.
+///
+/// # Errors
+/// A names file that does not list exactly the variant's number of classes (10 or 100).
+fn class_names(
+    source: &Path,
+    files: &HashMap<String, Vec<u8>>,
+    variant: Variant,
+) -> Result<Vec<String>> {
+    let expected = match variant {
+        Variant::Cifar10 => 10,
+        Variant::Cifar100 => 100,
+    };
+    let Some(bytes) = files.get(variant.names_file()) else {
+        return Ok(match variant {
+            Variant::Cifar10 => CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
+            Variant::Cifar100 => (0..100).map(|i| format!("class{i}")).collect(),
+        });
+    };
+    // Only the first lines are looked at: a names file of millions of lines is not one.
+    let listed: Vec<String> = String::from_utf8_lossy(&bytes[..bytes.len().min(1 << 16)])
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .take(expected + 1)
+        .collect();
+    if listed.len() != expected {
+        return Err(DataError::format(
+            &source.join(variant.names_file()),
+            format!(
+                "lists {}{} class names; {} has {expected}",
+                listed.len(),
+                if listed.len() > expected {
+                    " or more"
+                } else {
+                    ""
+                },
+                variant.name()
+            ),
+        ));
     }
+    Ok(listed)
 }
 
 /// Parses a batch file's records into NHWC images and labels.

@@ -16,6 +16,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
@@ -27,6 +28,9 @@ pub const IMAGE_EXTENSIONS: [&str; 9] = [
 const TEST_FOLDERS: [&str; 4] = ["test", "val", "valid", "validation"];
 /// Fixed so that the train/test split and the subset order never depend on the run's seed.
 const SPLIT_SEED: u64 = 0x5eed;
+/// The largest image decoded, in pixels (600 MB as RGB); a header declaring more is refused
+/// before anything is allocated.
+const MAX_PIXELS: u64 = 200_000_000;
 /// Broken files named in one error or warning; the rest are counted.
 const LISTED_BROKEN: usize = 20;
 
@@ -109,6 +113,10 @@ fn entries(dir: &Path, skipped: &mut Skipped) -> Result<Vec<(PathBuf, bool)>> {
             skipped.add("broken links");
             continue;
         };
+        if !meta.is_dir() && !meta.is_file() {
+            skipped.add("special files (pipes, devices, sockets)");
+            continue;
+        }
         out.push((path, meta.is_dir()));
     }
     out.sort();
@@ -142,11 +150,12 @@ fn walk_images(dir: &Path, skipped: &mut Skipped) -> Result<Vec<PathBuf>> {
 }
 
 /// Sorted names of the (non-hidden) class folders of `dir`; loose files there are skipped.
-fn class_dirs(dir: &Path, skipped: &mut Skipped) -> Result<Vec<String>> {
+/// Folder names stay `OsString` until shown: a name that is not UTF-8 must still be opened.
+fn class_dirs(dir: &Path, skipped: &mut Skipped) -> Result<Vec<OsString>> {
     let mut classes = Vec::new();
     for (path, is_dir) in entries(dir, skipped)? {
         match is_dir {
-            true => classes.push(path.file_name().unwrap().to_string_lossy().to_string()),
+            true => classes.push(path.file_name().unwrap_or_default().to_os_string()),
             false => skipped.add(file_kind(&path)),
         }
     }
@@ -156,11 +165,19 @@ fn class_dirs(dir: &Path, skipped: &mut Skipped) -> Result<Vec<String>> {
     Ok(classes)
 }
 
+/// Class names as shown and stored (a name that is not UTF-8 shows its bytes replaced).
+fn names(classes: &[OsString]) -> Vec<String> {
+    classes
+        .iter()
+        .map(|c| c.to_string_lossy().to_string())
+        .collect()
+}
+
 /// The images of each listed class under `dir` (label = position in `classes`). A class folder
 /// that is absent is allowed only when `may_lack` (a test split without some class).
 fn list_images(
     dir: &Path,
-    classes: &[String],
+    classes: &[OsString],
     may_lack: bool,
     skipped: &mut Skipped,
 ) -> Result<Vec<(PathBuf, i64)>> {
@@ -226,20 +243,22 @@ fn list_train_test(root: &Path, test_dir: &Path) -> Result<Listing> {
     let classes = class_dirs(&train_dir, &mut skipped)?;
     let test_classes = class_dirs(test_dir, &mut skipped)?;
     if let Some(extra) = test_classes.iter().find(|c| !classes.contains(c)) {
+        let path = test_dir.join(extra);
+        let extra = extra.to_string_lossy();
         return Err(DataError::format(
-            &test_dir.join(extra),
+            &path,
             format!(
                 "class '{extra}' has test images but no folder under {}; train and test must \
                  name the same classes (train has: {})",
                 train_dir.display(),
-                classes.join(", ")
+                names(&classes).join(", ")
             ),
         ));
     }
     let train = list_images(&train_dir, &classes, false, &mut skipped)?;
     let test = list_images(test_dir, &classes, true, &mut skipped)?;
     Ok(Listing {
-        classes,
+        classes: names(&classes),
         train,
         test,
         skipped,
@@ -280,7 +299,7 @@ fn list_held_out(root: &Path, val_split: f64) -> Result<Listing> {
     all.shuffle(&mut rand::rngs::StdRng::seed_from_u64(SPLIT_SEED));
     let test = all.split_off(all.len() - n_test);
     Ok(Listing {
-        classes,
+        classes: names(&classes),
         train: all,
         test,
         skipped,
@@ -372,7 +391,7 @@ pub fn load_all(root: &Path, spec: &FolderSpec) -> Result<(Vec<String>, Split, V
     let mut notes: Vec<String> = skipped.describe().into_iter().collect();
     notes.extend(resize_note(resized, spec.size));
     notes.extend(check_broken(root, &broken, spec.skip_broken)?);
-    Ok((classes, split, notes))
+    Ok((names(&classes), split, notes))
 }
 
 /// Whether `root` is one class tree (no train/ folder): evaluation then scores all of it.
@@ -489,6 +508,11 @@ fn decode_resized(path: &Path, size: u32, out: &mut [u8]) -> Result<bool> {
 /// Pillow's decoder requires).
 pub fn decode_upright(path: &Path) -> Result<image::DynamicImage> {
     use image::ImageDecoder;
+    // A FIFO or device named like an image would block or never end.
+    let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(DataError::format(path, "not a regular file"));
+    }
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     let bad = |e: image::ImageError| DataError::format(path, format!("cannot decode image: {e}"));
     let reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
@@ -502,6 +526,17 @@ pub fn decode_upright(path: &Path) -> Result<image::DynamicImage> {
         ));
     }
     let mut decoder = reader.into_decoder().map_err(bad)?;
+    // The size a header declares is checked before anything is allocated for it.
+    let (w, h) = decoder.dimensions();
+    if w as u64 * h as u64 > MAX_PIXELS {
+        return Err(DataError::format(
+            path,
+            format!(
+                "the image declares {w}x{h} pixels, more than convkit decodes ({} megapixels)",
+                MAX_PIXELS / 1_000_000
+            ),
+        ));
+    }
     let orientation = decoder.orientation().map_err(bad)?;
     let mut img = image::DynamicImage::from_decoder(decoder).map_err(bad)?;
     img.apply_orientation(orientation);

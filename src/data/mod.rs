@@ -208,6 +208,16 @@ impl Dataset {
                 "the training split holds no images",
             ));
         }
+        if !test.is_empty() && test.image_shape() != train.image_shape() {
+            return Err(DataError::format(
+                source,
+                format!(
+                    "training images are {:?} (channels, height, width) but test images {:?}",
+                    train.image_shape(),
+                    test.image_shape()
+                ),
+            ));
+        }
         let (mean, std) = channel_stats(&train.images);
         Ok(Dataset {
             name: name.to_string(),
@@ -309,9 +319,52 @@ fn check_labels(split: &Split, classes: usize, source: &Path, what: &str) -> Res
 /// Per-channel mean and standard deviation of u8 NHWC images, in [0, 1] units.
 pub fn channel_stats(images: &Tensor) -> (Vec<f64>, Vec<f64>) {
     let c = images.size()[3];
+    if images.numel() > STATS_AT_ONCE {
+        return channel_stats_chunked(images);
+    }
     let flat = images.reshape([-1, c]).to_kind(Kind::Double) / 255.0;
     let mean = Vec::<f64>::try_from(flat.mean_dim(0, false, Kind::Double)).unwrap_or_default();
     let std = Vec::<f64>::try_from(flat.std_dim(0, false, false)).unwrap_or_default();
+    (mean, std)
+}
+
+/// Values whose statistics are computed in one f64 tensor (1 GiB); larger sets go in chunks,
+/// so that memory stays in proportion to the u8 images themselves.
+const STATS_AT_ONCE: usize = 1 << 27;
+
+/// [`channel_stats`] from per-chunk sums and sums of squares (f64), for very large sets.
+fn channel_stats_chunked(images: &Tensor) -> (Vec<f64>, Vec<f64>) {
+    let s = images.size();
+    let c = s[3] as usize;
+    let per_image = (s[1] * s[2] * s[3]).max(1);
+    let chunk = (STATS_AT_ONCE as i64 / per_image).max(1);
+    let (mut sum, mut sq) = (vec![0.0f64; c], vec![0.0f64; c]);
+    let mut from = 0;
+    while from < s[0] {
+        let len = chunk.min(s[0] - from);
+        let flat = images
+            .narrow(0, from, len)
+            .reshape([-1, c as i64])
+            .to_kind(Kind::Double)
+            / 255.0;
+        let add = |acc: &mut [f64], t: Tensor| {
+            let v = Vec::<f64>::try_from(t).unwrap_or_default();
+            acc.iter_mut().zip(v).for_each(|(a, x)| *a += x);
+        };
+        add(&mut sum, flat.sum_dim_intlist(0, false, Kind::Double));
+        add(
+            &mut sq,
+            flat.square().sum_dim_intlist(0, false, Kind::Double),
+        );
+        from += len;
+    }
+    let n = (images.numel() / c) as f64;
+    let mean: Vec<f64> = sum.iter().map(|x| x / n).collect();
+    let std = sq
+        .iter()
+        .zip(&mean)
+        .map(|(q, m)| (q / n - m * m).max(0.0).sqrt())
+        .collect();
     (mean, std)
 }
 

@@ -172,9 +172,44 @@ pub struct Model {
     pub spec: ModelSpec,
 }
 
+/// Inputs at least this large pass every registry network (the deepest downsamples 32x).
+const SURELY_LARGE_ENOUGH: i64 = 64;
+
 impl Model {
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
         self.net.forward(x, ctx)
+    }
+
+    /// Checks that the network takes `size` x `size` inputs: a small image can shrink to
+    /// nothing before the last pooling, which libtorch refuses by aborting the step. Sizes
+    /// under 64 px are tried with one forward pass of zeros (in eval mode, no gradient).
+    ///
+    /// # Errors
+    /// The network cannot process images of that size.
+    pub fn check_input_size(&self, size: i64) -> Result<(), ModelError> {
+        if size >= SURELY_LARGE_ENOUGH {
+            return Ok(());
+        }
+        let x = Tensor::zeros(
+            [1, self.spec.in_channels, size, size],
+            (tch::Kind::Float, self.device()),
+        );
+        // tch reports a libtorch error as a panic; it is caught here, quietly, and becomes
+        // the error below.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tch::no_grad(|| self.forward(&x, &Ctx::eval()))
+        }))
+        .is_ok();
+        std::panic::set_hook(hook);
+        if ok {
+            return Ok(());
+        }
+        Err(ModelError::Invalid(
+            self.spec.name.clone(),
+            format!("images of {size}x{size} pixels are too small for this network"),
+        ))
     }
     pub fn device(&self) -> Device {
         self.vs.device()

@@ -151,8 +151,14 @@ pub fn read(path: &Path) -> Result<Loaded, CheckpointError> {
             ),
         ));
     }
-    let tensors = Tensor::read_safetensors(&path)
-        .map_err(|e| bad(&path, format!("not a readable safetensors checkpoint: {e}")))?;
+    let tensors = Tensor::read_safetensors(&path).map_err(|e| {
+        // tch's message repeats the path; the error names it once.
+        let text = e.to_string().replace(&format!(" {}:", path.display()), ":");
+        bad(
+            &path,
+            format!("not a readable safetensors checkpoint: {text}"),
+        )
+    })?;
     let meta_t = tensors
         .iter()
         .find(|(n, _)| n == "meta")
@@ -191,6 +197,9 @@ impl Loaded {
         let mut model =
             models::build(&self.meta.spec, device).map_err(|e| bad(&self.path, e.to_string()))?;
         self.load_into(&mut model)?;
+        model
+            .check_input_size(self.meta.image_size)
+            .map_err(|e| bad(&self.path, format!("damaged checkpoint metadata: {e}")))?;
         Ok(model)
     }
 

@@ -322,7 +322,7 @@ pub fn load(recipe: Option<&str>, overrides: &[String]) -> Result<Config, Config
     }
     let augment_from_data = !value.contains_key("augment");
     let mut cfg = Config::deserialize(toml::Value::Table(value))
-        .map_err(|e| ConfigError::File(origin.clone(), e.to_string()))?;
+        .map_err(|e| ConfigError::File(origin.clone(), one_line(&e.to_string())))?;
     cfg.validate()
         .map_err(|e| ConfigError::File(origin.clone(), e))?;
     cfg.provenance.origin = match overrides.len() {
@@ -335,6 +335,15 @@ pub fn load(recipe: Option<&str>, overrides: &[String]) -> Result<Config, Config
 
 /// Sets `a.b=value` in a TOML table; the value is parsed as TOML (number, bool, array) or taken
 /// as a string.
+/// A multi-line parser message (TOML's: the problem, then where) as one line.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), ConfigError> {
     let (key, raw) = item
         .split_once('=')
@@ -359,6 +368,8 @@ pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), ConfigE
 
 /// The most intra-op threads a run may ask for; more only adds idle threads.
 pub const MAX_THREADS: usize = 1024;
+/// The most epochs a run may ask for (a typo of a few billion would run for ever).
+pub const MAX_EPOCHS: usize = 100_000;
 
 impl Config {
     /// Checks every numeric setting's range, naming the field (`train.batch_size = 0: ...`).
@@ -370,10 +381,12 @@ impl Config {
         let t = &self.train;
         let o = &self.optim;
         let d = &self.data;
-        let checks: [(bool, String); 12] = [
+        let sc = &self.schedule;
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        let checks: Vec<(bool, String)> = vec![
             (
-                t.epochs >= 1,
-                format!("train.epochs = {}: at least 1", t.epochs),
+                (1..=MAX_EPOCHS).contains(&t.epochs),
+                format!("train.epochs = {}: 1 to {MAX_EPOCHS}", t.epochs),
             ),
             (
                 t.batch_size >= 1,
@@ -426,6 +439,58 @@ impl Config {
                     "transfer.resize = {:?}: must be 1 to {} pixels",
                     self.transfer.resize,
                     crate::data::MAX_IMAGE_SIZE
+                ),
+            ),
+            (
+                (0.0..1.0).contains(&o.beta1) && (0.0..1.0).contains(&o.beta2),
+                format!(
+                    "optim.beta1 / beta2 = {} / {}: each in [0, 1)",
+                    o.beta1, o.beta2
+                ),
+            ),
+            (
+                positive(o.eps),
+                format!("optim.eps = {}: must be above 0", o.eps),
+            ),
+            (
+                o.trust.is_finite() && o.trust >= 0.0,
+                format!("optim.trust = {}: must be 0 or more", o.trust),
+            ),
+            (
+                positive(sc.gamma),
+                format!("schedule.gamma = {}: must be above 0", sc.gamma),
+            ),
+            (
+                positive(sc.div),
+                format!("schedule.div = {}: must be above 0", sc.div),
+            ),
+            (
+                positive(sc.final_div),
+                format!("schedule.final_div = {}: must be above 0", sc.final_div),
+            ),
+            (
+                sc.pct_start > 0.0 && sc.pct_start < 1.0,
+                format!("schedule.pct_start = {}: must be in (0, 1)", sc.pct_start),
+            ),
+            (
+                sc.warmup_epochs.is_finite() && (0.0..=t.epochs as f64).contains(&sc.warmup_epochs),
+                format!(
+                    "schedule.warmup_epochs = {}: 0 to train.epochs ({})",
+                    sc.warmup_epochs, t.epochs
+                ),
+            ),
+            (
+                sc.milestones.iter().all(|m| m.is_finite() && *m >= 0.0),
+                format!(
+                    "schedule.milestones = {:?}: epochs, 0 or more",
+                    sc.milestones
+                ),
+            ),
+            (
+                positive(self.contrastive.temperature),
+                format!(
+                    "contrastive.temperature = {}: must be above 0",
+                    self.contrastive.temperature
                 ),
             ),
         ];

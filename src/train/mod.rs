@@ -304,9 +304,17 @@ impl Trainer {
                 data.classes.join(", ")
             )));
         }
+        if classes < 2 {
+            return Err(TrainError::Invalid(format!(
+                "{} has {classes} class ({}); a classifier needs at least 2",
+                data.name,
+                data.classes.join(", ")
+            )));
+        }
         let spec = cfg.model.spec(classes, data.channels());
         tch::manual_seed(mix_seed(cfg.train.seed, 0xA11CE) as i64);
         let mut model = models::build(&spec, device)?;
+        model.check_input_size(cfg.transfer.resize.unwrap_or(data.train.image_shape()[1]))?;
         let mut transfer = None;
         if cfg.transfer.is_active() {
             transfer = Some(prepare_transfer(&cfg, &mut data, &mut model, resume)?);

@@ -45,6 +45,11 @@ fn kind_of(dtype: &str) -> Option<(Kind, usize)> {
 
 type Archive = zip::ZipArchive<std::fs::File>;
 
+/// How many times its compressed size an archive entry may inflate to, above [`MIN_INFLATED`].
+const MAX_INFLATION: u64 = 64;
+/// Entries up to this size may inflate from anything (small pickles compress well).
+const MIN_INFLATED: u64 = 64 << 20;
+
 fn read_entry(zip: &mut Archive, name: &str, path: &Path) -> Result<Vec<u8>, WeightsError> {
     let mut f = zip
         .by_name(name)
@@ -53,6 +58,19 @@ fn read_entry(zip: &mut Archive, name: &str, path: &Path) -> Result<Vec<u8>, Wei
     // could hold is reserved, and reading stops one byte past the declared size.
     let on_disk = std::fs::metadata(path).map_or(0, |m| m.len());
     let declared = f.size();
+    // torch.save stores its entries uncompressed; an entry that inflates far beyond its
+    // compressed size is a deflate bomb, not weights.
+    let limit = (f.compressed_size().saturating_mul(MAX_INFLATION)).max(MIN_INFLATED);
+    if declared > limit {
+        return Err(bad(
+            path,
+            format!(
+                "archive entry {name} inflates from {} to {declared} bytes: refused \
+                 (torch.save stores entries uncompressed)",
+                f.compressed_size()
+            ),
+        ));
+    }
     let mut buf = Vec::with_capacity(declared.min(on_disk) as usize);
     (&mut f)
         .take(declared.saturating_add(1))
