@@ -7,6 +7,24 @@ use convkit::train::{self, RunOptions, checkpoint, config};
 use std::io::Write;
 use tch::Tensor;
 
+/// A tiny run's config: 64 synthetic images, an 8/8-wide cnn, batch 32, on the CPU.
+fn tiny_run(epochs: usize) -> train::Config {
+    let settings: Vec<String> = [
+        "data.source=\"synthetic\"",
+        "data.train_limit=64",
+        "data.test_limit=32",
+        "model.name=\"cnn\"",
+        "model.widths=[8, 8]",
+        "train.batch_size=32",
+        "train.device=\"cpu\"",
+    ]
+    .map(String::from)
+    .into_iter()
+    .chain([format!("train.epochs={epochs}")])
+    .collect();
+    config::load(None, &settings).unwrap()
+}
+
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     e.write_all(bytes).unwrap();
@@ -98,24 +116,7 @@ fn a_cifar_archive_with_a_flipped_byte_is_refused() {
 #[test]
 fn damaged_checkpoint_metadata_is_refused_naming_the_file() {
     let out = common::temp_dir("hostile-ck");
-    let overrides: Vec<String> = [
-        "data.source=\"synthetic\"",
-        "data.train_limit=64",
-        "data.test_limit=32",
-        "model.name=\"cnn\"",
-        "model.widths=[8, 8]",
-        "train.epochs=1",
-        "train.batch_size=32",
-        "train.device=\"cpu\"",
-    ]
-    .map(String::from)
-    .into();
-    train::run(
-        config::load(None, &overrides).unwrap(),
-        &out,
-        &RunOptions::default(),
-    )
-    .unwrap();
+    train::run(tiny_run(1), &out, &RunOptions::default()).unwrap();
     let ck = out.join("checkpoints/last.safetensors");
     let tensors = Tensor::read_safetensors(&ck).unwrap();
     let meta_of = |t: &[(String, Tensor)]| -> serde_json::Value {
@@ -283,24 +284,7 @@ fn a_killed_runs_temporary_files_are_cleaned_and_plots_are_whole() {
     // A live writer's file (this process) is left alone.
     let live = out.join(format!(".notes.{}.tmp.txt", std::process::id()));
     std::fs::write(&live, b"mine").unwrap();
-    let overrides: Vec<String> = [
-        "data.source=\"synthetic\"",
-        "data.train_limit=64",
-        "data.test_limit=32",
-        "model.name=\"cnn\"",
-        "model.widths=[8, 8]",
-        "train.epochs=1",
-        "train.batch_size=32",
-        "train.device=\"cpu\"",
-    ]
-    .map(String::from)
-    .into();
-    train::run(
-        config::load(None, &overrides).unwrap(),
-        &out,
-        &RunOptions::default(),
-    )
-    .unwrap();
+    train::run(tiny_run(1), &out, &RunOptions::default()).unwrap();
     for f in &stale {
         assert!(!f.exists(), "{} is still there", f.display());
     }
@@ -330,19 +314,7 @@ fn a_second_writer_is_refused_and_a_stale_lock_taken_over() {
         .spawn()
         .unwrap();
     std::fs::write(out.join(".lock"), holder.id().to_string()).unwrap();
-    let overrides: Vec<String> = [
-        "data.source=\"synthetic\"",
-        "data.train_limit=64",
-        "data.test_limit=32",
-        "model.name=\"cnn\"",
-        "model.widths=[8, 8]",
-        "train.epochs=1",
-        "train.batch_size=32",
-        "train.device=\"cpu\"",
-    ]
-    .map(String::from)
-    .into();
-    let cfg = config::load(None, &overrides).unwrap();
+    let cfg = tiny_run(1);
     let err = train::run(cfg.clone(), &out, &RunOptions::default())
         .map(|_| ())
         .unwrap_err()
@@ -364,19 +336,7 @@ fn a_second_writer_is_refused_and_a_stale_lock_taken_over() {
 #[test]
 fn resume_applies_its_settings_or_refuses_them() {
     let out = common::temp_dir("hostile-resume");
-    let overrides: Vec<String> = [
-        "data.source=\"synthetic\"",
-        "data.train_limit=64",
-        "data.test_limit=32",
-        "model.name=\"cnn\"",
-        "model.widths=[8, 8]",
-        "train.epochs=1",
-        "train.batch_size=32",
-        "train.device=\"cpu\"",
-    ]
-    .map(String::from)
-    .into();
-    let cfg = config::load(None, &overrides).unwrap();
+    let cfg = tiny_run(1);
     train::run(cfg.clone(), &out, &RunOptions::default()).unwrap();
     // A finished 1-epoch run extended to 2 epochs at another rate: both applied and recorded.
     let more = RunOptions {
@@ -565,19 +525,7 @@ fn a_damaged_decode_cache_is_decoded_again() {
 #[test]
 fn damaged_optimiser_state_on_resume_is_an_error_naming_the_checkpoint() {
     let out = common::temp_dir("hostile-steps");
-    let overrides: Vec<String> = [
-        "data.source=\"synthetic\"",
-        "data.train_limit=64",
-        "data.test_limit=32",
-        "model.name=\"cnn\"",
-        "model.widths=[8, 8]",
-        "train.epochs=2",
-        "train.batch_size=32",
-        "train.device=\"cpu\"",
-    ]
-    .map(String::from)
-    .into();
-    let cfg = config::load(None, &overrides).unwrap();
+    let cfg = tiny_run(2);
     let first = RunOptions {
         stop_after: Some(1),
         ..Default::default()

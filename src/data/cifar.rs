@@ -268,15 +268,20 @@ pub fn parse_records(bytes: &[u8], variant: Variant) -> std::result::Result<Spli
         labels.push(r[label_at] as i64);
         pixels.extend_from_slice(&r[rec - PIXELS..]);
     }
-    // Stored planar (CHW); we keep images as HWC.
-    let images = Tensor::from_slice(&pixels)
-        .reshape([n as i64, 3, 32, 32])
+    Ok(planar_split(&pixels, &labels))
+}
+
+/// A split from CIFAR's planar pixels (per image: the R, G and B 32x32 planes) and labels;
+/// images are kept as HWC. `pixels.len()` is `3072 * labels.len()` (both readers check it).
+pub(super) fn planar_split(pixels: &[u8], labels: &[i64]) -> Split {
+    let images = Tensor::from_slice(pixels)
+        .reshape([labels.len() as i64, 3, 32, 32])
         .permute([0, 2, 3, 1])
         .contiguous();
-    Ok(Split {
+    Split {
         images,
-        labels: Tensor::from_slice(&labels),
-    })
+        labels: Tensor::from_slice(labels),
+    }
 }
 
 /// Encodes images and labels as CIFAR-10 records (for tests and for writing subsets).

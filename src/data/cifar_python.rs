@@ -166,14 +166,7 @@ fn parse_batch(bytes: &[u8]) -> std::result::Result<Split, String> {
     if labels.len() != n {
         return Err(format!("{} labels for {n} images", labels.len()));
     }
-    let images = Tensor::from_slice(&pixels)
-        .reshape([n as i64, 3, 32, 32])
-        .permute([0, 2, 3, 1])
-        .contiguous();
-    Ok(Split {
-        images,
-        labels: Tensor::from_slice(&labels),
-    })
+    Ok(cifar::planar_split(&pixels, &labels))
 }
 
 fn class_names(bytes: &[u8], variant: Variant) -> std::result::Result<Vec<String>, String> {
