@@ -124,7 +124,7 @@ fn damaged_checkpoint_metadata_is_refused_naming_the_file() {
         serde_json::from_slice(&Vec::<u8>::try_from(m).unwrap()).unwrap()
     };
     let meta = meta_of(&tensors);
-    let cases: [(&str, &str, serde_json::Value); 7] = [
+    let cases: [(&str, &str, serde_json::Value); 8] = [
         ("classes0", "/spec/classes", serde_json::json!(0)),
         (
             "classes1e12",
@@ -136,6 +136,7 @@ fn damaged_checkpoint_metadata_is_refused_naming_the_file() {
         ("size", "/image_size", serde_json::json!(0)),
         ("std", "/std", serde_json::json!([0.0, 0.5, 0.5])),
         ("names", "/classes", serde_json::json!(["a", "b"])),
+        ("twice", "/classes/1", serde_json::json!("disk")),
     ];
     for (label, pointer, value) in cases {
         let mut m = meta.clone();
@@ -167,6 +168,21 @@ fn damaged_checkpoint_metadata_is_refused_naming_the_file() {
             "{text}"
         );
     }
+    // NaN weights (training never writes them) are a damaged file, not NaN predictions.
+    let nan: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| match n == "model.fc.weight" {
+            true => (n.clone(), t.full_like(f64::NAN)),
+            false => (n.clone(), t.shallow_clone()),
+        })
+        .collect();
+    let path = out.join("damaged-nan.safetensors");
+    Tensor::write_safetensors(&nan, &path).unwrap();
+    let err = checkpoint::read(&path).map(|_| ()).unwrap_err().to_string();
+    assert!(
+        err.contains("model.fc.weight holds non-finite values"),
+        "{err}"
+    );
     // An image size the network cannot take (two 2x2 poolings of a 1x1 image) is found when
     // the model is built, before any image is predicted.
     let mut m = meta.clone();

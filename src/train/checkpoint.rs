@@ -87,11 +87,29 @@ fn foreign_weights(path: &Path) -> Option<&'static str> {
     }
 }
 
+/// Every floating-point tensor of the model and optimiser sections is finite: training stops
+/// at a non-finite loss before it writes one, so NaN weights mean a damaged file, whose
+/// predictions would be NaN.
+fn check_finite(tensors: &[(String, Tensor)]) -> Result<(), String> {
+    for (name, t) in tensors {
+        let float = t.is_floating_point();
+        if float && name != "meta" && t.isfinite().all().int64_value(&[]) == 0 {
+            return Err(format!("tensor {name} holds non-finite values"));
+        }
+    }
+    Ok(())
+}
+
 /// Checks everything later code trusts in a checkpoint's metadata: the model spec, one class
 /// name per output, mean and std of one value per input channel (std positive), an image size
 /// a decoder can make.
 fn check_meta(m: &Meta) -> Result<(), String> {
     m.spec.validate()?;
+    let mut names: Vec<&String> = m.classes.iter().collect();
+    names.sort();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!("class '{}' is named twice", w[0]));
+    }
     if m.classes.len() as i64 != m.spec.classes {
         return Err(format!(
             "{} class names for a model with {} outputs",
@@ -172,6 +190,7 @@ pub fn read(path: &Path) -> Result<Loaded, CheckpointError> {
         ));
     }
     check_meta(&meta).map_err(|p| bad(&path, format!("damaged checkpoint metadata: {p}")))?;
+    check_finite(&tensors).map_err(|p| bad(&path, format!("damaged checkpoint: {p}")))?;
     Ok(Loaded {
         path,
         meta,
