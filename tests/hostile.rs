@@ -54,6 +54,21 @@ fn idx_headers_that_overflow_or_are_zero_are_refused() {
 }
 
 #[test]
+fn an_idx_header_declaring_more_than_its_file_can_hold_is_refused_at_once() {
+    let dir = common::temp_dir("hostile-idx-declared");
+    // 4,194,304 images of 28x28 (3.3 GB) declared by a tiny file, plain and gzipped.
+    let header = idx_header(&[4_194_304, 28, 28]);
+    let plain = dir.join("plain");
+    std::fs::write(&plain, &header).unwrap();
+    let gz = dir.join("zeros.gz");
+    std::fs::write(&gz, gzip(&header)).unwrap();
+    for p in [plain, gz] {
+        let err = idx::read_idx(&p, 0x0000_0803).unwrap_err().to_string();
+        assert!(err.contains("more than a file of this size"), "{err}");
+    }
+}
+
+#[test]
 fn a_gzip_bomb_is_inflated_only_as_far_as_the_header_says() {
     let dir = common::temp_dir("hostile-gz");
     // 2 images of 28x28 declared, 200 MB of zeros behind them: refused after 1,569 bytes.

@@ -138,14 +138,31 @@ pub fn read_idx(path: &Path, magic: u32) -> Result<(Vec<i64>, Vec<u8>)> {
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     let mut file = std::io::BufReader::new(file);
     let head = file.fill_buf().map_err(|e| DataError::io(path, e))?;
-    let reader: Box<dyn Read> = match head.starts_with(&[0x1f, 0x8b]) {
+    let gz = head.starts_with(&[0x1f, 0x8b]);
+    let on_disk = std::fs::metadata(path).map_or(0, |m| m.len());
+    // What a file may hold: its own length, or for gzip (MNIST's compress 2-5x) 100 times it.
+    let most = match gz {
+        true => on_disk.saturating_mul(MAX_GZIP_RATIO).max(MIN_DECLARED),
+        false => on_disk,
+    };
+    let reader: Box<dyn Read> = match gz {
         true => Box::new(flate2::read::GzDecoder::new(file)),
         false => Box::new(file),
     };
-    read_idx_from(reader, path, magic)
+    read_idx_from(reader, path, magic, most)
 }
 
-fn read_idx_from(mut r: impl Read, path: &Path, magic: u32) -> Result<(Vec<i64>, Vec<u8>)> {
+/// How many times its compressed size a gzipped IDX file may declare.
+const MAX_GZIP_RATIO: u64 = 100;
+/// Declared sizes up to this are accepted from any gzip (a tiny test set of zeros).
+const MIN_DECLARED: u64 = 16 << 20;
+
+fn read_idx_from(
+    mut r: impl Read,
+    path: &Path,
+    magic: u32,
+    most: u64,
+) -> Result<(Vec<i64>, Vec<u8>)> {
     let damaged = |e: std::io::Error| DataError::format(path, format!("bad IDX data: {e}"));
     let mut word = [0u8; 4];
     r.read_exact(&mut word)
@@ -176,6 +193,15 @@ fn read_idx_from(mut r: impl Read, path: &Path, magic: u32) -> Result<(Vec<i64>,
             ),
         ));
     };
+    if expected as u64 > most {
+        return Err(DataError::format(
+            path,
+            format!(
+                "IDX header declares {dims:?} ({expected} bytes), more than a file of this size \
+                 can hold (at most {most} bytes): refused"
+            ),
+        ));
+    }
     let mut data = Vec::new();
     // One byte more than promised tells a longer file from an exact one.
     (&mut r)
