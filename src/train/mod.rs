@@ -917,7 +917,9 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<TrainSummary> {
     Ok(summary)
 }
 
-fn print_start(t: &Trainer) {
+/// The first lines of a run: data, model, device, what the reader noted, the recipe and any
+/// transfer set-up.
+pub fn print_start(t: &Trainer) {
     let s = t.data.train.image_shape();
     eprintln!(
         "data: {} ({} train, {} test, {} classes, {}x{}x{})  model: {} ({} parameters)  device: {:?}",

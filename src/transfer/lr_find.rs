@@ -90,7 +90,17 @@ pub fn suggest(lrs: &[f64], smoothed: &[f64]) -> (f64, f64) {
 /// `out/lr-find.json` and `out/plots/lr-find.png`.
 pub fn run(cfg: Config, spec: &SweepSpec, out: &Path, progress: bool) -> Result<LrFind> {
     let mut trainer = Trainer::new(cfg, out, false)?;
+    train::print_start(&trainer);
     let lrs = exponential_rates(spec);
+    eprintln!(
+        "lr-find: {} steps from {:.1e} to {:.1e}, batch {}, cycling through the {} training images \
+         as often as needed",
+        lrs.len(),
+        spec.start,
+        spec.end,
+        trainer.cfg.train.batch_size,
+        trainer.splits().0.len()
+    );
     let losses = trainer.lr_sweep(&lrs, exploded, progress);
     // The sweep cycles through small data, so it stops early only when the loss explodes; a
     // handful of steps would make the suggestion the sweep's first rate, which means nothing.
