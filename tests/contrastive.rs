@@ -272,7 +272,7 @@ fn supcon_pretraining_improves_knn_and_the_probe_learns() {
     use convkit::contrastive::{pretrain, probe};
     let out = common::temp_dir("supcon-pretrain");
     // Six epochs: after three, whether kNN accuracy has risen yet depends on the CPU's kernels
-    // (on an AVX2-only EPYC it read 29.0 -> 21.9 -> 27.9%); after six it rose by 23 to 68 points
+    // (on the 2026-11-30 AVX-512 EPYC it read 29.0 -> 21.9 -> 27.9%); after six it rose by 23 to 68 points
     // for seeds 0-2 there.
     let mut cfg = supcon_config(6, 64);
     cfg.contrastive.embed_images = 300;
