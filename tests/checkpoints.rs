@@ -4,6 +4,8 @@
 //! written by the pip torch and numpy (tests/fixtures/make_checkpoints.py) from a convkit
 //! model's own state dict.
 
+mod common;
+
 use convkit::data::{self, DataSpec, Dataset};
 use convkit::models::{self, ModelSpec};
 use convkit::transfer::model_shapes;
@@ -27,13 +29,7 @@ fn fixtures() -> &'static Path {
             .collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         Tensor::write_safetensors(&vars, dir.join("plain.safetensors")).unwrap();
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let status = std::process::Command::new(root.join(".venv/bin/python"))
-            .arg(root.join("tests/fixtures/make_checkpoints.py"))
-            .arg(&dir)
-            .status()
-            .expect("the set-up script's .venv python runs");
-        assert!(status.success(), "make_checkpoints.py failed");
+        common::python(&[common::fixture("make_checkpoints.py"), dir.clone().into()]);
         dir
     })
 }

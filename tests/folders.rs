@@ -124,13 +124,7 @@ fn extensions_any_case_subfolders_and_hidden_files() {
 #[test]
 fn exif_orientation_turns_photos_upright_as_pillow_does() {
     let dir = common::temp_dir("folders-exif");
-    let root = env!("CARGO_MANIFEST_DIR");
-    let status = Command::new(Path::new(root).join(".venv/bin/python"))
-        .arg(Path::new(root).join("tests/fixtures/make_exif.py"))
-        .arg(&dir)
-        .status()
-        .expect("the set-up script's .venv python runs");
-    assert!(status.success());
+    common::python(&[common::fixture("make_exif.py"), dir.clone().into()]);
     let ours = folder::decode_upright(&dir.join("sideways.jpg"))
         .unwrap()
         .to_rgb8();

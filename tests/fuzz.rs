@@ -172,7 +172,6 @@ fn seeds(dir: &Path) -> Vec<(&'static str, String, Vec<u8>)> {
     )
     .unwrap();
     let ck = std::fs::read(run.join("checkpoints/last.safetensors")).unwrap();
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
     let pth = dir.join("small.pth");
     let legacy = dir.join("legacy.pth");
     let script = format!(
@@ -182,10 +181,7 @@ fn seeds(dir: &Path) -> Vec<(&'static str, String, Vec<u8>)> {
         pth.display(),
         legacy.display()
     );
-    let ok = std::process::Command::new(py)
-        .args(["-c", &script])
-        .status();
-    assert!(ok.unwrap().success());
+    common::python(&["-c", &script]);
     let labels = [0u8, 1, 2];
     let px: Vec<u8> = (0..3 * 3072).map(|i| (i % 251) as u8).collect();
     let cifar = data::cifar::encode_records(&px, &labels);

@@ -482,17 +482,12 @@ fn config_values_out_of_range_name_the_field_and_the_file() {
 fn a_zero_stride_tensor_cannot_become_gigabytes() {
     let dir = common::temp_dir("hostile-stride");
     let file = dir.join("expanded.pth");
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let script = format!(
         "import torch; torch.save({{'w': torch.zeros(1).expand(32768, 65536), \
          'b': torch.ones(3).expand(2, 3)}}, r'{}')",
         file.display()
     );
-    let status = std::process::Command::new(root.join(".venv/bin/python"))
-        .args(["-c", &script])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    common::python(&["-c", &script]);
     assert!(std::fs::metadata(&file).unwrap().len() < 4096);
     let err = convkit::weights::read(&file)
         .map(|_| ())
@@ -690,7 +685,6 @@ fn idx_splits_of_different_image_sizes_are_refused() {
 fn a_deflate_bomb_inside_a_pth_is_refused() {
     let dir = common::temp_dir("hostile-deflate");
     let file = dir.join("bomb.pth");
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let script = format!(
         "import io, torch, zipfile\n\
          buf = io.BytesIO(); torch.save({{'w': torch.zeros(10)}}, buf)\n\
@@ -701,11 +695,7 @@ fn a_deflate_bomb_inside_a_pth_is_refused() {
          \x20       z.writestr(i.filename, bytes(150_000_000) if i.filename.endswith('data/0') else d)\n",
         file.display()
     );
-    let ok = std::process::Command::new(root.join(".venv/bin/python"))
-        .args(["-c", &script])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    common::python(&["-c", &script]);
     assert!(std::fs::metadata(&file).unwrap().len() < 1_000_000);
     let err = convkit::weights::read(&file)
         .map(|_| ())

@@ -19,13 +19,7 @@ fn fixtures() -> &'static Path {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("weights-fixtures");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let status = std::process::Command::new(root.join(".venv/bin/python"))
-            .arg(root.join("tests/fixtures/make_resnet.py"))
-            .arg(&dir)
-            .status()
-            .expect("the set-up script's .venv python runs (./dev test creates it)");
-        assert!(status.success(), "make_resnet.py failed");
+        common::python(&[common::fixture("make_resnet.py"), dir.clone().into()]);
         dir
     })
 }

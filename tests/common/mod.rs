@@ -30,3 +30,23 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Runs the set-up script's `.venv` python (torch, numpy, Pillow), with which the tests write
+/// their fixtures in the real formats: `python(&["-c", script])` or
+/// `python(&[fixture("make_x.py"), dir])`. Panics unless it succeeds.
+pub fn python<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let status = std::process::Command::new(root.join(".venv/bin/python"))
+        .args(args)
+        .status()
+        .expect("the set-up script's .venv python runs (./dev test creates it)");
+    assert!(status.success(), "python {args:?} failed");
+}
+
+/// A fixture generator under tests/fixtures/.
+pub fn fixture(name: &str) -> std::ffi::OsString {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+        .into_os_string()
+}
