@@ -72,10 +72,10 @@ impl RunLock {
     /// Another live process holds the folder (its id is named), or the lock file cannot be
     /// written (the folder's path is named).
     pub fn acquire(dir: &Path) -> std::io::Result<RunLock> {
-        let named = |e: std::io::Error| named(dir, e);
+        let at_dir = |e: std::io::Error| named(dir, e);
         create_dir(dir)?;
         // A run writes config.toml, checkpoints/ and plots/ into its folder: never into `/`.
-        if dir.canonicalize().map_err(named)?.parent().is_none() {
+        if dir.canonicalize().map_err(at_dir)?.parent().is_none() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 format!(
@@ -93,7 +93,7 @@ impl RunLock {
             match created {
                 Ok(mut f) => {
                     use std::io::Write;
-                    write!(f, "{}", std::process::id()).map_err(named)?;
+                    write!(f, "{}", std::process::id()).map_err(at_dir)?;
                     return Ok(RunLock { path });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -113,7 +113,7 @@ impl RunLock {
                     // The holder was killed: its lock is stale.
                     let _ = std::fs::remove_file(&path);
                 }
-                Err(e) => return Err(named(e)),
+                Err(e) => return Err(at_dir(e)),
             }
         }
         Err(std::io::Error::other(format!(
