@@ -126,10 +126,18 @@ fn entries(dir: &Path, skipped: &mut Skipped) -> Result<Vec<(PathBuf, bool)>> {
 /// Every image file under `dir`, in sub-folders too, sorted. Links are followed and each real
 /// folder is read once, so a link back to a parent cannot loop.
 fn walk_images(dir: &Path, skipped: &mut Skipped) -> Result<Vec<PathBuf>> {
+    walk_images_upto(dir, skipped, usize::MAX)
+}
+
+/// [`walk_images`], stopping once `most` images are found (format detection needs one).
+fn walk_images_upto(dir: &Path, skipped: &mut Skipped, most: usize) -> Result<Vec<PathBuf>> {
     let mut seen = HashSet::new();
     let mut images = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {
+        if images.len() >= most {
+            break;
+        }
         let real = d.canonicalize().map_err(|e| DataError::io(&d, e))?;
         if !seen.insert(real) {
             skipped.add("repeated folders (links)");
@@ -334,7 +342,7 @@ pub fn holds_class_images(dir: &Path) -> bool {
     subdirs
         .iter()
         .filter(|(_, is_dir)| *is_dir)
-        .any(|(d, _)| walk_images(d, &mut skipped).is_ok_and(|f| !f.is_empty()))
+        .any(|(d, _)| walk_images_upto(d, &mut skipped, 1).is_ok_and(|f| !f.is_empty()))
 }
 
 pub fn load(root: &Path, spec: &FolderSpec) -> Result<Dataset> {
