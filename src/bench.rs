@@ -165,31 +165,32 @@ pub fn supcon_rate(batch: i64, steps: usize, warmup: usize) -> f64 {
 /// says otherwise): the whole step of `convkit supcon` (two augmented views of a random u8
 /// batch, encoder, projection head, SupCon loss, backward, SGD), each image counted once.
 pub fn pretrain_rate(s: &BenchSpec) -> f64 {
-    use crate::contrastive::pretrain::{self, Step};
+    use crate::contrastive::objective::Contrastive;
+    use crate::train::objective::{Objective, optimise};
     let mut cfg =
         crate::train::config::load(Some("cifar10-supcon"), &[]).expect("shipped recipe parses");
     cfg.model.name = s.model.clone();
     cfg.train.channels_last = s.channels_last;
-    cfg.train.device = match s.device {
-        Device::Cuda(i) => format!("cuda:{i}"),
-        _ => "cpu".into(),
-    };
-    let mut parts = pretrain::build(&cfg, s.classes, 3).expect("bench model builds");
+    let spec = cfg.model.spec(s.classes, 3);
+    let mut model = crate::models::build(&spec, s.device).expect("bench model builds");
+    let mut objective = Contrastive::new(&cfg).expect("the recipe's batch is valid");
+    objective
+        .extend_model(&mut model, &cfg)
+        .expect("the projection head fits");
+    if s.channels_last {
+        model.to_channels_last();
+    }
+    let mut optim = crate::optim::Optimizer::new(&model.vs, &cfg.optim).expect("sgd");
     let augmenter = Augmenter::new(cfg.augment.clone(), &[0.5; 3], &[0.25; 3], s.device);
     let images = Tensor::randint(256, [s.batch, s.size, s.size, 3], (Kind::Uint8, s.device));
     let labels = Tensor::randint(s.classes, [s.batch], (Kind::Int64, s.device));
-    let mut step = Step {
-        model: &parts.model,
-        head: &parts.head,
-        optim: &mut parts.optim,
-        augmenter: &augmenter,
-        temperature: cfg.contrastive.temperature,
-        mode: crate::contrastive::ContrastMode::All,
-    };
+    let ctx = crate::models::Ctx::train();
     let mut rng = StdRng::seed_from_u64(0);
     let secs = timed(s.device, s.warmup, s.steps, || {
-        step.run(&images, Some(&labels), &mut rng, cfg.optim.lr)
+        let loss = objective
+            .loss(&model, &augmenter, (&images, &labels), &mut rng, &ctx, false)
             .expect("a valid contrastive batch");
+        optimise(&mut optim, &loss, cfg.optim.lr);
     });
     (s.batch as usize * s.steps) as f64 / secs
 }
@@ -249,22 +250,27 @@ pub fn recipe_runs(
         let splits = (on_device.0.share(), on_device.1.share());
         sync(device);
         let start = Instant::now();
+        let objective = Box::new(crate::train::classify::CrossEntropy::new(&cfg));
         let mut trainer = Trainer::with_data(
             cfg,
             data.share(),
             splits,
             &out.join(format!("run-{seed}")),
             false,
+            objective,
         )?;
         sync(device);
         let setup = start.elapsed().as_secs_f64();
         trainer.fit(&opts)?;
-        let accuracy = trainer.last_eval.as_ref().map_or(f64::NAN, |e| e.accuracy);
+        let accuracy = trainer
+            .last_eval
+            .as_ref()
+            .and_then(|e| e.accuracy)
+            .unwrap_or(f64::NAN);
         let epochs: Vec<(f64, f64)> = trainer
             .history
             .iter()
-            .filter(|m| m.test_accuracy.is_finite())
-            .map(|m| (m.test_accuracy, m.train_seconds))
+            .filter_map(|m| Some((m.test_accuracy?, m.train_seconds)))
             .collect();
         let run = RecipeRun {
             seed,

@@ -97,7 +97,8 @@ fn matches_pytorch_reference_values() {
     for case in fixture["cases"].as_array().unwrap() {
         let f: Vec<Vec<Vec<f64>>> = serde_json::from_value(case["features"].clone()).unwrap();
         let labels: Option<Vec<i64>> = serde_json::from_value(case["labels"].clone()).unwrap();
-        let mode = case["mode"].as_str().unwrap().parse().unwrap();
+        let mode: convkit::contrastive::ContrastMode =
+            serde_json::from_value(case["mode"].clone()).unwrap();
         let t = case["temperature"].as_f64().unwrap();
         let want = case["loss"].as_f64().unwrap();
         // In float32, as training computes it.
@@ -291,6 +292,13 @@ fn supcon_pretraining_improves_knn_and_the_probe_learns() {
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["knn_accuracy"].as_array().unwrap().len(), 6);
+    // metrics.jsonl names what was measured and leaves the rest null.
+    let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    assert_eq!(first["knn_accuracy"].as_f64(), Some(s.knn_accuracy[0]));
+    for unmeasured in ["train_accuracy", "test_accuracy", "test_loss", "test_top5"] {
+        assert!(first[unmeasured].is_null(), "{unmeasured}: {first}");
+    }
     let spec = probe::ProbeSpec {
         device: "cpu".into(),
         ..Default::default()

@@ -3,7 +3,7 @@
 //! embeddings are measured (alignment, uniformity, intra/inter-class cosine, silhouette, see
 //! [`crate::analysis::embedding`]) and drawn as a 2-D t-SNE scatter coloured by class.
 
-use super::{normalize, pretrain, probe};
+use super::{normalize, probe};
 use crate::analysis::embedding::{self, SpaceMetrics, TsneSpec};
 use crate::augment::Augmenter;
 use crate::data::loader::DeviceSplit;
@@ -90,7 +90,7 @@ pub fn measure(run: &Path, out: &Path, spec: &EmbedSpec) -> Result<SpaceRow> {
     let test = test_images(&ck, spec.images)?;
     let split = DeviceSplit::new(&test, device);
     let plain = Augmenter::new(vec![], &ck.meta.mean, &ck.meta.std, device);
-    let z = normalize(&pretrain::encoder_features(&model, &split, &plain, 500));
+    let z = normalize(&crate::models::features::encoder_features(&model, &split, &plain, 500));
     // Positive pairs for alignment: two views under SupCon's policy, the same draws for every
     // model, so the numbers of two runs compare.
     let policy = crate::train::config::load(Some("cifar10-supcon"), &[])
@@ -112,7 +112,7 @@ pub fn measure(run: &Path, out: &Path, spec: &EmbedSpec) -> Result<SpaceRow> {
     let name = run_name(&ck);
     let training = if probe::has_projection_head(&ck) {
         toml::from_str::<Config>(&ck.meta.config)
-            .map(|c| c.contrastive.method)
+            .map(|c| c.contrastive.method.to_string())
             .unwrap_or_else(|_| "contrastive".into())
     } else {
         "cross-entropy".into()

@@ -8,25 +8,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-/// Which views serve as anchors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ContrastMode {
-    /// Every view of every image is an anchor (the paper's setting).
-    All,
-    /// Only the first view of each image is an anchor.
-    One,
-}
-
-impl std::str::FromStr for ContrastMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "all" => Ok(ContrastMode::All),
-            "one" => Ok(ContrastMode::One),
-            _ => Err(format!("unknown contrast mode '{s}' (all or one)")),
-        }
-    }
-}
+pub use crate::train::config::ContrastMode;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ContrastiveError {

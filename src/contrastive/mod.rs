@@ -7,6 +7,7 @@ pub mod embed;
 pub mod head;
 pub mod knn;
 pub mod loss;
+pub mod objective;
 pub mod pretrain;
 pub mod probe;
 

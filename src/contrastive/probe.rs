@@ -49,7 +49,7 @@ pub struct ProbeSummary {
 
 /// Raw (unnormalised) encoder features of a split: `[N, D]` on the host.
 fn features(model: &models::Model, split: &DeviceSplit, aug: &Augmenter) -> Tensor {
-    super::pretrain::encoder_features(model, split, aug, 500).to_device(Device::Cpu)
+    crate::models::features::encoder_features(model, split, aug, 500).to_device(Device::Cpu)
 }
 
 fn cache_path(out: &Path) -> PathBuf {

@@ -148,7 +148,10 @@ fn run_model(spec: &Spec, out: &Path, model: &str) -> Result<Row> {
         test_accuracy: s.test_accuracy,
         seconds: s.wall_seconds,
         train_loss: history.iter().map(|m| m.train_loss).collect(),
-        test_curve: history.iter().map(|m| m.test_accuracy).collect(),
+        test_curve: history
+            .iter()
+            .map(|m| m.test_accuracy.unwrap_or(f64::NAN))
+            .collect(),
         init_gradient_norms: norms,
     })
 }

@@ -167,7 +167,10 @@ fn pretrain_config(spec: &Spec, method: &str, noise: f64, seed: u64) -> Result<C
     cfg.train.seed = seed;
     cfg.train.epochs = spec.epochs;
     cfg.train.batch_size = spec.batch_size;
-    cfg.contrastive.method = method.to_string();
+    cfg.contrastive.method = match method {
+        "simclr" => crate::train::ContrastiveMethod::SimClr,
+        _ => crate::train::ContrastiveMethod::SupCon,
+    };
     cfg.contrastive.knn_every = spec.epochs;
     cfg.contrastive.embed_images = 0;
     Ok(cfg)

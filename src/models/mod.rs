@@ -2,6 +2,7 @@
 //! pooled `[B, D]` vector) plus a linear classifier, so heads can be replaced and bodies reused.
 
 pub mod cnn;
+pub mod features;
 pub mod init;
 pub mod layers;
 pub mod resnet;

@@ -305,7 +305,7 @@ pub fn run_report(
         ("epoch", "cross-entropy"),
         &[
             ("train", series(|m| m.train_loss)),
-            ("test", series(|m| m.test_loss)),
+            ("test", series(|m| m.test_loss.unwrap_or(f64::NAN))),
         ],
     )?;
     line_chart(
@@ -313,8 +313,8 @@ pub fn run_report(
         "accuracy",
         ("epoch", "accuracy"),
         &[
-            ("train", series(|m| m.train_accuracy)),
-            ("test", series(|m| m.test_accuracy)),
+            ("train", series(|m| m.train_accuracy.unwrap_or(f64::NAN))),
+            ("test", series(|m| m.test_accuracy.unwrap_or(f64::NAN))),
         ],
     )?;
     line_chart(
@@ -511,8 +511,15 @@ fn render_html(cfg: &Config, history: &[EpochMetrics], s: &TrainSummary, inspect
         .iter()
         .map(|m| {
             format!(
-                "<tr><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.2}%</td><td>{:.2}%</td><td>{:.5}</td><td>{:.1}</td><td>{:.0}</td></tr>",
-                m.epoch, m.train_loss, m.test_loss, 100.0 * m.train_accuracy, 100.0 * m.test_accuracy, m.lr, m.epoch_seconds, m.images_per_second
+                "<tr><td>{}</td><td>{:.4}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.5}</td><td>{:.1}</td><td>{:.0}</td></tr>",
+                m.epoch,
+                m.train_loss,
+                m.test_loss.map_or("-".into(), |v| format!("{v:.4}")),
+                percent_or_dash(m.train_accuracy),
+                percent_or_dash(m.test_accuracy),
+                m.lr,
+                m.epoch_seconds,
+                m.images_per_second
             )
         })
         .collect();
@@ -531,4 +538,9 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}img{{max-width:540
         data = escape(&s.dataset),
         config = escape(&cfg.to_toml()),
     )
+}
+
+/// `12.34%`, or `-` for a value that was not measured.
+fn percent_or_dash(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v))
 }

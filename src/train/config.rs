@@ -57,10 +57,10 @@ impl PartialEq for Provenance {
 #[serde(default, deny_unknown_fields)]
 pub struct ContrastiveConfig {
     /// `supcon` (labels define positives) or `simclr` (no labels).
-    pub method: String,
+    pub method: ContrastiveMethod,
     pub temperature: f64,
     /// `all` or `one`.
-    pub contrast_mode: String,
+    pub contrast_mode: ContrastMode,
     /// Projection head: hidden width (0: the encoder's feature size) and output size.
     pub head_hidden: i64,
     pub head_out: i64,
@@ -72,12 +72,49 @@ pub struct ContrastiveConfig {
     pub embed_images: usize,
 }
 
+/// The contrastive loss: SupCon (Khosla et al. 2020: images of the same class are positives)
+/// or SimCLR's NT-Xent (Chen et al. 2020: only the other view of the same image is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContrastiveMethod {
+    #[serde(rename = "supcon")]
+    SupCon,
+    #[serde(rename = "simclr")]
+    SimClr,
+}
+
+impl ContrastiveMethod {
+    /// The name as config files and reports spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContrastiveMethod::SupCon => "supcon",
+            ContrastiveMethod::SimClr => "simclr",
+        }
+    }
+}
+
+impl std::fmt::Display for ContrastiveMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which views serve as anchors of the contrastive loss (SupContrast's `contrast_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContrastMode {
+    /// Every view of every image is an anchor (the paper's setting).
+    All,
+    /// Only the first view of each image is an anchor.
+    One,
+}
+
 impl Default for ContrastiveConfig {
     fn default() -> Self {
         ContrastiveConfig {
-            method: "supcon".into(),
+            method: ContrastiveMethod::SupCon,
             temperature: 0.1,
-            contrast_mode: "all".into(),
+            contrast_mode: ContrastMode::All,
             head_hidden: 0,
             head_out: 128,
             knn_every: 1,

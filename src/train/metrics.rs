@@ -3,40 +3,34 @@
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// One line of `metrics.jsonl`.
+/// One line of `metrics.jsonl`. A value that was not measured is `None`, written as `null`
+/// (a contrastive run measures no training accuracy; an epoch without evaluation, under
+/// `train.eval_every` or `contrastive.knn_every`, has no test numbers).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
     pub epoch: usize,
     pub lr: f64,
+    /// Mean training loss of the epoch (the objective's loss: cross-entropy, SupCon, ...).
     pub train_loss: f64,
-    pub train_accuracy: f64,
-    /// Test metrics are null for epochs that were not evaluated (`train.eval_every`).
-    #[serde(with = "nan_as_null")]
-    pub test_loss: f64,
-    #[serde(with = "nan_as_null")]
-    pub test_accuracy: f64,
-    #[serde(with = "nan_as_null")]
-    pub test_top5: f64,
+    /// Fraction of training images classified correctly during the epoch (augmented).
+    #[serde(default)]
+    pub train_accuracy: Option<f64>,
+    #[serde(default)]
+    pub test_loss: Option<f64>,
+    /// Top-1 test accuracy of the classifier, in [0, 1].
+    #[serde(default)]
+    pub test_accuracy: Option<f64>,
+    #[serde(default)]
+    pub test_top5: Option<f64>,
+    /// Weighted kNN test accuracy of the normalised features (contrastive runs).
+    #[serde(default)]
+    pub knn_accuracy: Option<f64>,
     /// Training time of this epoch (evaluation excluded).
     pub epoch_seconds: f64,
     /// Training time since the start of the run (evaluation excluded).
     pub train_seconds: f64,
+    /// Images (views, for two-view objectives) per second of training.
     pub images_per_second: f64,
-}
-
-/// JSON has no NaN: a missing value is written as null and read back as NaN.
-mod nan_as_null {
-    use serde::{Deserialize, Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
-        if v.is_finite() {
-            s.serialize_f64(*v)
-        } else {
-            s.serialize_none()
-        }
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
-    }
 }
 
 /// Rewrites `metrics.jsonl` from the history (atomic, so resumed runs never duplicate lines).

@@ -4,19 +4,21 @@
 //! `checkpoints/last.safetensors`, `summary.json`, `plots/` and `report.html`.
 
 pub mod checkpoint;
+pub mod classify;
 pub mod config;
 pub mod evaluate;
 pub mod linear;
 pub mod metrics;
+pub mod objective;
 pub mod progress;
 
-pub use config::Config;
+pub use config::{ContrastMode, ContrastiveMethod, Config};
 pub use evaluate::{EvalResult, evaluate};
 
-use crate::augment::{self, Augmenter};
+use crate::augment::Augmenter;
 use crate::data::loader::{self, DeviceSplit};
 use crate::data::{self, DataSpec, Dataset};
-use crate::models::{self, Ctx, Model};
+use crate::models::{self, Ctx, Model, features};
 use crate::optim::Optimizer;
 use crate::util::{fmt_seconds, mix_seed};
 use metrics::EpochMetrics;
@@ -24,7 +26,8 @@ use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tch::{Device, Kind, Reduction, Tensor};
+use objective::{EvalInput, Evaluation, Objective, StepInput};
+use tch::{Device, Kind, Tensor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -242,7 +245,10 @@ pub const RESUMABLE: [&str; 6] = [
     "train.threads",
 ];
 
-/// Everything a training run holds while it runs.
+/// Everything a training run holds while it runs: the one training engine. The objective
+/// decides the loss and what is measured; the engine owns batching, the schedule, the
+/// optimiser step, lookahead, bf16, device-side loss accumulation, the divergence check,
+/// checkpoints, exact resume, metrics and progress.
 pub struct Trainer {
     pub cfg: Config,
     pub data: Dataset,
@@ -253,9 +259,10 @@ pub struct Trainer {
     train: DeviceSplit,
     test: DeviceSplit,
     augmenter: Augmenter,
+    objective: Box<dyn Objective>,
     pub history: Vec<EpochMetrics>,
     train_seconds: f64,
-    pub last_eval: Option<EvalResult>,
+    pub last_eval: Option<Evaluation>,
     /// Seconds the last evaluation in `fit` took (test-time augmentation included).
     pub eval_seconds: f64,
     pub transfer: Option<crate::transfer::TransferSummary>,
@@ -264,21 +271,57 @@ pub struct Trainer {
     augment_reason: Option<String>,
 }
 
+/// An lr range test riding on the engine's step loop: each step's rate comes from `lrs`, each
+/// step's loss is read back, and the run stops when `lrs` is used up or `stop` says so.
+struct Sweep<'a> {
+    lrs: &'a [f64],
+    losses: Vec<f64>,
+    stop: &'a dyn Fn(&[f64]) -> bool,
+    bar: indicatif::ProgressBar,
+}
+
+impl Sweep<'_> {
+    fn done(&self) -> bool {
+        self.losses.len() >= self.lrs.len() || (self.stop)(&self.losses)
+    }
+}
+
+/// What one epoch of training measured.
+struct EpochRun {
+    loss: f64,
+    accuracy: Option<f64>,
+    seconds: f64,
+    lr: f64,
+}
+
 impl Trainer {
-    /// Loads data, builds the model and optimiser, and restores a checkpoint when resuming.
+    /// A cross-entropy classifier: loads data, builds the model and optimiser, and restores a
+    /// checkpoint when resuming.
     pub fn new(cfg: Config, out: &Path, resume: bool) -> Result<Self> {
-        let (data, splits) = load_onto_device(&cfg)?;
-        Self::with_data(cfg, data, splits, out, resume)
+        let objective = Box::new(classify::CrossEntropy::new(&cfg));
+        Self::with_objective(cfg, out, resume, objective)
     }
 
-    /// `new` with the data already loaded and on the device (repeated timed runs); the run
-    /// trains on the device that holds `train`.
+    /// `new` for any objective.
+    pub fn with_objective(
+        cfg: Config,
+        out: &Path,
+        resume: bool,
+        objective: Box<dyn Objective>,
+    ) -> Result<Self> {
+        let (data, splits) = load_onto_device(&cfg)?;
+        Self::with_data(cfg, data, splits, out, resume, objective)
+    }
+
+    /// `with_objective` with the data already loaded and on the device (repeated timed runs);
+    /// the run trains on the device that holds `train`.
     pub fn with_data(
         mut cfg: Config,
         mut data: Dataset,
         (train, test): (DeviceSplit, DeviceSplit),
         out: &Path,
         resume: bool,
+        mut objective: Box<dyn Objective>,
     ) -> Result<Self> {
         crate::util::tune_allocator();
         if cfg.train.threads > 0 {
@@ -297,23 +340,11 @@ impl Trainer {
         }
         let device = train.images.device();
         let classes = data.classes.len() as i64;
-        if let Some(k) = cfg.model.classes.filter(|k| *k != classes) {
-            return Err(TrainError::Invalid(format!(
-                "the model's head is set to {k} classes, but {} has {classes} ({})",
-                data.name,
-                data.classes.join(", ")
-            )));
-        }
-        if classes < 2 {
-            return Err(TrainError::Invalid(format!(
-                "{} has {classes} class ({}); a classifier needs at least 2",
-                data.name,
-                data.classes.join(", ")
-            )));
-        }
+        check_classes(&cfg, &data)?;
         let spec = cfg.model.spec(classes, data.channels());
         tch::manual_seed(mix_seed(cfg.train.seed, 0xA11CE) as i64);
         let mut model = models::build(&spec, device)?;
+        objective.extend_model(&mut model, &cfg)?;
         model.check_input_size(cfg.transfer.resize.unwrap_or(data.train.image_shape()[1]))?;
         let mut transfer = None;
         if cfg.transfer.is_active() {
@@ -348,6 +379,7 @@ impl Trainer {
             train,
             test,
             augmenter,
+            objective,
             cfg,
             data,
             model,
@@ -364,11 +396,25 @@ impl Trainer {
         })
     }
 
+    /// The objective's name ("cross-entropy", "supcon", "simclr").
+    pub fn objective_name(&self) -> &str {
+        self.objective.name()
+    }
+
+    /// The objective being trained (for its own variables, such as a projection head).
+    pub fn objective(&self) -> &dyn Objective {
+        self.objective.as_ref()
+    }
+
+    fn drop_last(&self) -> bool {
+        self.objective.drop_last(&self.cfg)
+    }
+
     fn steps_per_epoch(&self) -> usize {
         loader::training_steps_per_epoch(
             self.train.len(),
             self.cfg.train.batch_size,
-            self.cfg.train.drop_last,
+            self.drop_last(),
         )
     }
 
@@ -376,12 +422,18 @@ impl Trainer {
         self.cfg.train.bf16 && self.device.is_cuda()
     }
 
-    /// Trains one epoch (0-based); returns (mean loss, accuracy, seconds, last lr).
+    /// Trains one epoch (0-based).
     ///
-    /// The epoch's order and every image's translation and flip are uploaded once and sliced per
-    /// step, and on a GPU the loss is read once at the end of the epoch: nothing in the step loop
-    /// waits for the device.
-    fn train_epoch(&mut self, epoch: usize, progress: bool) -> Result<(f64, f64, f64, f64)> {
+    /// The epoch's order (and what the objective draws for it) is uploaded once and sliced per
+    /// step, and on a GPU the statistics are read once at the end of the epoch: nothing in the
+    /// step loop waits for the device. A `sweep` takes each step's rate from its list and reads
+    /// each step's loss (the lr range test needs it).
+    fn train_epoch(
+        &mut self,
+        epoch: usize,
+        progress: bool,
+        mut sweep: Option<&mut Sweep>,
+    ) -> Result<EpochRun> {
         self.freeze_whiten_bias(epoch);
         let t = &self.cfg.train;
         let (bs, epochs, seed) = (t.batch_size, t.epochs, t.seed);
@@ -389,54 +441,75 @@ impl Trainer {
         let total = spe * epochs;
         let start = Instant::now();
         let order = loader::epoch_order(self.train.len(), seed, epoch);
-        let lens: Vec<usize> = loader::training_batches(&order, bs, t.drop_last)
+        let lens: Vec<usize> = loader::training_batches(&order, bs, self.drop_last())
             .iter()
             .map(|b| b.len())
             .collect();
         let mut rng = StdRng::seed_from_u64(mix_seed(seed, 1_000_000 + epoch as u64));
         self.augmenter.epoch = epoch;
-        let shifts = self
-            .augmenter
-            .draw_shifts(order.len(), Some(&order), &mut rng, self.device);
+        self.objective
+            .begin_epoch(&self.augmenter, &order, &mut rng, self.device);
         let order = Tensor::from_slice(&order).to_device(self.device);
-        let bar = progress::steps_bar(
-            lens.len() as u64,
-            format!("epoch {}/{}", epoch + 1, epochs),
-            progress,
-        );
-        let check_every = if self.device.is_cuda() { usize::MAX } else { 1 };
-        let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
-        let mut pending = Tensor::zeros([2], (Kind::Float, self.device));
+        let bar = match sweep {
+            Some(_) => indicatif::ProgressBar::hidden(),
+            None => progress::steps_bar(
+                lens.len() as u64,
+                format!("epoch {}/{}", epoch + 1, epochs),
+                progress,
+            ),
+        };
+        let read_every = match (&sweep, self.device.is_cuda()) {
+            (None, true) => usize::MAX,
+            _ => 1,
+        };
+        let (mut sums, mut seen) = ([0.0f64; 3], 0usize);
+        let mut pending = Tensor::zeros([3], (Kind::Double, self.device));
         let mut lr = self.cfg.optim.lr;
+        let ctx = Ctx::train_with_bn_eval(self.bn_eval.clone());
         for (i, &len) in lens.iter().enumerate() {
             let step = epoch * spe + i;
-            lr = self.cfg.optim.lr * self.cfg.schedule.factor(step, total, spe);
-            let (from, len) = ((i * bs) as i64, len as i64);
-            let batch = order.narrow(0, from, len);
-            let sh = shifts.as_ref().map(|s| s.narrow(from, len));
-            let (loss, hits) = self.train_step(&batch, sh.as_ref(), &mut rng, lr);
+            lr = match &sweep {
+                Some(s) => s.lrs[s.losses.len()],
+                None => self.cfg.optim.lr * self.cfg.schedule.factor(step, total, spe),
+            };
+            let from = (i * bs) as i64;
+            let index = order.narrow(0, from, len as i64);
+            let out = self.objective.step(StepInput {
+                model: &self.model,
+                augmenter: &self.augmenter,
+                train: &self.train,
+                index: &index,
+                from,
+                rng: &mut rng,
+                ctx: &ctx,
+                autocast: self.use_autocast(),
+            })?;
+            objective::optimise(&mut self.optim, &out.loss, lr);
             if let Some(l) = &mut self.optim.lookahead {
                 l.after_step(self.optim.steps, total as i64);
                 if epoch + 1 == epochs && i + 1 == lens.len() {
                     l.finish();
                 }
             }
-            pending += Tensor::stack(&[loss * len as f64, hits], 0);
-            seen += len as usize;
-            if (i + 1) % check_every == 0 || i + 1 == lens.len() {
-                let v = Vec::<f64>::try_from(pending.to_kind(Kind::Double)).unwrap_or_default();
+            pending += out.stats;
+            seen += len;
+            if (i + 1) % read_every == 0 || i + 1 == lens.len() {
+                let v = Vec::<f64>::try_from(&pending).unwrap_or_default();
                 pending = pending.zero_();
+                if let Some(s) = sweep.as_deref_mut() {
+                    s.losses.push(v[0] / v[2]);
+                    s.bar.inc(1);
+                    if s.done() {
+                        break;
+                    }
+                    continue;
+                }
                 if !v[0].is_finite() {
                     return Err(self.diverged(v[0], step, epoch, lr));
                 }
-                loss_sum += v[0];
-                correct += v[1] as i64;
+                sums.iter_mut().zip(&v).for_each(|(s, x)| *s += x);
                 let rate = seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!(
-                    "loss {:.3} {:.0} img/s",
-                    loss_sum / seen as f64,
-                    rate
-                ));
+                bar.set_message(format!("loss {:.3} {:.0} img/s", sums[0] / sums[2], rate));
             }
             bar.inc(1);
         }
@@ -444,13 +517,16 @@ impl Trainer {
         if let Device::Cuda(i) = self.device {
             tch::Cuda::synchronize(i as i64);
         }
-        let secs = start.elapsed().as_secs_f64();
-        Ok((
-            loss_sum / seen.max(1) as f64,
-            correct as f64 / seen.max(1) as f64,
-            secs,
+        let weight = sums[2].max(1e-300);
+        Ok(EpochRun {
+            loss: sums[0] / weight,
+            accuracy: self
+                .objective
+                .measures_train_accuracy()
+                .then(|| sums[1] / seen.max(1) as f64),
+            seconds: start.elapsed().as_secs_f64(),
             lr,
-        ))
+        })
     }
 
     /// airbench trains the whitening layer's bias for the first `model.whiten_bias_epochs`
@@ -474,90 +550,48 @@ impl Trainer {
         }
     }
 
-    /// Augments the batch of data-set indices `batch` (on the device) with their drawn
-    /// `shifts`, runs forward and backward and updates the weights; returns the mean loss and
-    /// the number of correct predictions (device tensors: no host sync).
-    fn train_step(
-        &mut self,
-        batch: &Tensor,
-        shifts: Option<&augment::Shifts>,
-        rng: &mut StdRng,
-        lr: f64,
-    ) -> (Tensor, Tensor) {
-        let (images, labels) = self.train.batch_at(batch);
-        let x = self.augmenter.train_batch_shifted(&images, shifts, rng);
-        let ctx = Ctx::train_with_bn_eval(self.bn_eval.clone());
-        let logits = tch::autocast(self.use_autocast(), || self.model.forward(&x, &ctx));
-        let loss = logits.to_kind(Kind::Float).cross_entropy_loss(
-            &labels,
-            None::<Tensor>,
-            Reduction::Mean,
-            -100,
-            self.cfg.train.label_smoothing,
-        );
-        self.optim.zero_grad();
-        loss.backward();
-        self.optim.step(lr);
-        let hits = logits.argmax(1, false).eq_tensor(&labels).sum(Kind::Float);
-        (loss.detach(), hits)
-    }
-
     fn diverged(&self, loss: f64, step: usize, epoch: usize, lr: f64) -> TrainError {
         diverged(&self.out, self.cfg.optim.lr, loss, step, epoch, lr)
     }
 
-    pub fn evaluate(&self) -> EvalResult {
-        evaluate(
-            &self.model,
-            &self.test,
-            &self.augmenter,
-            self.cfg.train.eval_batch_size,
-            evaluate::Tta::of(&self.cfg.train),
-            self.use_autocast(),
-        )
+    /// The objective's evaluation of the model as it is now.
+    pub fn evaluate(&self) -> Evaluation {
+        self.objective.evaluate(EvalInput {
+            model: &self.model,
+            augmenter: &self.augmenter,
+            train: &self.train,
+            test: &self.test,
+            cfg: &self.cfg,
+            classes: self.data.classes.len() as i64,
+            autocast: self.use_autocast(),
+        })
     }
 
-    /// One training step at each learning rate of `lrs` in turn (cycling through epochs of
-    /// data), returning each step's loss; stops early once `stop` says so (the loss exploded).
-    /// For `convkit lr-find`: the model's weights change.
+    /// The lr range test: one training step at each rate of `lrs` in turn (cycling through
+    /// epochs of data, as fastai's LRFinder does), returning each step's loss; stops early once
+    /// `stop` says so (the loss exploded). The model's weights change; nothing is written.
+    ///
+    /// # Errors
+    /// The objective's step fails.
     pub fn lr_sweep(
         &mut self,
         lrs: &[f64],
         stop: impl Fn(&[f64]) -> bool,
         progress: bool,
-    ) -> Vec<f64> {
-        let bs = self.cfg.train.batch_size;
-        let bar = progress::steps_bar(lrs.len() as u64, "lr-find".into(), progress);
-        let mut rng = StdRng::seed_from_u64(mix_seed(self.cfg.train.seed, 77));
-        let mut losses = Vec::new();
+    ) -> Result<Vec<f64>> {
+        let mut sweep = Sweep {
+            lrs,
+            losses: Vec::new(),
+            stop: &stop,
+            bar: progress::steps_bar(lrs.len() as u64, "lr-find".into(), progress),
+        };
         let mut epoch = 0;
-        'outer: loop {
-            let order = loader::epoch_order(self.train.len(), self.cfg.train.seed, epoch);
-            let batches = loader::training_batches(&order, bs, true);
-            if batches.is_empty() {
-                break;
-            }
-            for idx in batches {
-                let Some(&lr) = lrs.get(losses.len()) else {
-                    break 'outer;
-                };
-                let batch = Tensor::from_slice(idx).to_device(self.device);
-                let shifts =
-                    self.augmenter
-                        .draw_shifts(idx.len(), Some(idx), &mut rng, self.device);
-                let (loss, _) = self.train_step(&batch, shifts.as_ref(), &mut rng, lr);
-                losses.push(loss.double_value(&[]));
-                bar.inc(1);
-                if stop(&losses) {
-                    break 'outer;
-                }
-            }
-            // Small data is cycled through until the sweep is complete (as fastai's LRFinder),
-            // so the suggestion never rests on a sweep that stopped at its first rates.
+        while !sweep.done() && self.steps_per_epoch() > 0 {
+            self.train_epoch(epoch, progress, Some(&mut sweep))?;
             epoch += 1;
         }
-        bar.finish_and_clear();
-        losses
+        sweep.bar.finish_and_clear();
+        Ok(sweep.losses)
     }
 
     /// The training and test splits as they sit on the device.
@@ -566,14 +600,13 @@ impl Trainer {
     }
 
     /// Pooled features of the model's body for every image of `split` (eval mode, no
-    /// augmentation, with the run's normalisation and resize).
+    /// augmentation, with the run's normalisation and resize): `[N, D]`.
     /// With `stages`, the pooled output of every stage, concatenated.
     pub fn encoder_features(&self, split: &DeviceSplit, stages: bool) -> Tensor {
-        use crate::contrastive::pretrain::{encoder_features, stage_features};
         let f = if stages {
-            stage_features
+            features::stage_features
         } else {
-            encoder_features
+            features::encoder_features
         };
         f(
             &self.model,
@@ -598,7 +631,11 @@ impl Trainer {
         }
     }
 
-    /// Trains the remaining epochs, evaluating and checkpointing after each.
+    /// Trains the remaining epochs, evaluating when the objective says and checkpointing after
+    /// each epoch.
+    ///
+    /// # Errors
+    /// The loss diverged (the last checkpoint is kept), or the run folder cannot be written.
     pub fn fit(&mut self, opts: &RunOptions) -> Result<()> {
         crate::util::create_dir(&self.out.join("checkpoints"))?;
         clean_run_folder(&self.out);
@@ -612,47 +649,32 @@ impl Trainer {
             None => self.cfg.train.epochs,
         };
         for epoch in start..end {
-            let (loss, acc, secs, lr) = self.train_epoch(epoch, opts.progress)?;
-            self.train_seconds += secs;
-            let every = self.cfg.train.eval_every;
-            let last = epoch + 1 == self.cfg.train.epochs;
+            let run = self.train_epoch(epoch, opts.progress, None)?;
+            self.train_seconds += run.seconds;
             let eval_start = Instant::now();
-            let eval = (last || (every > 0 && (epoch + 1) % every == 0)).then(|| self.evaluate());
+            let eval = self
+                .objective
+                .eval_due(epoch + 1, &self.cfg)
+                .then(|| self.evaluate());
             if eval.is_some() {
                 self.eval_seconds = eval_start.elapsed().as_secs_f64();
             }
-            let test = |f: fn(&EvalResult) -> f64| eval.as_ref().map_or(f64::NAN, f);
+            let e = eval.clone().unwrap_or_default();
+            let views = self.objective.views();
             let m = EpochMetrics {
                 epoch: epoch + 1,
-                lr,
-                train_loss: loss,
-                train_accuracy: acc,
-                test_loss: test(|e| e.loss),
-                test_accuracy: test(|e| e.accuracy),
-                test_top5: test(|e| e.top5),
-                epoch_seconds: secs,
+                lr: run.lr,
+                train_loss: run.loss,
+                train_accuracy: run.accuracy,
+                test_loss: e.loss,
+                test_accuracy: e.accuracy,
+                test_top5: e.top5,
+                knn_accuracy: e.knn_accuracy,
+                epoch_seconds: run.seconds,
                 train_seconds: self.train_seconds,
-                images_per_second: self.train.len() as f64 / secs.max(1e-9),
+                images_per_second: (self.train.len() * views) as f64 / run.seconds.max(1e-9),
             };
-            let test = if m.test_accuracy.is_finite() {
-                format!(
-                    "test {:5.1}% (top-5 {:5.1}%)",
-                    100.0 * m.test_accuracy,
-                    100.0 * m.test_top5
-                )
-            } else {
-                "test not evaluated".into()
-            };
-            eprintln!(
-                "epoch {:>3}/{}  loss {:.4}  train {:5.1}%  {test}  lr {:.4}  {}  {:.0} img/s",
-                m.epoch,
-                self.cfg.train.epochs,
-                m.train_loss,
-                100.0 * m.train_accuracy,
-                lr,
-                fmt_seconds(secs),
-                m.images_per_second
-            );
+            eprintln!("{}", self.epoch_line(&m));
             self.history.push(m);
             if eval.is_some() {
                 self.last_eval = eval;
@@ -672,9 +694,45 @@ impl Trainer {
         Ok(())
     }
 
-    /// The run's summary (evaluating once if no epoch ran in this invocation).
-    pub fn summary(&mut self, wall_seconds: f64) -> TrainSummary {
+    /// The log line of an epoch: what was measured, and nothing that was not.
+    fn epoch_line(&self, m: &EpochMetrics) -> String {
+        let pct = |v: f64| format!("{:5.1}%", 100.0 * v);
+        let mut parts = vec![
+            format!("epoch {:>3}/{}", m.epoch, self.cfg.train.epochs),
+            format!("{} loss {:.4}", self.objective.name(), m.train_loss),
+        ];
+        if let Some(a) = m.train_accuracy {
+            parts.push(format!("train {}", pct(a)));
+        }
+        match (m.test_accuracy, m.test_top5, m.knn_accuracy) {
+            (Some(a), Some(t5), _) => parts.push(format!("test {} (top-5 {})", pct(a), pct(t5))),
+            (_, _, Some(k)) => parts.push(format!("kNN test accuracy {}", pct(k))),
+            _ => parts.push("test not evaluated".into()),
+        }
+        let unit = if self.objective.views() > 1 {
+            "views/s"
+        } else {
+            "img/s"
+        };
+        parts.push(format!("lr {:.4}", m.lr));
+        parts.push(fmt_seconds(m.epoch_seconds));
+        parts.push(format!("{:.0} {unit}", m.images_per_second));
+        parts.join("  ")
+    }
+
+    /// The classifier's summary of the run (evaluating once if no epoch ran in this
+    /// invocation).
+    ///
+    /// # Errors
+    /// The objective is not a classifier (its evaluation has no top-1 accuracy).
+    pub fn summary(&mut self, wall_seconds: f64) -> Result<TrainSummary> {
         let eval = self.last_eval.take().unwrap_or_else(|| self.evaluate());
+        let Some(detail) = eval.detail.clone() else {
+            return Err(TrainError::Invalid(format!(
+                "a {} run has no classification summary",
+                self.objective.name()
+            )));
+        };
         let last = self.history.last();
         let s = TrainSummary {
             model: self.model.spec.name.clone(),
@@ -684,9 +742,9 @@ impl Trainer {
             epochs: self.history.len(),
             train_images: self.train.len(),
             test_images: self.test.len(),
-            test_accuracy: eval.accuracy,
-            test_top5: eval.top5,
-            test_loss: eval.loss,
+            test_accuracy: detail.accuracy,
+            test_top5: detail.top5,
+            test_loss: detail.loss,
             final_train_loss: last.map_or(f64::NAN, |m| m.train_loss),
             train_seconds: self.train_seconds,
             wall_seconds,
@@ -695,15 +753,34 @@ impl Trainer {
                 .classes
                 .iter()
                 .cloned()
-                .zip(eval.confusion.per_class_accuracy())
+                .zip(detail.confusion.per_class_accuracy())
                 .collect(),
             transfer: self.transfer.clone(),
         };
         self.last_eval = Some(eval);
-        s
+        Ok(s)
     }
 }
 
+/// A head set to another number of classes than the data has, or fewer than 2 classes.
+fn check_classes(cfg: &Config, data: &Dataset) -> Result<()> {
+    let classes = data.classes.len() as i64;
+    if let Some(k) = cfg.model.classes.filter(|k| *k != classes) {
+        return Err(TrainError::Invalid(format!(
+            "the model's head is set to {k} classes, but {} has {classes} ({})",
+            data.name,
+            data.classes.join(", ")
+        )));
+    }
+    if classes < 2 {
+        return Err(TrainError::Invalid(format!(
+            "{} has {classes} class ({}); a classifier needs at least 2",
+            data.name,
+            data.classes.join(", ")
+        )));
+    }
+    Ok(())
+}
 /// Chooses the normalisation that belongs to the weights and loads them (not when resuming:
 /// the checkpoint then holds the weights).
 /// The optimiser, with airbench's BatchNorm treatment when asked: scales frozen at 1
@@ -900,9 +977,9 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<TrainSummary> {
     let mut trainer = Trainer::new(cfg, out, opts.resume)?;
     print_start(&trainer);
     trainer.fit(opts)?;
-    let summary = trainer.summary(wall.elapsed().as_secs_f64());
+    let summary = trainer.summary(wall.elapsed().as_secs_f64())?;
     metrics::write_json(&out.join("summary.json"), &summary)?;
-    if let Some(eval) = &trainer.last_eval {
+    if let Some(eval) = trainer.last_eval.as_ref().and_then(|e| e.detail.as_ref()) {
         metrics::write_json(&out.join("confusion.json"), &eval.confusion)?;
         crate::report::run_report(
             out,

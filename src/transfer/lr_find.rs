@@ -101,7 +101,7 @@ pub fn run(cfg: Config, spec: &SweepSpec, out: &Path, progress: bool) -> Result<
         trainer.cfg.train.batch_size,
         trainer.splits().0.len()
     );
-    let losses = trainer.lr_sweep(&lrs, exploded, progress);
+    let losses = trainer.lr_sweep(&lrs, exploded, progress)?;
     // The sweep cycles through small data, so it stops early only when the loss explodes; a
     // handful of steps would make the suggestion the sweep's first rate, which means nothing.
     if losses.len() < MIN_STEPS.min(lrs.len()) {

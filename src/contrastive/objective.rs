@@ -1,0 +1,158 @@
+//! Contrastive pre-training as an objective of the one training engine: two augmented views per
+//! image, encoder features, the projection head, SupCon (Khosla et al. 2020) or, without labels,
+//! SimCLR's NT-Xent; monitored by weighted kNN accuracy of the L2-normalised features.
+
+use super::{ContrastMode, ProjectionHead, knn_accuracy, normalize, supcon_loss};
+use crate::augment::Augmenter;
+use crate::data::loader::DeviceSplit;
+use crate::models::{Ctx, Model, features};
+use crate::train::objective::{EvalInput, Evaluation, Objective, StepInput, StepOutput};
+use crate::train::{Config, ContrastiveMethod, Result, TrainError};
+use tch::{Kind, Tensor};
+
+/// SupCon or SimCLR with the `[contrastive]` section's settings.
+pub struct Contrastive {
+    method: ContrastiveMethod,
+    mode: ContrastMode,
+    temperature: f64,
+    head: Option<ProjectionHead>,
+}
+
+impl Contrastive {
+    /// # Errors
+    /// A batch smaller than 2 (a contrastive loss needs another image to compare with).
+    pub fn new(cfg: &Config) -> Result<Self> {
+        let c = &cfg.contrastive;
+        if cfg.train.batch_size < 2 {
+            return Err(TrainError::Invalid(format!(
+                "batch size {} is too small for contrastive learning (at least 2; the paper uses 1024)",
+                cfg.train.batch_size
+            )));
+        }
+        Ok(Contrastive {
+            method: c.method,
+            mode: c.contrast_mode,
+            temperature: c.temperature,
+            head: None,
+        })
+    }
+
+    /// The projection head (present once the engine built the model).
+    pub fn head(&self) -> Option<&ProjectionHead> {
+        self.head.as_ref()
+    }
+
+    /// The loss of a u8 batch `[B, H, W, C]`: two views, encoder, head, SupCon (labels) or
+    /// NT-Xent (none). `convkit bench --pretrain` times exactly this plus
+    /// [`crate::train::objective::optimise`].
+    ///
+    /// # Errors
+    /// The loss refuses the batch (fewer than 2 images).
+    pub fn loss(
+        &self,
+        model: &Model,
+        augmenter: &Augmenter,
+        (images, labels): (&Tensor, &Tensor),
+        rng: &mut rand::rngs::StdRng,
+        ctx: &Ctx,
+        autocast: bool,
+    ) -> Result<Tensor> {
+        let head = self
+            .head
+            .as_ref()
+            .ok_or_else(|| TrainError::Invalid("the projection head was not built".into()))?;
+        let b = images.size()[0];
+        let views = augmenter.two_views(images, rng);
+        // The loss itself runs in float32 under bf16 autocast: its softmax over the batch needs it.
+        let z = tch::autocast(autocast, || head.forward(&model.net.features(&views, ctx)))
+            .to_kind(Kind::Float);
+        let z = z.view([2, b, -1]).transpose(0, 1);
+        let labels = (self.method == ContrastiveMethod::SupCon).then_some(labels);
+        supcon_loss(&z, labels, self.temperature, self.mode)
+            .map_err(|e| TrainError::Invalid(e.to_string()))
+    }
+}
+
+impl Objective for Contrastive {
+    fn name(&self) -> &str {
+        self.method.as_str()
+    }
+
+    /// The projection head on the encoder's features; the classifier takes no part in
+    /// pre-training, so it is frozen (neither updated nor decayed).
+    fn extend_model(&mut self, model: &mut Model, cfg: &Config) -> Result<()> {
+        let dim = model.net.classifier().in_features();
+        let c = &cfg.contrastive;
+        let hidden = if c.head_hidden > 0 {
+            c.head_hidden
+        } else {
+            dim
+        };
+        let head = ProjectionHead::new(&model.vs.root(), dim, dim, hidden, c.head_out)
+            .map_err(|e| TrainError::Invalid(e.to_string()))?;
+        self.head = Some(head);
+        let fc = &model.net.classifier().inner;
+        let _ = fc.ws.set_requires_grad(false);
+        if let Some(b) = &fc.bs {
+            let _ = b.set_requires_grad(false);
+        }
+        Ok(())
+    }
+
+    /// Contrastive batches are always full: SupCon's reference code drops the last one too.
+    fn drop_last(&self, _cfg: &Config) -> bool {
+        true
+    }
+
+    fn step(&mut self, s: StepInput<'_>) -> Result<StepOutput> {
+        let (images, labels) = s.train.batch_at(s.index);
+        let loss = self.loss(
+            s.model,
+            s.augmenter,
+            (&images, &labels),
+            s.rng,
+            s.ctx,
+            s.autocast,
+        )?;
+        let l = loss.detach().to_kind(Kind::Double);
+        let stats = Tensor::stack(&[l.shallow_clone(), l.zeros_like(), l.ones_like()], 0);
+        Ok(StepOutput { loss, stats })
+    }
+
+    fn measures_train_accuracy(&self) -> bool {
+        false
+    }
+
+    fn views(&self) -> usize {
+        2
+    }
+
+    fn eval_due(&self, epoch: usize, cfg: &Config) -> bool {
+        epoch.is_multiple_of(cfg.contrastive.knn_every.max(1)) || epoch == cfg.train.epochs
+    }
+
+    fn evaluate(&self, e: EvalInput<'_>) -> Evaluation {
+        let c = &e.cfg.contrastive;
+        let embed = |split: &DeviceSplit| {
+            normalize(&features::encoder_features(
+                e.model,
+                split,
+                e.augmenter,
+                e.cfg.train.eval_batch_size,
+            ))
+        };
+        let accuracy = knn_accuracy(
+            &embed(e.test),
+            &e.test.labels,
+            &embed(e.train),
+            &e.train.labels,
+            e.classes,
+            c.knn_k,
+            c.knn_temperature,
+        );
+        Evaluation {
+            knn_accuracy: Some(accuracy),
+            ..Default::default()
+        }
+    }
+}
