@@ -168,7 +168,7 @@ pub fn pretrain_rate(s: &BenchSpec) -> f64 {
     use crate::contrastive::objective::Contrastive;
     use crate::train::objective::{Objective, optimise};
     let mut cfg =
-        crate::train::config::load(Some("cifar10-supcon"), &[]).expect("shipped recipe parses");
+        crate::config::load(Some("cifar10-supcon"), &[]).expect("shipped recipe parses");
     cfg.model.name = s.model.clone();
     cfg.train.channels_last = s.channels_last;
     let spec = cfg.model.spec(s.classes, 3);
@@ -228,7 +228,7 @@ pub struct RecipeRun {
 /// `warmup` untimed runs (seeds from 1000; cuDNN autotuning, as airbench warms up); each run
 /// writes its metrics under `out/run-<seed>` (no checkpoints).
 pub fn recipe_runs(
-    cfg: &crate::train::Config,
+    cfg: &crate::config::Config,
     (warmup, runs): (usize, usize),
     target: f64,
     out: &std::path::Path,

@@ -248,7 +248,7 @@ fn optimising_free_embeddings_clusters_the_classes() {
     assert!(last < 2.1, "loss {first} -> {last}");
 }
 
-fn supcon_config(epochs: usize, batch: usize) -> convkit::train::Config {
+fn supcon_config(epochs: usize, batch: usize) -> convkit::config::Config {
     let overrides = [
         "data.source=\"synthetic\"".to_string(),
         "data.train_limit=3000".into(),
@@ -265,7 +265,7 @@ fn supcon_config(epochs: usize, batch: usize) -> convkit::train::Config {
         "contrastive.knn_k=50".into(),
         "contrastive.embed_images=0".into(),
     ];
-    convkit::train::config::load(Some("cifar10-supcon"), &overrides).unwrap()
+    convkit::config::load(Some("cifar10-supcon"), &overrides).unwrap()
 }
 
 #[test]

@@ -4,7 +4,8 @@
 mod common;
 
 use convkit::data::{self, DataSpec, Format, folder, idx};
-use convkit::train::{self, RunOptions, config};
+use convkit::train::{self, RunOptions};
+use convkit::config;
 use std::path::Path;
 use std::process::Command;
 
@@ -398,7 +399,7 @@ fn eval_on_other_data_matches_classes_by_name() {
     );
 }
 
-fn tiny_config(extra: &[&str]) -> train::Config {
+fn tiny_config(extra: &[&str]) -> convkit::config::Config {
     let mut o: Vec<String> = vec![
         "data.source=\"synthetic\"".into(),
         "data.test_limit=40".into(),
@@ -424,7 +425,7 @@ fn a_last_batch_of_one_is_dropped_and_batchnorm_stays_finite() {
     )
     .unwrap();
     assert!(s.test_loss.is_finite(), "{}", s.test_loss);
-    let ck = train::checkpoint::read(&out).unwrap();
+    let ck = convkit::weights::checkpoint::read(&out).unwrap();
     let running: Vec<(String, tch::Tensor)> = ck
         .section("model")
         .into_iter()

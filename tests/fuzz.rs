@@ -10,7 +10,9 @@
 mod common;
 
 use convkit::data::{self, DataSpec, idx};
-use convkit::train::{self, RunOptions, checkpoint, config};
+use convkit::train::{self, RunOptions};
+use convkit::weights::checkpoint;
+use convkit::config;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};

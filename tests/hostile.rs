@@ -3,12 +3,14 @@
 mod common;
 
 use convkit::data::{self, DataSpec, idx};
-use convkit::train::{self, RunOptions, checkpoint, config};
+use convkit::train::{self, RunOptions};
+use convkit::weights::checkpoint;
+use convkit::config;
 use std::io::Write;
 use tch::Tensor;
 
 /// A tiny run's config: 64 synthetic images, an 8/8-wide cnn, batch 32, on the CPU.
-fn tiny_run(epochs: usize) -> train::Config {
+fn tiny_run(epochs: usize) -> convkit::config::Config {
     let settings: Vec<String> = [
         "data.source=\"synthetic\"",
         "data.train_limit=64",
@@ -377,7 +379,7 @@ fn resume_applies_its_settings_or_refuses_them() {
     };
     let s = train::run(cfg.clone(), &out, &more).unwrap();
     assert_eq!(s.epochs, 2);
-    let saved: train::Config =
+    let saved: convkit::config::Config =
         toml::from_str(&std::fs::read_to_string(out.join("config.toml")).unwrap()).unwrap();
     assert_eq!((saved.train.epochs, saved.optim.lr), (2, 0.005));
     let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();

@@ -6,7 +6,9 @@ use convkit::augment::Augmenter;
 use convkit::data::synthetic;
 use convkit::inspect;
 use convkit::models::{self, ModelSpec, Stem};
-use convkit::train::{self, RunOptions, checkpoint, config};
+use convkit::train::{self, RunOptions};
+use convkit::weights::checkpoint;
+use convkit::config;
 use tch::Device;
 
 #[test]

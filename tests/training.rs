@@ -3,7 +3,11 @@
 mod common;
 
 use convkit::models::{self, ModelSpec};
-use convkit::train::{self, Config, RunOptions, checkpoint, config, metrics};
+use convkit::train::{self, RunOptions};
+use convkit::config::Config;
+use convkit::weights::checkpoint;
+use convkit::config;
+use convkit::metrics;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

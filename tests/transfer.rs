@@ -4,7 +4,10 @@
 mod common;
 
 use convkit::augment::Augmenter;
-use convkit::train::{self, Config, RunOptions, checkpoint, config};
+use convkit::train::{self, RunOptions};
+use convkit::config::Config;
+use convkit::weights::checkpoint;
+use convkit::config;
 use convkit::transfer::finetune::{self, FinetuneOptions, Strategy};
 use convkit::transfer::{TransferConfig, group_scales, lr_find};
 use std::path::{Path, PathBuf};

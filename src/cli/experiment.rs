@@ -1,7 +1,7 @@
 //! `convkit experiment ...`: comparisons of several runs in one report.
 
 use crate::experiment::{Common, residual, supcon, transfer};
-use crate::train::progress;
+use crate::util::progress;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;

@@ -3,7 +3,10 @@
 use crate::augment::Augmenter;
 use crate::data::folder::load_image;
 use crate::inspect::{self, picture, shift};
-use crate::train::{self, Config, checkpoint, metrics};
+use crate::train;
+use crate::config::Config;
+use crate::weights::checkpoint;
+use crate::metrics;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};

@@ -3,7 +3,9 @@
 use crate::bench::{self, BenchSpec};
 use crate::data::{self, DataSpec, download};
 use crate::models::{self, ModelSpec, Stem, summary};
-use crate::train::{self, config, metrics};
+use crate::train;
+use crate::config;
+use crate::metrics;
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -82,7 +84,7 @@ pub fn data(a: DataArgs) -> Result<()> {
             let Some(remote) = download::cifar_remote(&name) else {
                 bail!("unknown data set '{name}' (cifar10 or cifar100)");
             };
-            let path = download::fetch(&remote, &data::data_dir(), train::progress::wanted())?;
+            let path = download::fetch(&remote, &data::data_dir(), crate::util::progress::wanted())?;
             println!("{name}: {} (checksum verified)", path.display());
         }
         DataCommand::Info {
@@ -280,7 +282,7 @@ fn bench_recipe(recipe: &str, a: &BenchArgs) -> Result<()> {
         (a.warmup_runs, a.runs),
         a.target,
         &out,
-        train::progress::wanted(),
+        crate::util::progress::wanted(),
     )?;
     metrics::write_json(&out.join("runs.json"), &runs)?;
     let accs: Vec<f64> = runs.iter().map(|r| r.accuracy).collect();

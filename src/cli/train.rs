@@ -1,7 +1,8 @@
 //! `convkit train` and `convkit quickstart`.
 
 use crate::data::{data_dir, download};
-use crate::train::{self, RunOptions, config};
+use crate::train::{self, RunOptions};
+use crate::config;
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -88,7 +89,7 @@ impl TrainArgs {
         }
         Ok(RunOptions {
             resume: self.resume,
-            progress: train::progress::wanted(),
+            progress: crate::util::progress::wanted(),
             resume_settings: if self.resume {
                 self.overrides()
             } else {
@@ -240,7 +241,7 @@ fn run_folder(run: &std::path::Path) -> PathBuf {
     if run.is_dir() {
         run.to_path_buf()
     } else {
-        crate::train::checkpoint::run_folder(run)
+        crate::weights::checkpoint::run_folder(run)
             .map(PathBuf::from)
             .unwrap_or_default()
     }
@@ -255,7 +256,7 @@ fn probe_finetune(a: &ProbeArgs, out: &std::path::Path) -> Result<()> {
         head_epochs: None,
         head_lr_mult: None,
         run: RunOptions {
-            progress: train::progress::wanted(),
+            progress: crate::util::progress::wanted(),
             ..Default::default()
         },
     };
@@ -288,7 +289,7 @@ fn quickstart_source(offline: bool) -> String {
     }
     if !offline {
         let remote = download::cifar_remote("cifar10").expect("cifar10 is known");
-        match download::fetch(&remote, &data_dir(), train::progress::wanted()) {
+        match download::fetch(&remote, &data_dir(), crate::util::progress::wanted()) {
             Ok(_) => return "cifar10".into(),
             Err(e) => {
                 let first = e.to_string().lines().next().unwrap_or_default().to_string();
@@ -309,7 +310,7 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
     }
     let cfg = config::load(Some("quickstart"), &overrides)?;
     let opts = RunOptions {
-        progress: train::progress::wanted(),
+        progress: crate::util::progress::wanted(),
         ..Default::default()
     };
     train::run(cfg, &a.out, &opts)?;

@@ -2,7 +2,8 @@
 //! training command accepts.
 
 use super::train::{TrainArgs, quoted};
-use crate::train::{config, progress};
+use crate::config;
+use crate::util::progress;
 use crate::transfer::{finetune, lr_find};
 use crate::weights;
 use anyhow::Result;

@@ -8,7 +8,10 @@ use crate::analysis::embedding::{self, SpaceMetrics, TsneSpec};
 use crate::augment::Augmenter;
 use crate::data::loader::DeviceSplit;
 use crate::experiment::Table;
-use crate::train::{self, Config, Result, TrainError, checkpoint, metrics};
+use crate::train::{self, Result, TrainError};
+use crate::config::Config;
+use crate::weights::checkpoint;
+use crate::metrics;
 use crate::util::mix_seed;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
@@ -93,7 +96,7 @@ pub fn measure(run: &Path, out: &Path, spec: &EmbedSpec) -> Result<SpaceRow> {
     let z = normalize(&crate::models::features::encoder_features(&model, &split, &plain, 500));
     // Positive pairs for alignment: two views under SupCon's policy, the same draws for every
     // model, so the numbers of two runs compare.
-    let policy = crate::train::config::load(Some("cifar10-supcon"), &[])
+    let policy = crate::config::load(Some("cifar10-supcon"), &[])
         .map_err(|e| TrainError::Invalid(e.to_string()))?
         .augment;
     let views = Augmenter::new(policy, &ck.meta.mean, &ck.meta.std, device);

@@ -8,7 +8,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-pub use crate::train::config::ContrastMode;
+pub use crate::config::ContrastMode;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ContrastiveError {

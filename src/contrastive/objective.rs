@@ -7,7 +7,9 @@ use crate::augment::Augmenter;
 use crate::data::loader::DeviceSplit;
 use crate::models::{Ctx, Model, features};
 use crate::train::objective::{EvalInput, Evaluation, Objective, StepInput, StepOutput};
-use crate::train::{Config, ContrastiveMethod, Result, TrainError};
+use crate::train::{Result, TrainError};
+use crate::config::Config;
+use crate::config::ContrastiveMethod;
 use tch::{Kind, Tensor};
 
 /// SupCon or SimCLR with the `[contrastive]` section's settings.

@@ -2,8 +2,9 @@
 //! by weighted kNN accuracy on the test set, checkpointed and resumable like `train`.
 
 use super::objective::Contrastive;
-use crate::train::metrics::{self, EpochMetrics};
-use crate::train::{self, Config, Result, RunOptions, Trainer};
+use crate::metrics::{self, EpochMetrics};
+use crate::train::{self, Result, RunOptions, Trainer};
+use crate::config::Config;
 use crate::util::fmt_seconds;
 use serde::{Deserialize, Serialize};
 use std::path::Path;

@@ -6,8 +6,10 @@ use crate::augment::Augmenter;
 use crate::data::loader::DeviceSplit;
 use crate::models;
 use crate::train::linear::{LinearProbe, LinearSpec};
-use crate::train::metrics;
-use crate::train::{self, Config, Result, TrainError, checkpoint};
+use crate::metrics;
+use crate::train::{self, Result, TrainError};
+use crate::config::Config;
+use crate::weights::checkpoint;
 use crate::util::atomic_write;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -124,7 +126,7 @@ pub fn finetune_config(run: &Path, epochs: Option<usize>) -> Result<Config> {
     let ck = checkpoint::read(run)?;
     let mut cfg: Config = toml::from_str(&ck.meta.config)
         .map_err(|e| TrainError::Invalid(format!("{}: {e}", ck.path.display())))?;
-    let recipe = crate::train::config::load(Some("finetune"), &[])
+    let recipe = crate::config::load(Some("finetune"), &[])
         .map_err(|e| TrainError::Invalid(e.to_string()))?;
     cfg.optim = recipe.optim;
     cfg.schedule = recipe.schedule;

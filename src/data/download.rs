@@ -84,7 +84,7 @@ fn download_to(url: &str, path: &Path, progress: bool) -> std::result::Result<()
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let bar = crate::train::progress::bytes_bar(total, progress);
+    let bar = crate::util::progress::bytes_bar(total, progress);
     let mut reader = response.body_mut().as_reader();
     let mut file = std::fs::File::create(path).map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; 1 << 16];

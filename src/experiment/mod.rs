@@ -5,7 +5,8 @@ pub mod residual;
 pub mod supcon;
 pub mod transfer;
 
-use crate::train::{Config, Result};
+use crate::train::Result;
+use crate::config::Config;
 use crate::util::{atomic_write_bytes, read_json};
 use serde::Deserialize;
 use std::path::Path;

@@ -13,7 +13,10 @@
 
 use super::{Prior, Table, prior, write_report};
 use crate::contrastive::{embed, pretrain};
-use crate::train::{self, Config, Result, TrainSummary, config, metrics};
+use crate::train::{self, Result, TrainSummary};
+use crate::config::Config;
+use crate::config;
+use crate::metrics;
 use crate::transfer::finetune::{self, FinetuneSummary, Strategy};
 use crate::util::{fmt_seconds, mean_sd};
 use serde::{Deserialize, Serialize};
@@ -168,8 +171,8 @@ fn pretrain_config(spec: &Spec, method: &str, noise: f64, seed: u64) -> Result<C
     cfg.train.epochs = spec.epochs;
     cfg.train.batch_size = spec.batch_size;
     cfg.contrastive.method = match method {
-        "simclr" => crate::train::ContrastiveMethod::SimClr,
-        _ => crate::train::ContrastiveMethod::SupCon,
+        "simclr" => crate::config::ContrastiveMethod::SimClr,
+        _ => crate::config::ContrastiveMethod::SupCon,
     };
     cfg.contrastive.knn_every = spec.epochs;
     cfg.contrastive.embed_images = 0;

@@ -9,7 +9,10 @@
 //! stopped.
 
 use super::{Prior, Table, prior, write_report};
-use crate::train::{self, Config, Result, RunOptions, config, metrics};
+use crate::train::{self, Result, RunOptions};
+use crate::config::Config;
+use crate::config;
+use crate::metrics;
 use crate::transfer::finetune::{self, FinetuneOptions, FinetuneSummary, Strategy};
 use crate::util::fmt_seconds;
 use serde::{Deserialize, Serialize};

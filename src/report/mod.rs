@@ -1,9 +1,10 @@
 //! PNG charts (plotters, with an embedded DejaVu Sans so no system fonts are needed) and a
 //! one-page HTML report per run.
 
-use crate::analysis::Confusion;
-use crate::train::metrics::EpochMetrics;
-use crate::train::{Config, TrainSummary};
+use crate::metrics::Confusion;
+use crate::metrics::EpochMetrics;
+use crate::train::TrainSummary;
+use crate::config::Config;
 use plotters::prelude::*;
 use std::path::Path;
 

@@ -3,7 +3,8 @@
 
 use super::evaluate::{self, Tta};
 use super::objective::{EvalInput, Evaluation, Objective, StepInput, StepOutput};
-use super::{Config, Result};
+use super::Result;
+use crate::config::Config;
 use crate::augment::{Augmenter, Shifts};
 use rand::rngs::StdRng;
 use tch::{Device, Kind, Reduction, Tensor};

@@ -1,7 +1,7 @@
 //! Evaluation: loss, top-1, top-5, per-class accuracy and the confusion matrix, optionally with
 //! test-time augmentation (mirror, and airbench's one-pixel translations).
 
-use crate::analysis::{Confusion, topk_hits};
+use crate::metrics::{Confusion, topk_hits};
 use crate::augment::Augmenter;
 use crate::data::loader::DeviceSplit;
 use crate::models::{Ctx, Model};
@@ -25,7 +25,7 @@ pub struct Tta {
 }
 
 impl Tta {
-    pub fn of(t: &super::config::TrainSettings) -> Self {
+    pub fn of(t: &crate::config::TrainSettings) -> Self {
         Tta {
             flip: t.tta_flip,
             translate: t.tta_translate,

@@ -3,16 +3,11 @@
 //! A run folder holds `config.toml` (the effective config), `metrics.jsonl`,
 //! `checkpoints/last.safetensors`, `summary.json`, `plots/` and `report.html`.
 
-pub mod checkpoint;
 pub mod classify;
-pub mod config;
 pub mod evaluate;
 pub mod linear;
-pub mod metrics;
 pub mod objective;
-pub mod progress;
 
-pub use config::{ContrastMode, ContrastiveMethod, Config};
 pub use evaluate::{EvalResult, evaluate};
 
 use crate::augment::Augmenter;
@@ -21,7 +16,10 @@ use crate::data::{self, DataSpec, Dataset};
 use crate::models::{self, Ctx, Model, features};
 use crate::optim::Optimizer;
 use crate::util::{fmt_seconds, mix_seed};
-use metrics::EpochMetrics;
+use crate::config::{self, Config};
+use crate::metrics::{self, EpochMetrics};
+use crate::util::progress;
+use crate::weights::checkpoint;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -4,7 +4,8 @@
 //! checkpoints, resume, metrics, progress), as a `LightningModule` leaves the loop to its
 //! `Trainer`.
 
-use super::{Config, EvalResult, Result};
+use super::{EvalResult, Result};
+use crate::config::Config;
 use crate::augment::Augmenter;
 use crate::data::loader::DeviceSplit;
 use crate::models::{Ctx, Model};

@@ -229,7 +229,7 @@ pub fn apply(
 /// Where the normalisation comes from, and the statistics to use.
 pub fn normalisation(
     cfg: &TransferConfig,
-    weights_meta: Option<&crate::train::checkpoint::Meta>,
+    weights_meta: Option<&crate::weights::checkpoint::Meta>,
     data_mean: &[f64],
     data_std: &[f64],
 ) -> Result<(String, Vec<f64>, Vec<f64>), String> {

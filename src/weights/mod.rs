@@ -3,6 +3,7 @@
 //! state dict inside training checkpoints ([`choose`]); loading it into a model with PyTorch's
 //! `load_state_dict` checks; and the official torchvision files to download.
 
+pub mod checkpoint;
 pub mod choose;
 pub mod pth;
 
@@ -422,7 +423,7 @@ pub fn fetch(name: &str, progress: bool) -> Result<PathBuf> {
 pub fn resolve(arg: &str, progress: bool) -> Result<PathBuf> {
     let p = Path::new(arg);
     if p.is_dir() {
-        return Ok(crate::train::checkpoint::resolve(p));
+        return Ok(crate::weights::checkpoint::resolve(p));
     }
     if p.exists() {
         return Ok(p.to_path_buf());

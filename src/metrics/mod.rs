@@ -1,5 +1,9 @@
 //! Per-epoch metrics, `metrics.jsonl` and `summary.json`.
 
+pub mod confusion;
+
+pub use confusion::{Confusion, topk_correct, topk_hits};
+
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! optimiser state (`optim.<key>`) and JSON metadata (`meta`), written atomically so a kill at any
 //! moment leaves the previous checkpoint intact.
 
-use super::metrics::EpochMetrics;
+use crate::metrics::EpochMetrics;
 use crate::models::{self, Model, ModelSpec};
 use crate::util::{atomic_write, bytes_tensor, tensor_bytes};
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,7 @@
 //! Small helpers shared by several modules.
 
+pub mod progress;
+
 use std::path::{Path, PathBuf};
 
 /// Writes a file atomically: `write` fills a temporary file beside `path`, which is then renamed

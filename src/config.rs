@@ -290,31 +290,31 @@ impl Default for TrainSettings {
 
 /// Recipes shipped with convkit, usable by name with `--config`.
 pub const RECIPES: [(&str, &str); 8] = [
-    ("finetune", include_str!("../../recipes/finetune.toml")),
+    ("finetune", include_str!("../recipes/finetune.toml")),
     (
         "cifar10-supcon",
-        include_str!("../../recipes/cifar10-supcon.toml"),
+        include_str!("../recipes/cifar10-supcon.toml"),
     ),
-    ("quickstart", include_str!("../../recipes/quickstart.toml")),
+    ("quickstart", include_str!("../recipes/quickstart.toml")),
     (
         "cifar10-resnet18",
-        include_str!("../../recipes/cifar10-resnet18.toml"),
+        include_str!("../recipes/cifar10-resnet18.toml"),
     ),
     (
         "cifar10-fast-cpu",
-        include_str!("../../recipes/cifar10-fast-cpu.toml"),
+        include_str!("../recipes/cifar10-fast-cpu.toml"),
     ),
     (
         "cifar10-airbench",
-        include_str!("../../recipes/cifar10-airbench.toml"),
+        include_str!("../recipes/cifar10-airbench.toml"),
     ),
     (
         "cifar10-airbench-cpu",
-        include_str!("../../recipes/cifar10-airbench-cpu.toml"),
+        include_str!("../recipes/cifar10-airbench-cpu.toml"),
     ),
     (
         "cifar10-resnet20",
-        include_str!("../../recipes/cifar10-resnet20.toml"),
+        include_str!("../recipes/cifar10-resnet20.toml"),
     ),
 ];
 
