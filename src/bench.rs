@@ -167,8 +167,7 @@ pub fn supcon_rate(batch: i64, steps: usize, warmup: usize) -> f64 {
 pub fn pretrain_rate(s: &BenchSpec) -> f64 {
     use crate::contrastive::objective::Contrastive;
     use crate::train::objective::{Objective, optimise};
-    let mut cfg =
-        crate::config::load(Some("cifar10-supcon"), &[]).expect("shipped recipe parses");
+    let mut cfg = crate::config::load(Some("cifar10-supcon"), &[]).expect("shipped recipe parses");
     cfg.model.name = s.model.clone();
     cfg.train.channels_last = s.channels_last;
     let spec = cfg.model.spec(s.classes, 3);
@@ -188,7 +187,14 @@ pub fn pretrain_rate(s: &BenchSpec) -> f64 {
     let mut rng = StdRng::seed_from_u64(0);
     let secs = timed(s.device, s.warmup, s.steps, || {
         let loss = objective
-            .loss(&model, &augmenter, (&images, &labels), &mut rng, &ctx, false)
+            .loss(
+                &model,
+                &augmenter,
+                (&images, &labels),
+                &mut rng,
+                &ctx,
+                false,
+            )
             .expect("a valid contrastive batch");
         optimise(&mut optim, &loss, cfg.optim.lr);
     });

@@ -20,7 +20,7 @@ pub struct Config {
     /// Contrastive pre-training (`convkit supcon`) only.
     pub contrastive: ContrastiveConfig,
     /// Pretrained weights, freezing and per-group learning rates.
-    pub transfer: crate::transfer::TransferConfig,
+    pub transfer: TransferConfig,
     /// Where the settings came from; not part of what they mean.
     #[serde(skip)]
     pub provenance: Provenance,
@@ -286,6 +286,93 @@ impl Default for TrainSettings {
             eval_every: 1,
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransferConfig {
+    /// A `.pth`, `.safetensors` or convkit checkpoint file, or a torchvision name (`resnet18`).
+    pub weights: Option<String>,
+    /// The `/`-separated key path of the state dict inside the weights file (`state_dict`,
+    /// `checkpoint/model`); found automatically when unset (see [`crate::weights::choose`]).
+    pub weights_key: Option<String>,
+    /// A prefix to remove from the file's tensor names (`module.`); found automatically when
+    /// unset.
+    pub strip_prefix: Option<String>,
+    /// Refuse weights with missing, unexpected or wrongly shaped tensors (a classifier of
+    /// another size is always replaced, not refused).
+    pub strict: bool,
+    /// Groups to freeze, by name (`stem`, `layer1`, ..., `head`).
+    pub freeze: Vec<String>,
+    /// Freeze the first N groups (fastai's `freeze_to`); combined with `freeze`.
+    pub freeze_to: Option<usize>,
+    /// BatchNorm inside frozen groups keeps training (fastai's default).
+    pub train_bn: bool,
+    /// Discriminative rates: the first group gets lr / lr_mult, the head lr, the groups between
+    /// a log-spread (fastai's `slice(lr / lr_mult, lr)`).
+    pub lr_mult: f64,
+    /// Explicit learning rate per group, first to last (overrides lr_mult).
+    pub lr_groups: Option<Vec<f64>>,
+    /// timm's layer-wise decay: group i of n gets lr * decay^(n - 1 - i).
+    pub layer_decay: Option<f64>,
+    /// Upsample every batch to this side on the device (e.g. 32 -> 224 for ImageNet weights).
+    pub resize: Option<i64>,
+    /// `auto` (the weights' own: ImageNet mean/std for torchvision and timm files, the stored
+    /// statistics for convkit checkpoints), `data` or `imagenet`.
+    pub normalise: Normalise,
+    /// Linear probes read `final` (the pooled features the classifier sees) or `stages` (every
+    /// stage's pooled output, concatenated).
+    pub probe_features: ProbeFeatures,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        TransferConfig {
+            weights: None,
+            weights_key: None,
+            strip_prefix: None,
+            strict: true,
+            freeze: vec![],
+            freeze_to: None,
+            train_bn: true,
+            lr_mult: 1.0,
+            lr_groups: None,
+            layer_decay: None,
+            resize: None,
+            normalise: Normalise::Auto,
+            probe_features: ProbeFeatures::Final,
+        }
+    }
+}
+
+impl TransferConfig {
+    /// Anything beyond plain training from scratch?
+    pub fn is_active(&self) -> bool {
+        *self != TransferConfig::default()
+    }
+}
+
+/// The mean and standard deviation inputs are normalised with (`transfer.normalise`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Normalise {
+    /// The weights' own: ImageNet statistics for torchvision and timm files, the stored ones
+    /// for convkit checkpoints; the data's without weights.
+    Auto,
+    /// The training data's per-channel statistics.
+    Data,
+    /// ImageNet's (torchvision's `mean=[0.485, 0.456, 0.406]`, `std=[0.229, 0.224, 0.225]`).
+    Imagenet,
+}
+
+/// What a linear probe reads (`transfer.probe_features`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeFeatures {
+    /// The pooled features the classifier sees.
+    Final,
+    /// Every stage's pooled output, concatenated (more generic features for a distant domain).
+    Stages,
 }
 
 /// Recipes shipped with convkit, usable by name with `--config`.

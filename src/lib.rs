@@ -13,6 +13,7 @@ pub mod config;
 pub mod contrastive;
 pub mod data;
 pub mod experiment;
+pub mod finetune;
 pub mod inspect;
 pub mod metrics;
 pub mod models;

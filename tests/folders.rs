@@ -3,9 +3,9 @@
 //! data by class name, format detection, torchvision's MNIST layout, tiny training sets.
 mod common;
 
+use convkit::config;
 use convkit::data::{self, DataSpec, Format, folder, idx};
 use convkit::train::{self, RunOptions};
-use convkit::config;
 use std::path::Path;
 use std::process::Command;
 
@@ -456,12 +456,12 @@ fn lr_find_cycles_through_small_data() {
     let out = common::temp_dir("folders-lrfind");
     let mut cfg = tiny_config(&["data.train_limit=20", "model.name=\"cnn\""]);
     cfg.train.batch_size = 128;
-    let spec = convkit::transfer::lr_find::SweepSpec {
+    let spec = convkit::train::lr_find::SweepSpec {
         start: 1e-5,
         end: 1e-2,
         steps: 30,
     };
-    let r = convkit::transfer::lr_find::run(cfg, &spec, &out, false).unwrap();
+    let r = convkit::train::lr_find::run(cfg, &spec, &out, false).unwrap();
     assert_eq!(r.losses.len(), 30);
     assert!(r.suggested_lr > 1e-5, "{}", r.suggested_lr);
 }

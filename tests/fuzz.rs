@@ -9,10 +9,10 @@
 //! 10 s, and under 2 GiB of resident memory.
 mod common;
 
+use convkit::config;
 use convkit::data::{self, DataSpec, idx};
 use convkit::train::{self, RunOptions};
 use convkit::weights::checkpoint;
-use convkit::config;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};

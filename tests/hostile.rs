@@ -2,10 +2,10 @@
 //! declares before trusting it, and every error names the file or the setting.
 mod common;
 
+use convkit::config;
 use convkit::data::{self, DataSpec, idx};
 use convkit::train::{self, RunOptions};
 use convkit::weights::checkpoint;
-use convkit::config;
 use std::io::Write;
 use tch::Tensor;
 

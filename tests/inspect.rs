@@ -3,12 +3,12 @@
 mod common;
 
 use convkit::augment::Augmenter;
+use convkit::config;
 use convkit::data::synthetic;
 use convkit::inspect;
 use convkit::models::{self, ModelSpec, Stem};
 use convkit::train::{self, RunOptions};
 use convkit::weights::checkpoint;
-use convkit::config;
 use tch::Device;
 
 #[test]

@@ -1,8 +1,8 @@
 //! Exact values: augmentation geometry, colour ops, schedules, optimiser steps, the
 //! label-smoothed loss, confusion matrices, and model shapes and parameter counts.
 
-use convkit::metrics::{Confusion, topk_correct};
 use convkit::augment::{self, Aug, Augmenter, ResizedCropBox, Shifts};
+use convkit::metrics::{Confusion, topk_correct};
 use convkit::models::{self, Ctx, ModelSpec, Stem, summary};
 use convkit::optim::{OptimConfig, Optimizer, Schedule, ScheduleKind};
 use rand::SeedableRng;

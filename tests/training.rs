@@ -2,12 +2,12 @@
 //! the command line, and a subset of the JPEG CIFAR-10 copy.
 mod common;
 
+use convkit::config;
+use convkit::config::Config;
+use convkit::metrics;
 use convkit::models::{self, ModelSpec};
 use convkit::train::{self, RunOptions};
-use convkit::config::Config;
 use convkit::weights::checkpoint;
-use convkit::config;
-use convkit::metrics;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

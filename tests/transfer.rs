@@ -4,12 +4,14 @@
 mod common;
 
 use convkit::augment::Augmenter;
-use convkit::train::{self, RunOptions};
-use convkit::config::Config;
-use convkit::weights::checkpoint;
 use convkit::config;
-use convkit::transfer::finetune::{self, FinetuneOptions, Strategy};
-use convkit::transfer::{TransferConfig, group_scales, lr_find};
+use convkit::config::Config;
+use convkit::config::TransferConfig;
+use convkit::finetune::{self, FinetuneOptions, Strategy};
+use convkit::train::lr_find;
+use convkit::train::{self, RunOptions};
+use convkit::transfer::group_scales;
+use convkit::weights::checkpoint;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};

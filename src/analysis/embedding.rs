@@ -60,7 +60,7 @@ pub fn uniformity(z: &Tensor) -> f64 {
 /// (intra, inter): mean cosine similarity over distinct same-class pairs and over
 /// different-class pairs. NaN where a kind of pair does not exist.
 pub fn class_cosines(z: &Tensor, labels: &Tensor) -> (f64, f64) {
-    let zn = crate::contrastive::normalize(&z.to_kind(Kind::Double));
+    let zn = crate::models::features::normalize(&z.to_kind(Kind::Double));
     let sim = zn.matmul(&zn.tr());
     let y = labels.to_device(z.device());
     let same = y.unsqueeze(1).eq_tensor(&y.unsqueeze(0));

@@ -1,12 +1,12 @@
 //! `convkit inspect filters|activations|gradcam|shift`.
 
 use crate::augment::Augmenter;
+use crate::config::Config;
 use crate::data::folder::load_image;
 use crate::inspect::{self, picture, shift};
-use crate::train;
-use crate::config::Config;
-use crate::weights::checkpoint;
 use crate::metrics;
+use crate::train;
+use crate::weights::checkpoint;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
@@ -95,7 +95,7 @@ impl Pictures {
     /// Adds everything in `inspect/` to the run's report.html, when there is one.
     fn finish(&self) -> Result<()> {
         if let Some(run) = &self.run
-            && crate::report::refresh_inspect_section(run)?
+            && crate::inspect::report::refresh_inspect_section(run)?
         {
             println!("report: {}", run.join("report.html").display());
         }

@@ -1,14 +1,14 @@
 //! `convkit eval` and `convkit predict`.
 
 use crate::augment::Augmenter;
+use crate::config::Config;
 use crate::data::Split;
 use crate::data::folder::{self, load_image};
 use crate::data::loader::DeviceSplit;
-use crate::train::evaluate::predict_logits;
-use crate::train;
-use crate::config::Config;
-use crate::weights::checkpoint;
 use crate::metrics;
+use crate::train;
+use crate::train::evaluate::predict_logits;
+use crate::weights::checkpoint;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;

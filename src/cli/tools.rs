@@ -1,11 +1,11 @@
 //! `convkit summary`, `convkit data`, `convkit bench`, `convkit list`.
 
 use crate::bench::{self, BenchSpec};
+use crate::config;
 use crate::data::{self, DataSpec, download};
+use crate::metrics;
 use crate::models::{self, ModelSpec, Stem, summary};
 use crate::train;
-use crate::config;
-use crate::metrics;
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -84,7 +84,8 @@ pub fn data(a: DataArgs) -> Result<()> {
             let Some(remote) = download::cifar_remote(&name) else {
                 bail!("unknown data set '{name}' (cifar10 or cifar100)");
             };
-            let path = download::fetch(&remote, &data::data_dir(), crate::util::progress::wanted())?;
+            let path =
+                download::fetch(&remote, &data::data_dir(), crate::util::progress::wanted())?;
             println!("{name}: {} (checksum verified)", path.display());
         }
         DataCommand::Info {

@@ -1,8 +1,8 @@
 //! `convkit train` and `convkit quickstart`.
 
+use crate::config;
 use crate::data::{data_dir, download};
 use crate::train::{self, RunOptions};
-use crate::config;
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -249,7 +249,7 @@ fn run_folder(run: &std::path::Path) -> PathBuf {
 
 /// `probe --finetune`: the whole encoder and a new head trained on the run's data.
 fn probe_finetune(a: &ProbeArgs, out: &std::path::Path) -> Result<()> {
-    use crate::transfer::finetune;
+    use crate::finetune;
     let mut cfg = crate::contrastive::probe::finetune_config(&a.run, a.epochs)?;
     cfg.train.device = a.device.clone();
     let opts = finetune::FinetuneOptions {

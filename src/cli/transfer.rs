@@ -3,8 +3,9 @@
 
 use super::train::{TrainArgs, quoted};
 use crate::config;
+use crate::finetune;
+use crate::train::lr_find;
 use crate::util::progress;
-use crate::transfer::{finetune, lr_find};
 use crate::weights;
 use anyhow::Result;
 use clap::{Args, Subcommand};

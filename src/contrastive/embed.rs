@@ -6,13 +6,13 @@
 use super::{normalize, probe};
 use crate::analysis::embedding::{self, SpaceMetrics, TsneSpec};
 use crate::augment::Augmenter;
-use crate::data::loader::DeviceSplit;
-use crate::experiment::Table;
-use crate::train::{self, Result, TrainError};
 use crate::config::Config;
-use crate::weights::checkpoint;
+use crate::data::loader::DeviceSplit;
 use crate::metrics;
+use crate::report::html::Table;
+use crate::train::{self, Result, TrainError};
 use crate::util::mix_seed;
+use crate::weights::checkpoint;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -93,7 +93,9 @@ pub fn measure(run: &Path, out: &Path, spec: &EmbedSpec) -> Result<SpaceRow> {
     let test = test_images(&ck, spec.images)?;
     let split = DeviceSplit::new(&test, device);
     let plain = Augmenter::new(vec![], &ck.meta.mean, &ck.meta.std, device);
-    let z = normalize(&crate::models::features::encoder_features(&model, &split, &plain, 500));
+    let z = normalize(&crate::models::features::encoder_features(
+        &model, &split, &plain, 500,
+    ));
     // Positive pairs for alignment: two views under SupCon's policy, the same draws for every
     // model, so the numbers of two runs compare.
     let policy = crate::config::load(Some("cifar10-supcon"), &[])
@@ -210,7 +212,7 @@ pub fn run(runs: &[PathBuf], out: &Path, spec: &EmbedSpec) -> Result<EmbedSummar
     let summary = EmbedSummary { rows };
     metrics::write_json(&out.join("embedding.json"), &summary)?;
     let plots: Vec<&str> = summary.rows.iter().map(|r| r.tsne.as_str()).collect();
-    crate::experiment::write_report(
+    crate::report::html::write_report(
         out,
         "convkit embed: the representation space",
         EXPLANATION,

@@ -38,13 +38,6 @@ impl ProjectionHead {
     }
 
     pub fn forward(&self, features: &Tensor) -> Tensor {
-        normalize(&self.fc2.forward(&self.fc1.forward(features).relu()))
+        crate::models::features::normalize(&self.fc2.forward(&self.fc1.forward(features).relu()))
     }
-}
-
-/// Rows scaled to unit L2 norm (zero rows stay zero).
-pub fn normalize(x: &Tensor) -> Tensor {
-    x / x
-        .norm_scalaropt_dim(2, [-1i64].as_slice(), true)
-        .clamp_min(1e-12)
 }

@@ -11,6 +11,7 @@ pub mod objective;
 pub mod pretrain;
 pub mod probe;
 
-pub use head::{ProjectionHead, normalize};
+pub use crate::models::features::normalize;
+pub use head::ProjectionHead;
 pub use knn::{knn_accuracy, knn_predict};
 pub use loss::{ContrastMode, ContrastiveError, supcon_loss};

@@ -4,12 +4,12 @@
 
 use super::{ContrastMode, ProjectionHead, knn_accuracy, normalize, supcon_loss};
 use crate::augment::Augmenter;
+use crate::config::Config;
+use crate::config::ContrastiveMethod;
 use crate::data::loader::DeviceSplit;
 use crate::models::{Ctx, Model, features};
 use crate::train::objective::{EvalInput, Evaluation, Objective, StepInput, StepOutput};
 use crate::train::{Result, TrainError};
-use crate::config::Config;
-use crate::config::ContrastiveMethod;
 use tch::{Kind, Tensor};
 
 /// SupCon or SimCLR with the `[contrastive]` section's settings.

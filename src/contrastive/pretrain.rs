@@ -2,9 +2,9 @@
 //! by weighted kNN accuracy on the test set, checkpointed and resumable like `train`.
 
 use super::objective::Contrastive;
+use crate::config::Config;
 use crate::metrics::{self, EpochMetrics};
 use crate::train::{self, Result, RunOptions, Trainer};
-use crate::config::Config;
 use crate::util::fmt_seconds;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -104,7 +104,7 @@ fn write_plots(out: &Path, history: &[EpochMetrics], method: &str) -> std::io::R
 /// representation space of the test set (`embed/`: the numbers of `convkit embed` and a t-SNE map).
 fn write_report(out: &Path, s: &PretrainSummary, cfg: &Config) -> Result<()> {
     let mut plots = vec!["plots/loss.png".to_string(), "plots/knn.png".to_string()];
-    let mut table = crate::experiment::Table::new(&["run"]);
+    let mut table = crate::report::html::Table::new(&["run"]);
     if cfg.contrastive.embed_images > 0 {
         let spec = super::embed::EmbedSpec {
             images: cfg.contrastive.embed_images,
@@ -135,7 +135,7 @@ fn write_report(out: &Path, s: &PretrainSummary, cfg: &Config) -> Result<()> {
         super::embed::EXPLANATION
     );
     let plots: Vec<&str> = plots.iter().map(String::as_str).collect();
-    crate::experiment::write_report(
+    crate::report::html::write_report(
         out,
         &format!("convkit {}: {}", s.method, s.model),
         &intro,

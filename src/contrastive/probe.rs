@@ -3,14 +3,14 @@
 //! cache in seconds.
 
 use crate::augment::Augmenter;
+use crate::config::Config;
 use crate::data::loader::DeviceSplit;
+use crate::metrics;
 use crate::models;
 use crate::train::linear::{LinearProbe, LinearSpec};
-use crate::metrics;
 use crate::train::{self, Result, TrainError};
-use crate::config::Config;
-use crate::weights::checkpoint;
 use crate::util::atomic_write;
+use crate::weights::checkpoint;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -134,7 +134,7 @@ pub fn finetune_config(run: &Path, epochs: Option<usize>) -> Result<Config> {
     cfg.train.batch_size = recipe.train.batch_size;
     cfg.train.epochs = epochs.unwrap_or(recipe.train.epochs);
     cfg.contrastive = Default::default();
-    cfg.transfer = crate::transfer::TransferConfig {
+    cfg.transfer = crate::config::TransferConfig {
         weights: Some(ck.path.display().to_string()),
         ..recipe.transfer
     };

@@ -6,12 +6,12 @@
 
 use super::{Prior, Table, prior, write_report};
 use crate::augment::Augmenter;
+use crate::config;
+use crate::config::Config;
 use crate::data::loader::DeviceSplit;
+use crate::metrics;
 use crate::models::{self, Ctx};
 use crate::train::{self, Result};
-use crate::config::Config;
-use crate::config;
-use crate::metrics;
 use crate::util::{fmt_seconds, mix_seed};
 use serde::{Deserialize, Serialize};
 use std::path::Path;

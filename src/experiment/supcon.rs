@@ -12,12 +12,12 @@
 //! the label-scarce comparison proper.
 
 use super::{Prior, Table, prior, write_report};
-use crate::contrastive::{embed, pretrain};
-use crate::train::{self, Result, TrainSummary};
-use crate::config::Config;
 use crate::config;
+use crate::config::Config;
+use crate::contrastive::{embed, pretrain};
+use crate::finetune::{self, FinetuneSummary, Strategy};
 use crate::metrics;
-use crate::transfer::finetune::{self, FinetuneSummary, Strategy};
+use crate::train::{self, Result, TrainSummary};
 use crate::util::{fmt_seconds, mean_sd};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

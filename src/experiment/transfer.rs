@@ -9,11 +9,11 @@
 //! stopped.
 
 use super::{Prior, Table, prior, write_report};
-use crate::train::{self, Result, RunOptions};
-use crate::config::Config;
 use crate::config;
+use crate::config::Config;
+use crate::finetune::{self, FinetuneOptions, FinetuneSummary, Strategy};
 use crate::metrics;
-use crate::transfer::finetune::{self, FinetuneOptions, FinetuneSummary, Strategy};
+use crate::train::{self, Result, RunOptions};
 use crate::util::fmt_seconds;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -116,7 +116,7 @@ fn transfer_config(spec: &Spec, weights: &Path, budget: usize) -> Result<Config>
     cfg.transfer.weights = Some(weights.display().to_string());
     // Animals -> vehicles is a distant transfer: the earlier, more generic stages carry more
     // of it than the last (measured: 58.4% vs 52.5% at 25 images per class).
-    cfg.transfer.probe_features = "stages".into();
+    cfg.transfer.probe_features = crate::config::ProbeFeatures::Stages;
     Ok(cfg)
 }
 

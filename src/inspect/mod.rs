@@ -2,6 +2,7 @@
 //! maps of every stage for one image, and Grad-CAM (Selvaraju et al. 2017).
 
 pub mod picture;
+pub mod report;
 pub mod shift;
 
 use crate::models::{Ctx, LayerInfo, Model};

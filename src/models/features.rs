@@ -58,3 +58,10 @@ pub fn stage_features(
         Tensor::cat(&pooled, 1)
     })
 }
+
+/// Rows scaled to unit L2 norm (zero rows stay zero).
+pub fn normalize(x: &Tensor) -> Tensor {
+    x / x
+        .norm_scalaropt_dim(2, [-1i64].as_slice(), true)
+        .clamp_min(1e-12)
+}

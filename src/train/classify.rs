@@ -1,11 +1,11 @@
 //! Supervised classification: cross-entropy with label smoothing on augmented batches, scored
 //! by top-1 / top-5 accuracy with the recipe's test-time augmentation.
 
+use super::Result;
 use super::evaluate::{self, Tta};
 use super::objective::{EvalInput, Evaluation, Objective, StepInput, StepOutput};
-use super::Result;
-use crate::config::Config;
 use crate::augment::{Augmenter, Shifts};
+use crate::config::Config;
 use rand::rngs::StdRng;
 use tch::{Device, Kind, Reduction, Tensor};
 

@@ -1,9 +1,9 @@
 //! Evaluation: loss, top-1, top-5, per-class accuracy and the confusion matrix, optionally with
 //! test-time augmentation (mirror, and airbench's one-pixel translations).
 
-use crate::metrics::{Confusion, topk_hits};
 use crate::augment::Augmenter;
 use crate::data::loader::DeviceSplit;
+use crate::metrics::{Confusion, topk_hits};
 use crate::models::{Ctx, Model};
 use tch::{Kind, Reduction, Tensor};
 

@@ -6,25 +6,27 @@
 pub mod classify;
 pub mod evaluate;
 pub mod linear;
+pub mod lr_find;
 pub mod objective;
+pub mod report;
 
 pub use evaluate::{EvalResult, evaluate};
 
 use crate::augment::Augmenter;
+use crate::config::{self, Config};
 use crate::data::loader::{self, DeviceSplit};
 use crate::data::{self, DataSpec, Dataset};
+use crate::metrics::{self, EpochMetrics};
 use crate::models::{self, Ctx, Model, features};
 use crate::optim::Optimizer;
-use crate::util::{fmt_seconds, mix_seed};
-use crate::config::{self, Config};
-use crate::metrics::{self, EpochMetrics};
 use crate::util::progress;
+use crate::util::{fmt_seconds, mix_seed};
 use crate::weights::checkpoint;
+use objective::{EvalInput, Evaluation, Objective, StepInput};
 use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use objective::{EvalInput, Evaluation, Objective, StepInput};
 use tch::{Device, Kind, Tensor};
 
 #[derive(Debug, thiserror::Error)]
@@ -979,7 +981,7 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<TrainSummary> {
     metrics::write_json(&out.join("summary.json"), &summary)?;
     if let Some(eval) = trainer.last_eval.as_ref().and_then(|e| e.detail.as_ref()) {
         metrics::write_json(&out.join("confusion.json"), &eval.confusion)?;
-        crate::report::run_report(
+        report::run_report(
             out,
             &trainer.cfg,
             &trainer.history,

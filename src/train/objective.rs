@@ -5,8 +5,8 @@
 //! `Trainer`.
 
 use super::{EvalResult, Result};
-use crate::config::Config;
 use crate::augment::Augmenter;
+use crate::config::Config;
 use crate::data::loader::DeviceSplit;
 use crate::models::{Ctx, Model};
 use rand::rngs::StdRng;

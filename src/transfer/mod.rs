@@ -5,81 +5,16 @@
 //! parameters and running statistics), because ImageNet statistics rarely fit the new data;
 //! `train_bn = false` holds them fixed in eval mode instead.
 
-pub mod finetune;
 pub mod groups;
-pub mod lr_find;
 
 pub use groups::{Group, batchnorm_layers, param_groups};
 
+use crate::config::{Normalise, TransferConfig};
 use crate::models::Model;
 use crate::optim::Optimizer;
 use crate::weights::{self, LoadOptions, LoadReport};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TransferConfig {
-    /// A `.pth`, `.safetensors` or convkit checkpoint file, or a torchvision name (`resnet18`).
-    pub weights: Option<String>,
-    /// The `/`-separated key path of the state dict inside the weights file (`state_dict`,
-    /// `checkpoint/model`); found automatically when unset (see [`weights::choose`]).
-    pub weights_key: Option<String>,
-    /// A prefix to remove from the file's tensor names (`module.`); found automatically when
-    /// unset.
-    pub strip_prefix: Option<String>,
-    /// Refuse weights with missing, unexpected or wrongly shaped tensors (a classifier of
-    /// another size is always replaced, not refused).
-    pub strict: bool,
-    /// Groups to freeze, by name (`stem`, `layer1`, ..., `head`).
-    pub freeze: Vec<String>,
-    /// Freeze the first N groups (fastai's `freeze_to`); combined with `freeze`.
-    pub freeze_to: Option<usize>,
-    /// BatchNorm inside frozen groups keeps training (fastai's default).
-    pub train_bn: bool,
-    /// Discriminative rates: the first group gets lr / lr_mult, the head lr, the groups between
-    /// a log-spread (fastai's `slice(lr / lr_mult, lr)`).
-    pub lr_mult: f64,
-    /// Explicit learning rate per group, first to last (overrides lr_mult).
-    pub lr_groups: Option<Vec<f64>>,
-    /// timm's layer-wise decay: group i of n gets lr * decay^(n - 1 - i).
-    pub layer_decay: Option<f64>,
-    /// Upsample every batch to this side on the device (e.g. 32 -> 224 for ImageNet weights).
-    pub resize: Option<i64>,
-    /// `auto` (the weights' own: ImageNet mean/std for torchvision and timm files, the stored
-    /// statistics for convkit checkpoints), `data` or `imagenet`.
-    pub normalise: String,
-    /// Linear probes read `final` (the pooled features the classifier sees) or `stages` (every
-    /// stage's pooled output, concatenated).
-    pub probe_features: String,
-}
-
-impl Default for TransferConfig {
-    fn default() -> Self {
-        TransferConfig {
-            weights: None,
-            weights_key: None,
-            strip_prefix: None,
-            strict: true,
-            freeze: vec![],
-            freeze_to: None,
-            train_bn: true,
-            lr_mult: 1.0,
-            lr_groups: None,
-            layer_decay: None,
-            resize: None,
-            normalise: "auto".into(),
-            probe_features: "final".into(),
-        }
-    }
-}
-
-impl TransferConfig {
-    /// Anything beyond plain training from scratch?
-    pub fn is_active(&self) -> bool {
-        *self != TransferConfig::default()
-    }
-}
 
 /// One group as the run summary shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -241,16 +176,11 @@ pub fn normalisation(
         )
     };
     let data = || ("data".to_string(), data_mean.to_vec(), data_std.to_vec());
-    let chosen = match (cfg.normalise.as_str(), &cfg.weights, weights_meta) {
-        ("data", _, _) | ("auto", None, _) => data(),
-        ("imagenet", _, _) => imagenet(),
-        ("auto", Some(_), Some(m)) => ("checkpoint".into(), m.mean.clone(), m.std.clone()),
-        ("auto", Some(_), None) => imagenet(),
-        (other, _, _) => {
-            return Err(format!(
-                "normalise '{other}': expected auto, data or imagenet"
-            ));
-        }
+    let chosen = match (cfg.normalise, &cfg.weights, weights_meta) {
+        (Normalise::Data, _, _) | (Normalise::Auto, None, _) => data(),
+        (Normalise::Imagenet, _, _) => imagenet(),
+        (Normalise::Auto, Some(_), Some(m)) => ("checkpoint".into(), m.mean.clone(), m.std.clone()),
+        (Normalise::Auto, Some(_), None) => imagenet(),
     };
     if chosen.1.len() != data_mean.len() {
         return Err(format!(

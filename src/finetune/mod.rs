@@ -2,13 +2,13 @@
 //! transformation of one training config, so every strategy shares the trainer, its
 //! checkpoints, reports and summary.
 
-use super::TransferConfig;
+use crate::config::Config;
+use crate::config::{ProbeFeatures, TransferConfig};
 use crate::data::loader::DeviceSplit;
+use crate::metrics;
 use crate::models;
 use crate::train::linear::{self, LinearSpec};
 use crate::train::{self, Result, RunOptions, TrainError, Trainer};
-use crate::config::Config;
-use crate::metrics;
 use crate::util::{atomic_write, fnv1a};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -93,7 +93,7 @@ pub struct FinetuneOptions {
 fn group_names(cfg: &Config) -> Result<Vec<String>> {
     let spec = cfg.model.spec(2, 3);
     let model = models::build(&spec, Device::Cpu)?;
-    Ok(super::param_groups(&model)
+    Ok(crate::transfer::param_groups(&model)
         .into_iter()
         .map(|g| g.name)
         .collect())
@@ -229,7 +229,7 @@ fn feature_tag(cfg: &Config) -> i64 {
         .map(|m| format!("{}|{:?}", m.len(), m.modified().ok()))
         .unwrap_or_default();
     let key = format!(
-        "{}|{:?}|{weights}|{stamp}|{:?}|{}|{}",
+        "{}|{:?}|{weights}|{stamp}|{:?}|{:?}|{:?}",
         toml::to_string(&cfg.data).unwrap_or_default(),
         cfg.model,
         cfg.transfer.resize,
@@ -261,15 +261,7 @@ pub fn cached_features(cfg: &Config, out: &Path) -> Result<[Tensor; 5]> {
     frozen.transfer.freeze_to = None;
     frozen.transfer.freeze.clear();
     let trainer = Trainer::new(frozen, out, false)?;
-    let stages = match cfg.transfer.probe_features.as_str() {
-        "final" => false,
-        "stages" => true,
-        other => {
-            return Err(TrainError::Invalid(format!(
-                "transfer.probe_features '{other}': expected final or stages"
-            )));
-        }
-    };
+    let stages = cfg.transfer.probe_features == ProbeFeatures::Stages;
     let feats = |split: &DeviceSplit| {
         trainer
             .encoder_features(split, stages)

@@ -2,9 +2,9 @@
 //! exponentially each step, smooth the loss, stop when it explodes, and suggest the rate where
 //! the smoothed loss falls fastest.
 
-use crate::train::{self, Result, Trainer};
 use crate::config::Config;
 use crate::metrics;
+use crate::train::{self, Result, Trainer};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
