@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod models;
 pub mod optim;
 pub mod pickle;
+pub mod probe;
 pub mod report;
 pub mod train;
 pub mod transfer;

@@ -270,7 +270,8 @@ fn supcon_config(epochs: usize, batch: usize) -> convkit::config::Config {
 
 #[test]
 fn supcon_pretraining_improves_knn_and_the_probe_learns() {
-    use convkit::contrastive::{pretrain, probe};
+    use convkit::contrastive::pretrain;
+    use convkit::probe;
     let out = common::temp_dir("supcon-pretrain");
     // Six epochs: after three, whether kNN accuracy has risen yet depends on the CPU's kernels
     // (on the 2026-11-30 AVX-512 EPYC it read 29.0 -> 21.9 -> 27.9%); after six it rose by 23 to 68 points
@@ -310,9 +311,20 @@ fn supcon_pretraining_improves_knn_and_the_probe_learns() {
         p.test_accuracy
     );
     assert!(
-        out.join("probe/probe-features.safetensors").exists(),
+        out.join("probe/features.safetensors").exists(),
         "features are cached"
     );
+    // One probe: the fine-tuning strategy on the same config reads the same cache and gives the
+    // same number.
+    let cfg = probe::probe_config(&out, &spec).unwrap();
+    let f = convkit::finetune::run(
+        cfg,
+        convkit::finetune::Strategy::LinearProbe,
+        &out.join("probe"),
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!((f.test_accuracy, f.l2), (p.test_accuracy, Some(p.l2)));
     the_report_shows_the_representation_space(&out);
     embed_compares_with_cross_entropy_and_probe_finetunes(&out);
 }
@@ -339,7 +351,8 @@ fn the_report_shows_the_representation_space(out: &std::path::Path) {
 /// `convkit embed RUN --compare CE_RUN` puts a cross-entropy model beside the encoder, and
 /// `probe --finetune` trains the encoder end to end.
 fn embed_compares_with_cross_entropy_and_probe_finetunes(supcon: &std::path::Path) {
-    use convkit::contrastive::{embed, probe};
+    use convkit::contrastive::embed;
+    use convkit::probe;
     use convkit::finetune;
     let ce = common::temp_dir("supcon-ce");
     let mut cfg = supcon_config(2, 64);

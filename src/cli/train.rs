@@ -168,7 +168,7 @@ pub struct ProbeArgs {
 }
 
 pub fn probe(a: ProbeArgs) -> Result<()> {
-    use crate::contrastive::probe;
+    use crate::probe;
     let out = a
         .out
         .clone()
@@ -250,7 +250,7 @@ fn run_folder(run: &std::path::Path) -> PathBuf {
 /// `probe --finetune`: the whole encoder and a new head trained on the run's data.
 fn probe_finetune(a: &ProbeArgs, out: &std::path::Path) -> Result<()> {
     use crate::finetune;
-    let mut cfg = crate::contrastive::probe::finetune_config(&a.run, a.epochs)?;
+    let mut cfg = crate::probe::finetune_config(&a.run, a.epochs)?;
     cfg.train.device = a.device.clone();
     let opts = finetune::FinetuneOptions {
         head_epochs: None,

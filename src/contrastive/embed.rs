@@ -3,7 +3,7 @@
 //! embeddings are measured (alignment, uniformity, intra/inter-class cosine, silhouette, see
 //! [`crate::analysis::embedding`]) and drawn as a 2-D t-SNE scatter coloured by class.
 
-use super::{normalize, probe};
+use super::normalize;
 use crate::analysis::embedding::{self, SpaceMetrics, TsneSpec};
 use crate::augment::Augmenter;
 use crate::config::Config;
@@ -89,7 +89,7 @@ fn test_images(ck: &checkpoint::Loaded, images: usize) -> Result<crate::data::Sp
 pub fn measure(run: &Path, out: &Path, spec: &EmbedSpec) -> Result<SpaceRow> {
     let device = train::parse_device(&spec.device)?;
     let ck = checkpoint::read(run)?;
-    let model = probe::encoder(&ck, device)?;
+    let model = checkpoint::encoder(&ck, device)?;
     let test = test_images(&ck, spec.images)?;
     let split = DeviceSplit::new(&test, device);
     let plain = Augmenter::new(vec![], &ck.meta.mean, &ck.meta.std, device);
@@ -115,7 +115,7 @@ pub fn measure(run: &Path, out: &Path, spec: &EmbedSpec) -> Result<SpaceRow> {
         silhouette: embedding::silhouette(&z, &labels, classes),
     };
     let name = run_name(&ck);
-    let training = if probe::has_projection_head(&ck) {
+    let training = if checkpoint::has_projection_head(&ck) {
         toml::from_str::<Config>(&ck.meta.config)
             .map(|c| c.contrastive.method.to_string())
             .unwrap_or_else(|_| "contrastive".into())

@@ -9,7 +9,6 @@ pub mod knn;
 pub mod loss;
 pub mod objective;
 pub mod pretrain;
-pub mod probe;
 
 pub use crate::models::features::normalize;
 pub use head::ProjectionHead;

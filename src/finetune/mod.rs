@@ -2,18 +2,14 @@
 //! transformation of one training config, so every strategy shares the trainer, its
 //! checkpoints, reports and summary.
 
-use crate::config::Config;
-use crate::config::{ProbeFeatures, TransferConfig};
-use crate::data::loader::DeviceSplit;
+use crate::config::{Config, TransferConfig};
 use crate::metrics;
 use crate::models;
-use crate::train::linear::{self, LinearSpec};
-use crate::train::{self, Result, RunOptions, TrainError, Trainer};
-use crate::util::{atomic_write, fnv1a};
+use crate::train::{self, Result, RunOptions, TrainError};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
-use tch::{Device, Tensor};
+use tch::Device;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
@@ -221,99 +217,6 @@ fn head_then_unfreeze(
     Ok(s)
 }
 
-/// Identifies cached features: the data, the model, the weights file (path, size, time) and
-/// the input resize.
-fn feature_tag(cfg: &Config) -> i64 {
-    let weights = cfg.transfer.weights.as_deref().unwrap_or_default();
-    let stamp = std::fs::metadata(weights)
-        .map(|m| format!("{}|{:?}", m.len(), m.modified().ok()))
-        .unwrap_or_default();
-    let key = format!(
-        "{}|{:?}|{weights}|{stamp}|{:?}|{:?}|{:?}",
-        toml::to_string(&cfg.data).unwrap_or_default(),
-        cfg.model,
-        cfg.transfer.resize,
-        cfg.transfer.normalise,
-        cfg.transfer.probe_features
-    );
-    fnv1a(key.as_bytes()) as i64
-}
-
-/// `[train_x, train_y, test_x, test_y, classes]` on the host, from `out/features.safetensors` when it
-/// belongs to this config, else computed through the frozen body and cached.
-pub fn cached_features(cfg: &Config, out: &Path) -> Result<[Tensor; 5]> {
-    let path = out.join("features.safetensors");
-    let tag = Tensor::from_slice(&[feature_tag(cfg)]);
-    let names = ["train_x", "train_y", "test_x", "test_y", "classes"];
-    if let Ok(t) = Tensor::read_safetensors(&path)
-        && t.iter().any(|(n, v)| n == "tag" && v.equal(&tag))
-    {
-        let get = |name: &str| {
-            t.iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.shallow_clone())
-        };
-        if let [Some(a), Some(b), Some(c), Some(d), Some(e)] = names.map(get) {
-            return Ok([a, b, c, d, e]);
-        }
-    }
-    let mut frozen = cfg.clone();
-    frozen.transfer.freeze_to = None;
-    frozen.transfer.freeze.clear();
-    let trainer = Trainer::new(frozen, out, false)?;
-    let stages = cfg.transfer.probe_features == ProbeFeatures::Stages;
-    let feats = |split: &DeviceSplit| {
-        trainer
-            .encoder_features(split, stages)
-            .to_device(Device::Cpu)
-    };
-    let (train_split, test_split) = trainer.splits();
-    let result = [
-        feats(train_split),
-        trainer.data.train.labels.shallow_clone(),
-        feats(test_split),
-        trainer.data.test.labels.shallow_clone(),
-        Tensor::from_slice(&[trainer.data.classes.len() as i64]),
-    ];
-    let mut tensors: Vec<(String, Tensor)> = names
-        .iter()
-        .zip(&result)
-        .map(|(n, t)| (n.to_string(), t.shallow_clone()))
-        .collect();
-    tensors.push(("tag".into(), tag));
-    crate::util::create_dir(out)?;
-    atomic_write(&path, |tmp| {
-        Tensor::write_safetensors(&tensors, tmp).map_err(|e| std::io::Error::other(e.to_string()))
-    })?;
-    Ok(result)
-}
-
-fn linear_probe(cfg: &Config, out: &Path, start: Instant) -> Result<FinetuneSummary> {
-    crate::util::create_dir(out)?;
-    let device = train::parse_device(&cfg.train.device)?;
-    let [train_x, train_y, test_x, test_y, classes] =
-        cached_features(cfg, out)?.map(|t| t.to_device(device));
-    let classes = classes.int64_value(&[0]);
-    let spec = LinearSpec {
-        epochs: cfg.train.epochs,
-        seed: cfg.train.seed,
-        ..Default::default()
-    };
-    let (probe, l2, table) = linear::fit_with_l2_search(&train_x, &train_y, classes, &spec)?;
-    let s = FinetuneSummary {
-        strategy: Strategy::LinearProbe.to_string(),
-        test_accuracy: probe.accuracy(&test_x, &test_y),
-        train_images: train_x.size()[0] as usize,
-        test_images: test_x.size()[0] as usize,
-        epochs: cfg.train.epochs,
-        seconds: start.elapsed().as_secs_f64(),
-        l2: Some(l2),
-        l2_validation: table,
-    };
-    metrics::write_json(&out.join("summary.json"), &s)?;
-    Ok(s)
-}
-
 /// The linear probe against training the same head through the frozen body (every group but
 /// the head frozen, BatchNorm held, the same epochs and data), both end to end.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -354,4 +257,22 @@ pub fn probe_vs_frozen(cfg: &Config, out: &Path, opts: &FinetuneOptions) -> Resu
     };
     metrics::write_json(&out.join("probe-speed.json"), &r)?;
     Ok(r)
+}
+
+/// The linear-probe strategy: [`crate::probe::linear_probe`] on the config, as a fine-tuning
+/// summary.
+fn linear_probe(cfg: &Config, out: &Path, start: Instant) -> Result<FinetuneSummary> {
+    let p = crate::probe::linear_probe(cfg, out)?;
+    let s = FinetuneSummary {
+        strategy: Strategy::LinearProbe.to_string(),
+        test_accuracy: p.test_accuracy,
+        train_images: p.train_images,
+        test_images: p.test_images,
+        epochs: p.epochs,
+        seconds: start.elapsed().as_secs_f64(),
+        l2: Some(p.l2),
+        l2_validation: p.l2_validation,
+    };
+    metrics::write_json(&out.join("summary.json"), &s)?;
+    Ok(s)
 }

@@ -5,7 +5,6 @@
 
 pub mod classify;
 pub mod evaluate;
-pub mod linear;
 pub mod lr_find;
 pub mod objective;
 pub mod report;

@@ -264,3 +264,23 @@ pub fn copy_weights(
             )
         })
 }
+
+/// The checkpoint's network without its projection head (a cross-entropy checkpoint has none).
+pub fn encoder(ck: &Loaded, device: Device) -> Result<Model, CheckpointError> {
+    let mut model =
+        models::build(&ck.meta.spec, device).map_err(|e| bad(&ck.path, e.to_string()))?;
+    let weights: Vec<(String, Tensor)> = ck
+        .section("model")
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("head."))
+        .collect();
+    copy_weights(&ck.path, &weights, &mut model)?;
+    Ok(model)
+}
+
+/// Whether the checkpoint was written by contrastive pre-training (it carries a projection head).
+pub fn has_projection_head(ck: &Loaded) -> bool {
+    ck.section("model")
+        .iter()
+        .any(|(n, _)| n.starts_with("head."))
+}
