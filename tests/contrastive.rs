@@ -352,8 +352,8 @@ fn the_report_shows_the_representation_space(out: &std::path::Path) {
 /// `probe --finetune` trains the encoder end to end.
 fn embed_compares_with_cross_entropy_and_probe_finetunes(supcon: &std::path::Path) {
     use convkit::contrastive::embed;
-    use convkit::probe;
     use convkit::finetune;
+    use convkit::probe;
     let ce = common::temp_dir("supcon-ce");
     let mut cfg = supcon_config(2, 64);
     cfg.optim.lr = 0.05;

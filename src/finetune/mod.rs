@@ -259,10 +259,11 @@ pub fn probe_vs_frozen(cfg: &Config, out: &Path, opts: &FinetuneOptions) -> Resu
     Ok(r)
 }
 
-/// The linear-probe strategy: [`crate::probe::linear_probe`] on the config, as a fine-tuning
-/// summary.
+/// The linear-probe strategy: [`crate::probe::linear_probe`] on the config at the probe's
+/// default rate, as a fine-tuning summary.
 fn linear_probe(cfg: &Config, out: &Path, start: Instant) -> Result<FinetuneSummary> {
-    let p = crate::probe::linear_probe(cfg, out)?;
+    let lr = crate::probe::linear::LinearSpec::default().lr;
+    let p = crate::probe::linear_probe(cfg, out, lr)?;
     let s = FinetuneSummary {
         strategy: Strategy::LinearProbe.to_string(),
         test_accuracy: p.test_accuracy,

@@ -104,12 +104,14 @@ pub fn cached_features(cfg: &Config, out: &Path) -> Result<[Tensor; 5]> {
     Ok(result)
 }
 
-/// Fits the linear probe of `cfg` (its `transfer.weights` frozen; `train.epochs` epochs at
-/// `optim.lr`, the L2 strength cross-validated) on cached features in `out`, and scores it.
+/// Fits the linear probe of `cfg` (its `transfer.weights` frozen; `train.epochs` epochs of SGD
+/// at rate `lr` on standardised features, so one rate suits every encoder; the L2 strength
+/// cross-validated) on cached features in `out`, and scores it. `cfg.optim` is the network's,
+/// not the probe's, and is not used.
 ///
 /// # Errors
 /// The data, model or weights cannot be loaded, or the features cannot be cached in `out`.
-pub fn linear_probe(cfg: &Config, out: &Path) -> Result<ProbeSummary> {
+pub fn linear_probe(cfg: &Config, out: &Path, lr: f64) -> Result<ProbeSummary> {
     let start = Instant::now();
     crate::util::create_dir(out)?;
     let device = train::parse_device(&cfg.train.device)?;
@@ -118,7 +120,7 @@ pub fn linear_probe(cfg: &Config, out: &Path) -> Result<ProbeSummary> {
     let classes = classes.int64_value(&[0]);
     let spec = LinearSpec {
         epochs: cfg.train.epochs,
-        lr: cfg.optim.lr,
+        lr,
         seed: cfg.train.seed,
         ..Default::default()
     };
@@ -158,7 +160,7 @@ impl Default for ProbeSpec {
 }
 
 /// The probe config of a run: its data and model, its checkpoint as the frozen weights (with
-/// the checkpoint's own normalisation), `spec`'s epochs, rate and device.
+/// the checkpoint's own normalisation), `spec`'s epochs and device.
 ///
 /// # Errors
 /// The checkpoint or its config cannot be read.
@@ -168,7 +170,6 @@ pub fn probe_config(run: &Path, spec: &ProbeSpec) -> Result<Config> {
         .map_err(|e| TrainError::Invalid(format!("{}: {e}", ck.path.display())))?;
     cfg.train.epochs = spec.epochs;
     cfg.train.device = spec.device.clone();
-    cfg.optim.lr = spec.lr;
     cfg.contrastive = Default::default();
     cfg.transfer = TransferConfig {
         weights: Some(ck.path.display().to_string()),
@@ -184,7 +185,7 @@ pub fn probe_config(run: &Path, spec: &ProbeSpec) -> Result<Config> {
 /// As [`probe_config`] and [`linear_probe`].
 pub fn run(run: &Path, out: &Path, spec: &ProbeSpec) -> Result<ProbeSummary> {
     crate::util::tune_allocator();
-    let summary = linear_probe(&probe_config(run, spec)?, out)?;
+    let summary = linear_probe(&probe_config(run, spec)?, out, spec.lr)?;
     metrics::write_json(&out.join("summary.json"), &summary)?;
     Ok(summary)
 }
