@@ -73,14 +73,18 @@ pub fn supcon_loss(
     let log_prob = &logits - exp.sum_dim_intlist(1, true, kind).log();
     let n_pos = positives.sum_dim_intlist(1, false, kind);
     let has_pos = n_pos.gt(0.0);
-    let valid = has_pos.sum(Kind::Int64).int64_value(&[]);
-    if valid == 0 {
+    // With two or more views every anchor has its other view as a positive; only a single view
+    // can leave an anchor without one. Checking that only then keeps the training step free of
+    // host synchronisation.
+    if v < 2 && has_pos.sum(Kind::Int64).int64_value(&[]) == 0 {
         return Err(ContrastiveError::NoPositives);
     }
     let mean_log_prob_pos =
         (&positives * log_prob).sum_dim_intlist(1, false, kind) / n_pos.clamp_min(1.0);
-    let per_anchor = -mean_log_prob_pos.masked_select(&has_pos);
-    Ok(per_anchor.mean(kind))
+    // The mean over anchors that have a positive, as a masked sum (no data-dependent shape).
+    let has_pos = has_pos.to_kind(kind);
+    let per_anchor = -(mean_log_prob_pos * &has_pos);
+    Ok(per_anchor.sum(kind) / has_pos.sum(kind).clamp_min(1.0))
 }
 
 /// Ones everywhere except at each anchor's own column (anchor i is contrast sample i).
