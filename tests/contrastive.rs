@@ -357,6 +357,7 @@ fn embed_compares_with_cross_entropy_and_probe_finetunes(supcon: &std::path::Pat
     let ce = common::temp_dir("supcon-ce");
     let mut cfg = supcon_config(2, 64);
     cfg.optim.lr = 0.05;
+    cfg.contrastive = Default::default();
     convkit::train::run(cfg, &ce, &Default::default()).unwrap();
     let out = supcon.join("embed-compare");
     let spec = embed::EmbedSpec {
@@ -573,4 +574,61 @@ fn supcon_vs_ce_experiment_reports_every_row() {
     .unwrap();
     assert_eq!(ce["train_images"], 100);
     assert_eq!(ce["epochs"], 4);
+}
+
+/// Pre-training runs on the one engine, so the `[transfer]` section and lookahead apply to it,
+/// and settings that mean nothing there are refused by name instead of ignored.
+#[test]
+fn supcon_honours_the_transfer_section_and_refuses_what_it_cannot_use() {
+    use convkit::contrastive::pretrain;
+    use convkit::train::RunOptions;
+    use convkit::weights::checkpoint;
+    let out = common::temp_dir("supcon-frozen-stem");
+    let mut cfg = supcon_config(2, 128);
+    cfg.data.train_limit = Some(512);
+    cfg.transfer.freeze = vec!["features.0".into()];
+    cfg.optim.lookahead_every = 2;
+    let once = RunOptions {
+        stop_after: Some(1),
+        ..Default::default()
+    };
+    pretrain::run(cfg.clone(), &out, &once).unwrap();
+    let ck = out.join("checkpoints").join("last.safetensors");
+    let weights = |name: &str| {
+        checkpoint::read(&ck)
+            .unwrap()
+            .section("model")
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("{name} in the checkpoint"))
+            .1
+    };
+    let (first, second) = ("features.0.conv.weight", "features.1.conv.weight");
+    let (stem, body) = (weights(first), weights(second));
+    let resume = RunOptions {
+        resume: true,
+        ..Default::default()
+    };
+    pretrain::run(cfg.clone(), &out, &resume).unwrap();
+    assert!(weights(first).equal(&stem), "the frozen first stage stays");
+    assert!(!weights(second).equal(&body), "the next stage trains");
+
+    let mut smoothed = cfg.clone();
+    smoothed.train.label_smoothing = 0.1;
+    let err = pretrain::run(
+        smoothed,
+        &common::temp_dir("supcon-ls"),
+        &Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("train.label_smoothing"), "{err}");
+    let err = convkit::train::run(
+        cfg,
+        &common::temp_dir("ce-with-supcon"),
+        &Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("[contrastive]"), "{err}");
 }

@@ -16,7 +16,7 @@ fn resnet18_receptive_fields_match_the_analytic_values() {
     let mut spec = ModelSpec::new("resnet18", 10);
     spec.stem = Some(Stem::Imagenet);
     let model = models::build(&spec, Device::Cpu).unwrap();
-    let fields = inspect::receptive_fields(&inspect::trace(&model, 224));
+    let fields = inspect::receptive_fields(&inspect::trace(&model, 224), &model.parts());
     let got: Vec<(&str, i64, i64)> = fields
         .iter()
         .map(|f| (f.stage.as_str(), f.receptive_field, f.jump))

@@ -188,7 +188,8 @@ fn activations(path: &Path, image: &Path, maps: i64, out: Option<PathBuf>) -> Re
     let ck = checkpoint::read(path)?;
     let model = ck.build_model(Device::Cpu)?;
     let (_, x) = model_input(&ck, image)?;
-    let fields = inspect::receptive_fields(&inspect::trace(&model, ck.meta.image_size));
+    let fields =
+        inspect::receptive_fields(&inspect::trace(&model, ck.meta.image_size), &model.parts());
     let pictures = Pictures::new(out, &ck)?;
     let tag = image_tag(image);
     println!(
@@ -290,7 +291,7 @@ fn shift_table(
     let aug = Augmenter::new(vec![], &ck.meta.mean, &ck.meta.std, Device::Cpu);
     let x = aug.eval_batch(&ds.test.images);
     let jumps: Vec<(String, i64)> =
-        inspect::receptive_fields(&inspect::trace(&model, ck.meta.image_size))
+        inspect::receptive_fields(&inspect::trace(&model, ck.meta.image_size), &model.parts())
             .into_iter()
             .map(|f| (f.stage, f.jump))
             .collect();

@@ -318,8 +318,15 @@ pub fn list() -> Result<()> {
         println!("  {name:<20} {first}");
     }
     println!("models:");
-    for (name, what) in models::REGISTRY {
-        println!("  {name:<20} {what}");
+    for e in &models::REGISTRY {
+        let stats = match e.normalisation {
+            models::InputStats::Data => "data mean/std",
+            models::InputStats::Imagenet => "ImageNet mean/std",
+        };
+        println!(
+            "  {:<20} {} ({} px, {stats})",
+            e.name, e.description, e.input_size
+        );
     }
     Ok(())
 }

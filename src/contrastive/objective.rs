@@ -80,8 +80,45 @@ impl Objective for Contrastive {
         self.method.as_str()
     }
 
-    /// The projection head on the encoder's features; the classifier takes no part in
-    /// pre-training, so it is frozen (neither updated nor decayed).
+    /// Classification settings that have no meaning for a contrastive loss are refused.
+    fn check_config(&self, cfg: &Config) -> Result<()> {
+        let t = &cfg.train;
+        let refuse = |setting: &str, why: &str| {
+            Err(TrainError::Invalid(format!(
+                "{setting} does not apply to {} pre-training: {why}",
+                self.method
+            )))
+        };
+        if t.label_smoothing != 0.0 {
+            return refuse(
+                "train.label_smoothing",
+                "the contrastive loss has no class targets to smooth",
+            );
+        }
+        if t.tta_flip || t.tta_translate {
+            return refuse(
+                "test-time augmentation (train.tta_flip / train.tta_translate)",
+                "the kNN monitor embeds each test image once",
+            );
+        }
+        if !t.drop_last {
+            return refuse(
+                "train.drop_last = false",
+                "contrastive batches are always full (the last partial batch is left out)",
+            );
+        }
+        if t.eval_every != crate::config::TrainSettings::default().eval_every {
+            return refuse(
+                "train.eval_every",
+                "the kNN monitor runs every contrastive.knn_every epochs; set that instead",
+            );
+        }
+        Ok(())
+    }
+
+    /// The projection head on the encoder's features (VarStore prefix `head`, SupContrast's
+    /// name; the parameter group `projection`, before the classifier's `head` group); the
+    /// classifier takes no part in pre-training, so it is frozen (neither updated nor decayed).
     fn extend_model(&mut self, model: &mut Model, cfg: &Config) -> Result<()> {
         let dim = model.net.classifier().in_features();
         let c = &cfg.contrastive;
@@ -93,6 +130,7 @@ impl Objective for Contrastive {
         let head = ProjectionHead::new(&model.vs.root(), dim, dim, hidden, c.head_out)
             .map_err(|e| TrainError::Invalid(e.to_string()))?;
         self.head = Some(head);
+        model.add_part("projection", "head");
         let fc = &model.net.classifier().inner;
         let _ = fc.ws.set_requires_grad(false);
         if let Some(b) = &fc.bs {

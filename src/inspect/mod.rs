@@ -5,7 +5,7 @@ pub mod picture;
 pub mod report;
 pub mod shift;
 
-use crate::models::{Ctx, LayerInfo, Model};
+use crate::models::{Ctx, LayerInfo, Model, Part};
 use tch::{Kind, Tensor};
 
 /// One stage's output and how much of the input each of its positions sees.
@@ -20,28 +20,10 @@ pub struct StageField {
     pub jump: i64,
 }
 
-/// The stage a traced layer belongs to: the ResNet stem (`conv1`, `bn1`, `maxpool`) or the
-/// layer's first name component(s), as parameter groups are named.
-fn stage_of(layer: &str) -> Option<String> {
-    let parts: Vec<&str> = layer.split('.').collect();
-    match parts.as_slice() {
-        [first, ..] if ["conv1", "bn1", "maxpool", "stem", "whiten"].contains(first) => {
-            Some("stem".into())
-        }
-        [first, idx, ..]
-            if idx.parse::<usize>().is_ok() && !first.ends_with(|c: char| c.is_ascii_digit()) =>
-        {
-            Some(format!("{first}.{idx}"))
-        }
-        [first, _, ..] => Some(first.to_string()),
-        _ => None,
-    }
-}
-
 /// Receptive field and jump after every stage, from a trace of one forward pass:
 /// r_out = r_in + (k - 1) j_in, j_out = j_in s. Projection shortcuts (`downsample`) are off the
 /// longest path and left out.
-pub fn receptive_fields(trace: &[LayerInfo]) -> Vec<StageField> {
+pub fn receptive_fields(trace: &[LayerInfo], parts: &[Part]) -> Vec<StageField> {
     let (mut r, mut j) = (1i64, 1i64);
     let mut out: Vec<StageField> = Vec::new();
     for layer in trace {
@@ -52,7 +34,11 @@ pub fn receptive_fields(trace: &[LayerInfo]) -> Vec<StageField> {
             r += (k - 1) * j;
             j *= s;
         }
-        let Some(stage) = stage_of(&layer.name) else {
+        let Some(stage) = parts
+            .iter()
+            .find(|p| p.owns(&layer.name))
+            .map(|p| p.name.clone())
+        else {
             continue;
         };
         let field = StageField {
@@ -164,7 +150,13 @@ mod tests {
             layer("layer2.0.downsample.0", "conv", Some((1, 2))),
             layer("fc", "linear", None),
         ];
-        let f = receptive_fields(&trace);
+        let parts = [
+            Part::new("stem", &["conv1", "bn1", "maxpool"]),
+            Part::stage("layer1".into()),
+            Part::stage("layer2".into()),
+            Part::new("head", &["fc"]),
+        ];
+        let f = receptive_fields(&trace, &parts);
         let got: Vec<(&str, i64, i64)> = f
             .iter()
             .map(|s| (s.stage.as_str(), s.receptive_field, s.jump))

@@ -1,8 +1,8 @@
 //! Plain convolutional networks: the chapter's conv-BN-ReLU-pool stack, the benchmark net
 //! "Net8", and an airbench-style fast net.
 
-use super::Network;
 use super::layers::{Bn, Conv, Ctx, Fc, global_avg_pool, global_max_pool, max_pool};
+use super::{Network, Part};
 use tch::{Tensor, nn};
 
 /// conv3x3 -> BN -> ReLU -> max-pool 2, once per width, then global average pool and a linear
@@ -47,6 +47,12 @@ impl Network for PlainCnn {
     }
     fn classifier(&self) -> &Fc {
         &self.fc
+    }
+    fn parts(&self) -> Vec<Part> {
+        (0..self.stages.len())
+            .map(|i| Part::stage(format!("features.{i}")))
+            .chain([Part::new("head", &["fc"])])
+            .collect()
     }
 }
 
@@ -99,6 +105,7 @@ pub fn net8(p: &nn::Path, in_ch: i64, classes: i64) -> Net8 {
 impl Network for Net8 {
     fn features(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
         let mut x = self.stem.forward(x, ctx);
+        ctx.stage("stem", &x);
         for (i, (down, r1, r2)) in self.stages.iter().enumerate() {
             x = down.forward(&x, ctx);
             // The block's second BN output joins the shortcut before its ReLU.
@@ -111,6 +118,13 @@ impl Network for Net8 {
     }
     fn classifier(&self) -> &Fc {
         &self.fc
+    }
+    fn parts(&self) -> Vec<Part> {
+        let stages = (0..self.stages.len()).map(|i| Part::stage(format!("stages.{i}")));
+        std::iter::once(Part::new("stem", &["stem"]))
+            .chain(stages)
+            .chain([Part::new("head", &["fc"])])
+            .collect()
     }
 }
 
@@ -152,7 +166,7 @@ pub fn airnet(p: &nn::Path, in_ch: i64, classes: i64, widths: &[i64]) -> AirNet 
 impl Network for AirNet {
     fn features(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
         let mut x = self.whiten.forward(x, ctx).gelu("none");
-        ctx.stage("whiten", &x);
+        ctx.stage("stem", &x);
         for (i, (c1, b1, c2, b2)) in self.groups.iter().enumerate() {
             let name = format!("groups.{i}");
             x = c1.forward(&x, ctx);
@@ -165,5 +179,12 @@ impl Network for AirNet {
     }
     fn classifier(&self) -> &Fc {
         &self.fc
+    }
+    fn parts(&self) -> Vec<Part> {
+        let groups = (0..self.groups.len()).map(|i| Part::stage(format!("groups.{i}")));
+        std::iter::once(Part::new("stem", &["whiten"]))
+            .chain(groups)
+            .chain([Part::new("head", &["fc"])])
+            .collect()
     }
 }

@@ -19,8 +19,46 @@ pub trait Network: std::fmt::Debug {
     /// The pooled feature vector `[B, D]` that the classifier reads.
     fn features(&self, x: &Tensor, ctx: &Ctx) -> Tensor;
     fn classifier(&self) -> &Fc;
+    /// The network's parts in input order, as timm's `group_matcher` declares them: the stem,
+    /// each stage (named as `features` reports it to [`Ctx::stage`]), and the classifier last,
+    /// named `head`. Freezing, per-group learning rates, layer decay, Grad-CAM, activations and
+    /// receptive fields all use them.
+    fn parts(&self) -> Vec<Part>;
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
         self.classifier().forward(&self.features(x, ctx), ctx)
+    }
+}
+
+/// A named part of a network: the variables (state-dict keys) and traced layers under any of
+/// its name prefixes (`layer1` owns `layer1.0.conv1.weight`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    pub name: String,
+    pub prefixes: Vec<String>,
+}
+
+impl Part {
+    pub fn new(name: &str, prefixes: &[&str]) -> Self {
+        Part {
+            name: name.to_string(),
+            prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    /// A stage whose name is also its only prefix (`layer2`, `groups.1`).
+    pub fn stage(name: String) -> Self {
+        Part {
+            prefixes: vec![name.clone()],
+            name,
+        }
+    }
+
+    /// Whether the variable or layer `name` lies under one of the part's prefixes.
+    pub fn owns(&self, name: &str) -> bool {
+        self.prefixes.iter().any(|p| {
+            name.strip_prefix(p.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        })
     }
 }
 
@@ -112,49 +150,151 @@ impl ModelSpec {
             widths: None,
         }
     }
-    /// The input side a model expects by default (224 for ImageNet stems, else 32).
+    /// The input side a model expects by default: its registry entry's (224 for torchvision's
+    /// ResNets), 32 with a `cifar` stem or for a name the registry does not know.
     pub fn default_input_size(&self) -> i64 {
-        match (self.name.starts_with("resnet"), self.stem_or_default()) {
-            (true, Stem::Imagenet) if self.is_torchvision() => 224,
-            _ => 32,
+        match (entry(&self.name), self.stem) {
+            (_, Some(Stem::Cifar)) | (None, _) => 32,
+            (Some(e), _) => e.input_size,
         }
-    }
-    fn is_torchvision(&self) -> bool {
-        matches!(self.name.as_str(), "resnet18" | "resnet34" | "resnet50")
-    }
-    fn stem_or_default(&self) -> Stem {
-        self.stem.unwrap_or(Stem::Imagenet)
     }
 }
 
-/// Registered model names, with a line each for `--help` and error messages.
-pub const REGISTRY: [(&str, &str); 10] = [
-    (
-        "cnn",
-        "plain conv-BN-ReLU-maxpool stack (widths configurable, default 32,64,128)",
-    ),
-    ("resnet18", "torchvision ResNet-18 (stem imagenet|cifar)"),
-    ("resnet34", "torchvision ResNet-34 (stem imagenet|cifar)"),
-    (
-        "resnet50",
-        "torchvision ResNet-50, bottleneck v1.5 (stem imagenet|cifar)",
-    ),
-    (
-        "resnet20",
-        "CIFAR ResNet-20 of He et al. 2016 (0.27M parameters)",
-    ),
-    (
-        "resnet56",
-        "CIFAR ResNet-56 of He et al. 2016 (0.85M parameters)",
-    ),
-    ("plain20", "ResNet-20 without shortcuts"),
-    ("plain56", "ResNet-56 without shortcuts"),
-    (
-        "airnet",
-        "airbench-style fast net (widths default 64,256,256)",
-    ),
-    ("net8", "the benchmark net of docs/performance.md"),
+/// The input statistics a model's usual weights were trained with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputStats {
+    /// The training data's own per-channel mean and standard deviation.
+    Data,
+    /// ImageNet's (torchvision's pretrained weights).
+    Imagenet,
+}
+
+/// One registered model: its name, what it is, the input it is made for, and its constructor.
+pub struct Entry {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// The square input side (a `cifar` stem makes a torchvision ResNet a 32 px network).
+    pub input_size: i64,
+    pub normalisation: InputStats,
+    build: fn(&nn::Path, &ModelSpec) -> Box<dyn Network>,
+}
+
+fn widths(spec: &ModelSpec, default: &[i64]) -> Vec<i64> {
+    spec.widths.clone().unwrap_or_else(|| default.to_vec())
+}
+
+fn stem(spec: &ModelSpec) -> Stem {
+    spec.stem.unwrap_or(Stem::Imagenet)
+}
+
+/// Every model convkit builds by name, in `convkit list` order.
+pub const REGISTRY: [Entry; 10] = [
+    Entry {
+        name: "cnn",
+        description: "plain conv-BN-ReLU-maxpool stack (widths configurable, default 32,64,128)",
+        input_size: 32,
+        normalisation: InputStats::Data,
+        build: |p, s| {
+            let w = widths(s, &[32, 64, 128]);
+            Box::new(cnn::plain_cnn(p, s.in_channels, s.classes, &w))
+        },
+    },
+    Entry {
+        name: "resnet18",
+        description: "torchvision ResNet-18 (stem imagenet|cifar)",
+        input_size: 224,
+        normalisation: InputStats::Imagenet,
+        build: |p, s| {
+            Box::new(resnet::torchvision(
+                p,
+                18,
+                s.in_channels,
+                s.classes,
+                stem(s),
+            ))
+        },
+    },
+    Entry {
+        name: "resnet34",
+        description: "torchvision ResNet-34 (stem imagenet|cifar)",
+        input_size: 224,
+        normalisation: InputStats::Imagenet,
+        build: |p, s| {
+            Box::new(resnet::torchvision(
+                p,
+                34,
+                s.in_channels,
+                s.classes,
+                stem(s),
+            ))
+        },
+    },
+    Entry {
+        name: "resnet50",
+        description: "torchvision ResNet-50, bottleneck v1.5 (stem imagenet|cifar)",
+        input_size: 224,
+        normalisation: InputStats::Imagenet,
+        build: |p, s| {
+            Box::new(resnet::torchvision(
+                p,
+                50,
+                s.in_channels,
+                s.classes,
+                stem(s),
+            ))
+        },
+    },
+    Entry {
+        name: "resnet20",
+        description: "CIFAR ResNet-20 of He et al. 2016 (0.27M parameters)",
+        input_size: 32,
+        normalisation: InputStats::Data,
+        build: |p, s| Box::new(resnet::cifar(p, 20, s.in_channels, s.classes, true)),
+    },
+    Entry {
+        name: "resnet56",
+        description: "CIFAR ResNet-56 of He et al. 2016 (0.85M parameters)",
+        input_size: 32,
+        normalisation: InputStats::Data,
+        build: |p, s| Box::new(resnet::cifar(p, 56, s.in_channels, s.classes, true)),
+    },
+    Entry {
+        name: "plain20",
+        description: "ResNet-20 without shortcuts",
+        input_size: 32,
+        normalisation: InputStats::Data,
+        build: |p, s| Box::new(resnet::cifar(p, 20, s.in_channels, s.classes, false)),
+    },
+    Entry {
+        name: "plain56",
+        description: "ResNet-56 without shortcuts",
+        input_size: 32,
+        normalisation: InputStats::Data,
+        build: |p, s| Box::new(resnet::cifar(p, 56, s.in_channels, s.classes, false)),
+    },
+    Entry {
+        name: "airnet",
+        description: "airbench-style fast net (widths default 64,256,256)",
+        input_size: 32,
+        normalisation: InputStats::Data,
+        build: |p, s| {
+            let w = widths(s, &[64, 256, 256]);
+            Box::new(cnn::airnet(p, s.in_channels, s.classes, &w))
+        },
+    },
+    Entry {
+        name: "net8",
+        description: "the benchmark net of docs/performance.md",
+        input_size: 32,
+        normalisation: InputStats::Data,
+        build: |p, s| Box::new(cnn::net8(p, s.in_channels, s.classes)),
+    },
 ];
+
+/// The registry entry of a model name.
+pub fn entry(name: &str) -> Option<&'static Entry> {
+    REGISTRY.iter().find(|e| e.name == name)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -171,6 +311,8 @@ pub struct Model {
     pub vs: nn::VarStore,
     pub net: Box<dyn Network>,
     pub spec: ModelSpec,
+    /// Parts a training objective added to the VarStore (SupCon's projection head).
+    extra_parts: Vec<Part>,
 }
 
 /// Inputs at least this large pass every registry network (the deepest downsamples 32x).
@@ -179,6 +321,20 @@ const SURELY_LARGE_ENOUGH: i64 = 64;
 impl Model {
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
         self.net.forward(x, ctx)
+    }
+
+    /// The network's parts in input order, with any part an objective added placed just before
+    /// the classifier (`head`).
+    pub fn parts(&self) -> Vec<Part> {
+        let mut parts = self.net.parts();
+        let at = parts.len().saturating_sub(1);
+        parts.splice(at..at, self.extra_parts.iter().cloned());
+        parts
+    }
+
+    /// Declares variables an objective added to the VarStore under `prefix` as the part `name`.
+    pub fn add_part(&mut self, name: &str, prefix: &str) {
+        self.extra_parts.push(Part::new(name, &[prefix]));
     }
 
     /// Checks that the network takes `size` x `size` inputs: a small image can shrink to
@@ -250,7 +406,7 @@ pub fn is_buffer(name: &str) -> bool {
 pub fn known_names() -> String {
     REGISTRY
         .iter()
-        .map(|(n, _)| *n)
+        .map(|e| e.name)
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -261,25 +417,37 @@ pub fn build(spec: &ModelSpec, device: Device) -> Result<Model, ModelError> {
     let p = vs.root();
     spec.validate()
         .map_err(|p| ModelError::Invalid(spec.name.clone(), p))?;
-    let (c, k) = (spec.in_channels, spec.classes);
-    let widths = |default: &[i64]| spec.widths.clone().unwrap_or_else(|| default.to_vec());
-    let stem = spec.stem.unwrap_or(Stem::Imagenet);
-    let net: Box<dyn Network> = match spec.name.as_str() {
-        "cnn" => Box::new(cnn::plain_cnn(&p, c, k, &widths(&[32, 64, 128]))),
-        "resnet18" => Box::new(resnet::torchvision(&p, 18, c, k, stem)),
-        "resnet34" => Box::new(resnet::torchvision(&p, 34, c, k, stem)),
-        "resnet50" => Box::new(resnet::torchvision(&p, 50, c, k, stem)),
-        "resnet20" => Box::new(resnet::cifar(&p, 20, c, k, true)),
-        "resnet56" => Box::new(resnet::cifar(&p, 56, c, k, true)),
-        "plain20" => Box::new(resnet::cifar(&p, 20, c, k, false)),
-        "plain56" => Box::new(resnet::cifar(&p, 56, c, k, false)),
-        "airnet" => Box::new(cnn::airnet(&p, c, k, &widths(&[64, 256, 256]))),
-        "net8" => Box::new(cnn::net8(&p, c, k)),
-        other => return Err(ModelError::Unknown(other.to_string(), known_names())),
-    };
+    let e =
+        entry(&spec.name).ok_or_else(|| ModelError::Unknown(spec.name.clone(), known_names()))?;
+    let net = (e.build)(&p, spec);
     Ok(Model {
         vs,
         net,
         spec: spec.clone(),
+        extra_parts: vec![],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stages a network reports while it runs (what inspection shows) are its declared
+    /// parts, in the same order, the classifier aside; and every variable belongs to a part.
+    #[test]
+    fn every_registry_model_declares_the_stages_it_runs_through() {
+        for e in &REGISTRY {
+            let m = build(&ModelSpec::new(e.name, 10), Device::Cpu).unwrap();
+            let x = Tensor::zeros([1, 3, 64, 64], (tch::Kind::Float, Device::Cpu));
+            let ctx = Ctx::capturing();
+            let _ = tch::no_grad(|| m.net.features(&x, &ctx));
+            let ran: Vec<String> = ctx.take_stages().into_iter().map(|(n, _)| n).collect();
+            let parts: Vec<String> = m.parts().into_iter().map(|p| p.name).collect();
+            assert_eq!(ran, parts[..parts.len() - 1], "{}", e.name);
+            assert_eq!(parts.last().map(String::as_str), Some("head"));
+            for name in m.vs.variables().keys() {
+                assert!(m.parts().iter().any(|p| p.owns(name)), "{}: {name}", e.name);
+            }
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! and the CIFAR ResNets of He et al. 2016, section 4.2, with and without shortcuts.
 
 use super::layers::{Bn, Conv, Ctx, Fc, global_avg_pool, max_pool};
-use super::{Network, Stem};
+use super::{Network, Part, Stem};
 use tch::{Tensor, nn};
 
 /// How a block's input reaches its output.
@@ -155,6 +155,13 @@ impl Network for ResNet {
     }
     fn classifier(&self) -> &Fc {
         &self.fc
+    }
+    fn parts(&self) -> Vec<Part> {
+        let stages = (1..=self.layers.len()).map(|i| Part::stage(format!("layer{i}")));
+        std::iter::once(Part::new("stem", &["conv1", "bn1", "maxpool"]))
+            .chain(stages)
+            .chain([Part::new("head", &["fc"])])
+            .collect()
     }
 }
 

@@ -1,9 +1,9 @@
 //! Supervised classification: cross-entropy with label smoothing on augmented batches, scored
 //! by top-1 / top-5 accuracy with the recipe's test-time augmentation.
 
-use super::Result;
 use super::evaluate::{self, Tta};
 use super::objective::{EvalInput, Evaluation, Objective, StepInput, StepOutput};
+use super::{Result, TrainError};
 use crate::augment::{Augmenter, Shifts};
 use crate::config::Config;
 use rand::rngs::StdRng;
@@ -28,6 +28,19 @@ impl CrossEntropy {
 impl Objective for CrossEntropy {
     fn name(&self) -> &str {
         "cross-entropy"
+    }
+
+    /// The `[contrastive]` section belongs to `convkit supcon`.
+    fn check_config(&self, cfg: &Config) -> Result<()> {
+        if cfg.contrastive != Default::default() {
+            return Err(TrainError::Invalid(
+                "the [contrastive] section applies to contrastive pre-training (`convkit \
+                 supcon`); this command trains a classifier with cross-entropy: remove the \
+                 section, or run `convkit supcon`"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Every image's crop offset and flip for the epoch, drawn once and uploaded once.

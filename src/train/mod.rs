@@ -337,6 +337,7 @@ impl Trainer {
             cfg.augment = policy;
             augment_reason = Some(why);
         }
+        objective.check_config(&cfg)?;
         let device = train.images.device();
         let classes = data.classes.len() as i64;
         check_classes(&cfg, &data)?;

@@ -68,6 +68,15 @@ pub trait Objective {
     /// For logs and summaries ("cross-entropy", "supcon", "simclr").
     fn name(&self) -> &str;
 
+    /// Refuses settings the objective cannot honour, naming them, so that no setting is
+    /// silently ignored.
+    ///
+    /// # Errors
+    /// A setting that has no meaning for this objective.
+    fn check_config(&self, _cfg: &Config) -> Result<()> {
+        Ok(())
+    }
+
     /// Adds the objective's own variables to the freshly built model, before anything else
     /// draws random numbers and before the optimiser collects the trainable variables.
     ///

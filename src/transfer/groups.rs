@@ -12,57 +12,44 @@ pub struct Group {
     pub vars: Vec<String>,
 }
 
-/// The group a variable belongs to; `head` is the classifier's name prefix plus a dot.
-fn group_name(var: &str, head: &str) -> String {
-    if var.starts_with(head) {
-        return "head".into();
-    }
-    let parts: Vec<&str> = var.split('.').collect();
-    match parts.as_slice() {
-        [first, ..] if ["conv1", "bn1", "stem", "whiten"].contains(first) => "stem".into(),
-        // A container of numbered stages (`features.0`, `stages.1`); `layer3.1` is block 1 of
-        // the numbered stage layer3.
-        [first, idx, _, ..]
-            if idx.parse::<usize>().is_ok() && !first.ends_with(|c: char| c.is_ascii_digit()) =>
-        {
-            format!("{first}.{idx}")
-        }
-        [first, ..] => first.to_string(),
-        [] => String::new(),
-    }
-}
-
-/// Input order: stem first, head last, stages in natural order (layer2 before layer10).
-fn order_key(name: &str) -> (u8, String, usize) {
-    let rank = match name {
-        "stem" => 0,
-        "head" => 2,
-        _ => 1,
-    };
-    let digits_at = name
-        .rfind(|c: char| !c.is_ascii_digit())
-        .map_or(0, |i| i + 1);
-    let (text, num) = name.split_at(digits_at);
-    (rank, text.to_string(), num.parse().unwrap_or(0))
-}
-
-/// The model's parameter groups in input-to-output order.
+/// The model's parameter groups in input order: one per declared part
+/// ([`crate::models::Model::parts`]: stem, stages, any part an objective added, `head`), each
+/// with the variables it owns. A variable no part owns (a network that declares too little)
+/// gets a group named after its first name component, before the head, so nothing is left
+/// out of freezing.
 pub fn param_groups(model: &Model) -> Vec<Group> {
-    let head = format!("{}.", model.net.classifier().name);
-    let mut groups: Vec<Group> = Vec::new();
+    let parts = model.parts();
+    let mut groups: Vec<Group> = parts
+        .iter()
+        .map(|p| Group {
+            name: p.name.clone(),
+            vars: vec![],
+        })
+        .collect();
     let mut names: Vec<String> = model.vs.variables().into_keys().collect();
     names.sort();
     for var in names {
-        let g = group_name(&var, &head);
-        match groups.iter_mut().find(|x| x.name == g) {
-            Some(x) => x.vars.push(var),
-            None => groups.push(Group {
-                name: g,
-                vars: vec![var],
-            }),
+        match parts.iter().position(|p| p.owns(&var)) {
+            Some(i) => groups[i].vars.push(var),
+            None => {
+                let name = var.split('.').next().unwrap_or_default().to_string();
+                match groups.iter_mut().find(|g| g.name == name) {
+                    Some(g) => g.vars.push(var),
+                    None => {
+                        let at = groups.len().saturating_sub(1);
+                        groups.insert(
+                            at,
+                            Group {
+                                name,
+                                vars: vec![var],
+                            },
+                        );
+                    }
+                }
+            }
         }
     }
-    groups.sort_by_key(|g| order_key(&g.name));
+    groups.retain(|g| !g.vars.is_empty());
     groups
 }
 
@@ -82,16 +69,37 @@ pub fn batchnorm_layers(model: &Model) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::{ModelSpec, build};
+
+    fn names(model: &str) -> Vec<String> {
+        let m = build(&ModelSpec::new(model, 10), tch::Device::Cpu).unwrap();
+        param_groups(&m).into_iter().map(|g| g.name).collect()
+    }
 
     #[test]
-    fn names_follow_the_stage_structure() {
-        assert_eq!(group_name("conv1.weight", "fc."), "stem");
-        assert_eq!(group_name("bn1.running_var", "fc."), "stem");
-        assert_eq!(group_name("layer3.1.conv2.weight", "fc."), "layer3");
-        assert_eq!(group_name("features.2.conv.weight", "fc."), "features.2");
-        assert_eq!(group_name("fc.bias", "fc."), "head");
-        let mut names = vec!["head", "layer10", "layer2", "stem"];
-        names.sort_by_key(|n| order_key(n));
-        assert_eq!(names, ["stem", "layer2", "layer10", "head"]);
+    fn groups_are_the_declared_parts_in_input_order() {
+        assert_eq!(
+            names("resnet18"),
+            ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+        );
+        assert_eq!(
+            names("airnet"),
+            ["stem", "groups.0", "groups.1", "groups.2", "head"]
+        );
+        assert_eq!(
+            names("cnn"),
+            ["features.0", "features.1", "features.2", "head"]
+        );
+        let mut m = build(&ModelSpec::new("resnet20", 10), tch::Device::Cpu).unwrap();
+        let _ = tch::nn::linear(m.vs.root() / "head" / "0", 64, 8, Default::default());
+        m.add_part("projection", "head");
+        let groups = param_groups(&m);
+        let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["stem", "layer1", "layer2", "layer3", "projection", "head"]
+        );
+        assert_eq!(groups[4].vars, ["head.0.bias", "head.0.weight"]);
+        assert_eq!(groups[5].vars, ["fc.bias", "fc.weight"]);
     }
 }
