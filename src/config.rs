@@ -153,8 +153,8 @@ pub struct DataConfig {
     /// A path (CIFAR folder or .tar.gz, image folder, IDX folder), `synthetic`, or
     /// `cifar10`/`cifar100` from the data cache.
     pub source: String,
-    /// Forces a reader: cifar-binary, folder, idx, synthetic.
-    pub format: Option<String>,
+    /// Forces a reader: cifar-binary, cifar-python, folder, idx, synthetic.
+    pub format: Option<crate::data::Format>,
     /// Square side images are resized to (image folders); default: the model's input size.
     pub image_size: Option<u32>,
     /// Held-out fraction for a single image folder without train/ and test/.

@@ -4,7 +4,8 @@
 use convkit::augment::{self, Aug, Augmenter, ResizedCropBox, Shifts};
 use convkit::metrics::{Confusion, topk_correct};
 use convkit::models::{self, Ctx, ModelSpec, Stem, summary};
-use convkit::optim::{OptimConfig, Optimizer, Schedule, ScheduleKind};
+use convkit::optim::schedule::Anneal;
+use convkit::optim::{OptimConfig, Optimizer, OptimizerKind, Schedule, ScheduleKind};
 use rand::SeedableRng;
 use tch::{Device, Kind, Reduction, Tensor, nn};
 
@@ -250,12 +251,12 @@ fn schedule_values_at_given_steps() {
         [1.0, 0.1, 0.1f64.powi(2)]
     );
     let mut one = schedule(ScheduleKind::OneCycle);
-    one.anneal = "linear".into();
+    one.anneal = Anneal::Linear;
     (one.div, one.final_div, one.pct_start) = (10.0, 100.0, 0.25);
     assert!((one.factor(0, 100, 10) - 0.1).abs() < 1e-12);
     assert!((one.factor(25, 100, 10) - 1.0).abs() < 1e-12);
     assert!((one.factor(50, 100, 10) - (1.0 + (0.01 - 1.0) / 3.0)).abs() < 1e-12);
-    one.anneal = "cos".into();
+    one.anneal = Anneal::Cos;
     assert!(
         (one.factor(25 + 75 / 2, 100, 10)
             - (0.01 + 0.99 * 0.5 * (1.0 + (std::f64::consts::PI * 37.0 / 75.0).cos())))
@@ -352,7 +353,7 @@ fn lars_scales_weight_steps_by_the_trust_ratio() {
     let z = vs.root().var("z", &[1, 2], nn::Init::Const(0.0));
     let c = Tensor::from_slice(&[3.0f32, 0.0, 0.0, 4.0]).reshape([2, 2]);
     let cfg = OptimConfig {
-        name: "lars".into(),
+        name: OptimizerKind::Lars,
         momentum: 0.9,
         nesterov: false,
         weight_decay: 0.0,
@@ -379,7 +380,7 @@ fn adamw_first_step_moves_by_lr() {
     let vs = nn::VarStore::new(Device::Cpu);
     let w = vs.root().var("w", &[1, 1], nn::Init::Const(1.0));
     let cfg = OptimConfig {
-        name: "adamw".into(),
+        name: OptimizerKind::Adamw,
         weight_decay: 0.1,
         ..Default::default()
     };

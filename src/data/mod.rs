@@ -372,10 +372,16 @@ fn channel_stats_chunked(images: &Tensor) -> (Vec<f64>, Vec<f64>) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Format {
+    /// CIFAR-10/100 binary version (`data_batch_*.bin`, `train.bin`).
+    #[serde(alias = "cifar", alias = "cifar10", alias = "cifar100")]
     CifarBinary,
     /// CIFAR-10/100 python version (pickled batches).
     CifarPython,
+    /// Image folders, one folder per class (torchvision's `ImageFolder`).
+    #[serde(alias = "images")]
     Folder,
+    /// IDX files (MNIST, Fashion-MNIST).
+    #[serde(alias = "mnist")]
     Idx,
     Synthetic,
 }

@@ -12,7 +12,7 @@ use tch::{Tensor, nn};
 #[serde(default, deny_unknown_fields)]
 pub struct OptimConfig {
     /// `sgd`, `adamw` or `lars` (SGD with a layer-wise trust ratio, for large batches).
-    pub name: String,
+    pub name: OptimizerKind,
     pub lr: f64,
     pub momentum: f64,
     pub nesterov: bool,
@@ -40,10 +40,42 @@ pub struct OptimConfig {
     pub trust: f64,
 }
 
+/// The update rule (`optim.name`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// SGD with momentum (PyTorch's `torch.optim.SGD`, Nesterov optional).
+    Sgd,
+    /// Adam with decoupled weight decay (Loshchilov & Hutter 2019; `torch.optim.AdamW`).
+    Adamw,
+    /// SGD with a layer-wise trust ratio (You et al. 2017), for batches of 1024 and more.
+    Lars,
+}
+
+impl OptimizerKind {
+    /// State tensors kept per parameter (momentum; AdamW's two moments).
+    fn slots(self) -> usize {
+        match self {
+            OptimizerKind::Sgd | OptimizerKind::Lars => 1,
+            OptimizerKind::Adamw => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for OptimizerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Adamw => "adamw",
+            OptimizerKind::Lars => "lars",
+        })
+    }
+}
+
 impl Default for OptimConfig {
     fn default() -> Self {
         OptimConfig {
-            name: "sgd".into(),
+            name: OptimizerKind::Sgd,
             lr: 0.1,
             momentum: 0.9,
             nesterov: true,
@@ -143,8 +175,6 @@ fn sorted_variables(vs: &nn::VarStore, keep: impl Fn(&Tensor) -> bool) -> Vec<(S
 
 #[derive(Debug, thiserror::Error)]
 pub enum OptimError {
-    #[error("unknown optimiser '{0}' (sgd, adamw or lars)")]
-    Unknown(String),
     #[error("optimiser state: {0}")]
     State(String),
 }
@@ -152,11 +182,7 @@ pub enum OptimError {
 impl Optimizer {
     /// Optimises every trainable variable of `vs`, sorted by name for a stable order.
     pub fn new(vs: &nn::VarStore, config: &OptimConfig) -> Result<Self, OptimError> {
-        let slots = match config.name.as_str() {
-            "sgd" | "lars" => 1,
-            "adamw" => 2,
-            other => return Err(OptimError::Unknown(other.to_string())),
-        };
+        let slots = config.name.slots();
         let params = sorted_variables(vs, Tensor::requires_grad)
             .into_iter()
             .map(|(name, tensor)| Param {
@@ -204,10 +230,10 @@ impl Optimizer {
                     (true, true) => c.weight_decay / (c.lr * p.lr_scale),
                 };
                 let lr = lr * p.lr_scale;
-                match c.name.as_str() {
-                    "adamw" => adamw(p, &grad, lr, wd, &c, self.steps),
-                    "lars" => lars(p, &grad, lr, wd, &c),
-                    _ => sgd(p, &grad, lr, wd, &c),
+                match c.name {
+                    OptimizerKind::Adamw => adamw(p, &grad, lr, wd, &c, self.steps),
+                    OptimizerKind::Lars => lars(p, &grad, lr, wd, &c),
+                    OptimizerKind::Sgd => sgd(p, &grad, lr, wd, &c),
                 }
             }
         });

@@ -17,6 +17,17 @@ pub enum ScheduleKind {
     Linear,
 }
 
+/// The shape of one-cycle's ramps (`schedule.anneal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Anneal {
+    /// Half a cosine (fastai's `fit_one_cycle`).
+    #[serde(alias = "cosine")]
+    Cos,
+    /// Straight lines (airbench).
+    Linear,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Schedule {
@@ -28,7 +39,7 @@ pub struct Schedule {
     pub div: f64,
     pub final_div: f64,
     /// `linear` or `cos` ramps for one-cycle.
-    pub anneal: String,
+    pub anneal: Anneal,
 }
 
 impl Default for Schedule {
@@ -41,7 +52,7 @@ impl Default for Schedule {
             pct_start: 0.25,
             div: 25.0,
             final_div: 1e4,
-            anneal: "cos".into(),
+            anneal: Anneal::Cos,
         }
     }
 }
@@ -93,7 +104,7 @@ impl Schedule {
 
     fn ramp(&self, from: f64, to: f64, p: f64) -> f64 {
         let p = p.clamp(0.0, 1.0);
-        if self.anneal == "linear" {
+        if self.anneal == Anneal::Linear {
             from + (to - from) * p
         } else {
             to + (from - to) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())

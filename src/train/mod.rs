@@ -126,13 +126,7 @@ pub struct TrainSummary {
 /// Loads the data a config names.
 pub fn load_data(cfg: &Config, default_size: i64) -> Result<Dataset> {
     let mut spec = DataSpec::new(&cfg.data.source);
-    spec.format = cfg
-        .data
-        .format
-        .as_deref()
-        .map(str::parse)
-        .transpose()
-        .map_err(TrainError::Invalid)?;
+    spec.format = cfg.data.format;
     spec.image_size = cfg.data.image_size.unwrap_or(default_size as u32);
 
     spec.val_split = cfg.data.val_split;
