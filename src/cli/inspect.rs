@@ -1,12 +1,9 @@
 //! `convkit inspect filters|activations|gradcam|shift`.
 
-use crate::augment::Augmenter;
-use crate::config::Config;
 use crate::data::folder::load_image;
 use crate::inspect::{self, picture, shift};
 use crate::metrics;
-use crate::train;
-use crate::weights::checkpoint;
+use crate::train::TrainedRun;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
@@ -74,8 +71,8 @@ struct Pictures {
 }
 
 impl Pictures {
-    fn new(out: Option<PathBuf>, ck: &checkpoint::Loaded) -> Result<Self> {
-        let run = checkpoint::run_folder(&ck.path).map(Path::to_path_buf);
+    fn new(out: Option<PathBuf>, run: &TrainedRun) -> Result<Self> {
+        let run = run.dir.as_ref().map(|d| d.root.clone());
         let (dir, run) = match out {
             Some(dir) => (dir, None),
             None => {
@@ -126,17 +123,16 @@ fn file_tag(name: &str) -> String {
 }
 
 /// An image file as the model sees it: u8 `[1, H, W, C]` and the normalised input.
-fn model_input(ck: &checkpoint::Loaded, path: &Path) -> Result<(Tensor, Tensor)> {
-    let mut img = load_image(path, ck.meta.image_size as u32)?;
-    if ck.meta.spec.in_channels == 1 {
+fn model_input(run: &TrainedRun, path: &Path) -> Result<(Tensor, Tensor)> {
+    let mut img = load_image(path, run.image_size() as u32)?;
+    if run.in_channels() == 1 {
         img = img
             .to_kind(Kind::Float)
             .mean_dim(3, true, Kind::Float)
             .round()
             .to_kind(Kind::Uint8);
     }
-    let aug = Augmenter::new(vec![], &ck.meta.mean, &ck.meta.std, Device::Cpu);
-    let x = aug.eval_batch(&img);
+    let x = run.normaliser(Device::Cpu).eval_batch(&img);
     Ok((img, x))
 }
 
@@ -167,10 +163,10 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
 }
 
 fn filters(path: &Path, out: Option<PathBuf>) -> Result<()> {
-    let ck = checkpoint::read(path)?;
-    let model = ck.build_model(Device::Cpu)?;
-    let (name, w) = inspect::first_filters(&model, ck.meta.image_size)
-        .context("the model has no convolution")?;
+    let ck = TrainedRun::open(path)?;
+    let model = ck.model(Device::Cpu)?;
+    let (name, w) =
+        inspect::first_filters(&model, ck.image_size()).context("the model has no convolution")?;
     let pictures = Pictures::new(out, &ck)?;
     let file = pictures.file("filters.png");
     let k = w.size()[2] as usize;
@@ -185,11 +181,11 @@ fn filters(path: &Path, out: Option<PathBuf>) -> Result<()> {
 }
 
 fn activations(path: &Path, image: &Path, maps: i64, out: Option<PathBuf>) -> Result<()> {
-    let ck = checkpoint::read(path)?;
-    let model = ck.build_model(Device::Cpu)?;
+    let ck = TrainedRun::open(path)?;
+    let model = ck.model(Device::Cpu)?;
     let (_, x) = model_input(&ck, image)?;
     let fields =
-        inspect::receptive_fields(&inspect::trace(&model, ck.meta.image_size), &model.parts());
+        inspect::receptive_fields(&inspect::trace(&model, ck.image_size()), &model.parts());
     let pictures = Pictures::new(out, &ck)?;
     let tag = image_tag(image);
     println!(
@@ -220,14 +216,14 @@ fn gradcam(
     layer: Option<String>,
     out: Option<PathBuf>,
 ) -> Result<()> {
-    let ck = checkpoint::read(path)?;
-    let model = ck.build_model(Device::Cpu)?;
-    let classes = &ck.meta.classes;
+    let ck = TrainedRun::open(path)?;
+    let model = ck.model(Device::Cpu)?;
+    let classes = ck.classes();
     let class_index = match &class {
         Some(name) => Some(classes.iter().position(|c| c == name).with_context(|| {
             format!(
                 "{}: the model has no class '{name}'; its classes: {}",
-                ck.path.display(),
+                ck.path().display(),
                 classes.join(", ")
             )
         })? as i64),
@@ -243,7 +239,7 @@ fn gradcam(
         inspect::grad_cam(&model, &x, &layer, class_index).map_err(anyhow::Error::msg)?;
     let probs = logits.softmax(1, Kind::Float).get(0);
     let target = class_index.unwrap_or_else(|| probs.argmax(0, false).int64_value(&[]));
-    let size = ck.meta.image_size;
+    let size = ck.image_size();
     let picture = img.get(0).to_kind(Kind::Float) / 255.0;
     let picture = if picture.size()[2] == 1 {
         picture.repeat([1, 1, 3])
@@ -275,23 +271,16 @@ fn shift_table(
     max_shift: i64,
     out: Option<PathBuf>,
 ) -> Result<()> {
-    let ck = checkpoint::read(path)?;
-    let model = ck.build_model(Device::Cpu)?;
-    let mut cfg: Config = toml::from_str(&ck.meta.config).context("checkpoint config")?;
-    if let Some(d) = data {
-        cfg.data.source = d;
-        cfg.data.format = None;
-    }
-    cfg.data.train_limit = Some(1);
-    cfg.data.test_limit = Some(images);
-    let ds = train::load_data(&cfg, ck.meta.image_size)?;
+    let ck = TrainedRun::open(path)?;
+    let model = ck.model(Device::Cpu)?;
+    let ds = ck.test_data(data.as_deref(), Some(images))?;
     if ds.test.is_empty() {
-        bail!("{}: no test images to shift", cfg.data.source);
+        bail!("{}: no test images to shift", ds.name);
     }
-    let aug = Augmenter::new(vec![], &ck.meta.mean, &ck.meta.std, Device::Cpu);
+    let aug = ck.normaliser(Device::Cpu);
     let x = aug.eval_batch(&ds.test.images);
     let jumps: Vec<(String, i64)> =
-        inspect::receptive_fields(&inspect::trace(&model, ck.meta.image_size), &model.parts())
+        inspect::receptive_fields(&inspect::trace(&model, ck.image_size()), &model.parts())
             .into_iter()
             .map(|f| (f.stage, f.jump))
             .collect();

@@ -1,14 +1,13 @@
 //! `convkit eval` and `convkit predict`.
 
-use crate::augment::Augmenter;
 use crate::config::Config;
 use crate::data::Split;
 use crate::data::folder::{self, load_image};
 use crate::data::loader::DeviceSplit;
 use crate::metrics;
 use crate::train;
+use crate::train::TrainedRun;
 use crate::train::evaluate::predict_logits;
-use crate::weights::checkpoint;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
@@ -42,28 +41,24 @@ struct EvalSummary {
 
 pub fn eval(a: EvalArgs) -> Result<()> {
     let device = train::parse_device(&a.device)?;
-    let ck = checkpoint::read(&a.run)?;
-    let model = ck.build_model(device)?;
-    let mut cfg: Config = toml::from_str(&ck.meta.config).context("checkpoint config")?;
-    if let Some(d) = &a.data {
-        cfg.data.source = d.clone();
-        cfg.data.format = None;
-    }
+    let ck = TrainedRun::open(&a.run)?;
+    let model = ck.model(device)?;
+    let mut cfg = ck.config_with_data(a.data.as_deref());
     cfg.data.train_limit = Some(1);
-    let (name, classes, test_split) = eval_data(&cfg, ck.meta.image_size)?;
+    let (name, classes, test_split) = eval_data(&cfg, ck.image_size())?;
     // Other data may hold the model's classes in another order, or only some of them.
-    let map = crate::data::class_map(&classes, &ck.meta.classes).with_context(|| {
+    let map = crate::data::class_map(&classes, ck.classes()).with_context(|| {
         format!(
             "{}: cannot evaluate on {}",
-            ck.path.display(),
+            ck.path().display(),
             cfg.data.source
         )
     })?;
-    let present: Vec<bool> = (0..ck.meta.classes.len() as i64)
+    let present: Vec<bool> = (0..ck.classes().len() as i64)
         .map(|c| map.contains(&c))
         .collect();
     let test_split = test_split.relabel(&map);
-    let aug = Augmenter::new(vec![], &ck.meta.mean, &ck.meta.std, device);
+    let aug = ck.normaliser(device);
     let test = DeviceSplit::new(&test_split, device);
     let r = train::evaluate(
         &model,
@@ -81,8 +76,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         test.len()
     );
     let per_class: Vec<(String, f64)> = ck
-        .meta
-        .classes
+        .classes()
         .iter()
         .cloned()
         .zip(r.confusion.per_class_accuracy())
@@ -95,7 +89,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     if let Some(out) = a.out {
         crate::util::create_dir(&out)?;
         let s = EvalSummary {
-            checkpoint: ck.path.display().to_string(),
+            checkpoint: ck.path().display().to_string(),
             dataset: name,
             test_images: test.len(),
             test_accuracy: r.accuracy,
@@ -156,11 +150,11 @@ struct Prediction {
 
 pub fn predict(a: PredictArgs) -> Result<()> {
     let device = train::parse_device(&a.device)?;
-    let ck = checkpoint::read(&a.checkpoint)?;
-    let model = ck.build_model(device)?;
-    let aug = Augmenter::new(vec![], &ck.meta.mean, &ck.meta.std, device);
-    let size = ck.meta.image_size as u32;
-    let channels = ck.meta.spec.in_channels;
+    let ck = TrainedRun::open(&a.checkpoint)?;
+    let model = ck.model(device)?;
+    let aug = ck.normaliser(device);
+    let size = ck.image_size() as u32;
+    let channels = ck.in_channels();
     let mut out = Vec::new();
     for path in &a.images {
         let mut img = load_image(path, size)?;
@@ -178,14 +172,14 @@ pub fn predict(a: PredictArgs) -> Result<()> {
             false,
         );
         let probs = logits.softmax(1, Kind::Float).squeeze_dim(0);
-        let k = a.top_k.min(ck.meta.classes.len()) as i64;
+        let k = a.top_k.min(ck.classes().len()) as i64;
         let (p, i) = probs.topk(k, 0, true, true);
         let p = Vec::<f64>::try_from(p.to_kind(Kind::Double).to_device(tch::Device::Cpu))?;
         let i = Vec::<i64>::try_from(i.to_device(tch::Device::Cpu))?;
         let top = i
             .iter()
             .zip(p)
-            .map(|(&c, p)| (ck.meta.classes[c as usize].clone(), p))
+            .map(|(&c, p)| (ck.classes()[c as usize].clone(), p))
             .collect();
         out.push(Prediction {
             image: path.display().to_string(),

@@ -6,13 +6,11 @@
 use super::normalize;
 use crate::analysis::embedding::{self, SpaceMetrics, TsneSpec};
 use crate::augment::Augmenter;
-use crate::config::Config;
 use crate::data::loader::DeviceSplit;
 use crate::metrics;
 use crate::report::html::Table;
-use crate::train::{self, Result, TrainError};
+use crate::train::{self, Result, TrainError, TrainedRun};
 use crate::util::mix_seed;
-use crate::weights::checkpoint;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -59,26 +57,13 @@ pub struct EmbedSummary {
     pub rows: Vec<SpaceRow>,
 }
 
-/// The run folder's name, for labels and file names.
-fn run_name(ck: &checkpoint::Loaded) -> String {
-    let run = checkpoint::run_folder(&ck.path).unwrap_or(&ck.path);
-    run.file_name()
-        .and_then(|s| s.to_str())
-        .unwrap_or("run")
-        .to_string()
-}
-
-/// The test images `[N, H, W, C]` u8 and labels of a checkpoint's own data set.
-fn test_images(ck: &checkpoint::Loaded, images: usize) -> Result<crate::data::Split> {
-    let mut cfg: Config = toml::from_str(&ck.meta.config)
-        .map_err(|e| TrainError::Invalid(format!("{}: {e}", ck.path.display())))?;
-    cfg.data.train_limit = Some(1);
-    cfg.data.test_limit = Some(images);
-    let data = train::load_data(&cfg, ck.meta.image_size)?;
+/// The test images `[N, H, W, C]` u8 and labels of a run's own data set.
+fn test_images(run: &TrainedRun, images: usize) -> Result<crate::data::Split> {
+    let data = run.test_data(None, Some(images))?;
     if data.test.len() < 4 {
         return Err(TrainError::Invalid(format!(
             "{}: {} test images; the embedding needs at least 4",
-            ck.path.display(),
+            run.path().display(),
             data.test.len()
         )));
     }
@@ -88,11 +73,11 @@ fn test_images(ck: &checkpoint::Loaded, images: usize) -> Result<crate::data::Sp
 /// Measures one checkpoint and draws its t-SNE map into `out`.
 pub fn measure(run: &Path, out: &Path, spec: &EmbedSpec) -> Result<SpaceRow> {
     let device = train::parse_device(&spec.device)?;
-    let ck = checkpoint::read(run)?;
-    let model = checkpoint::encoder(&ck, device)?;
+    let ck = TrainedRun::open(run)?;
+    let model = ck.encoder(device)?;
     let test = test_images(&ck, spec.images)?;
     let split = DeviceSplit::new(&test, device);
-    let plain = Augmenter::new(vec![], &ck.meta.mean, &ck.meta.std, device);
+    let plain = ck.normaliser(device);
     let z = normalize(&crate::models::features::encoder_features(
         &model, &split, &plain, 500,
     ));
@@ -101,11 +86,16 @@ pub fn measure(run: &Path, out: &Path, spec: &EmbedSpec) -> Result<SpaceRow> {
     let policy = crate::config::load(Some("cifar10-supcon"), &[])
         .map_err(|e| TrainError::Invalid(e.to_string()))?
         .augment;
-    let views = Augmenter::new(policy, &ck.meta.mean, &ck.meta.std, device);
+    let views = Augmenter::new(
+        policy,
+        &ck.checkpoint.meta.mean,
+        &ck.checkpoint.meta.std,
+        device,
+    );
     let mut rng = StdRng::seed_from_u64(mix_seed(spec.seed, 0xE3BED));
     let (a, b) = two_view_embeddings(&model, &split, &views, &mut rng);
     let labels = split.labels.shallow_clone();
-    let classes = ck.meta.classes.len() as i64;
+    let classes = ck.classes().len() as i64;
     let (intra, inter) = embedding::class_cosines(&z, &labels);
     let metrics = SpaceMetrics {
         alignment: embedding::alignment(&a, &b),
@@ -114,11 +104,9 @@ pub fn measure(run: &Path, out: &Path, spec: &EmbedSpec) -> Result<SpaceRow> {
         inter_class_cosine: inter,
         silhouette: embedding::silhouette(&z, &labels, classes),
     };
-    let name = run_name(&ck);
-    let training = if checkpoint::has_projection_head(&ck) {
-        toml::from_str::<Config>(&ck.meta.config)
-            .map(|c| c.contrastive.method.to_string())
-            .unwrap_or_else(|_| "contrastive".into())
+    let name = ck.name();
+    let training = if ck.is_contrastive() {
+        ck.config.contrastive.method.to_string()
     } else {
         "cross-entropy".into()
     };
@@ -133,13 +121,13 @@ pub fn measure(run: &Path, out: &Path, spec: &EmbedSpec) -> Result<SpaceRow> {
         &format!("t-SNE of {name} ({training}), {} test images", test.len()),
         &points,
         &label_list,
-        &ck.meta.classes,
+        ck.classes(),
     )
     .map_err(std::io::Error::from)?;
     Ok(SpaceRow {
         name,
         training,
-        checkpoint: ck.path.display().to_string(),
+        checkpoint: ck.path().display().to_string(),
         images: test.len(),
         feature_dim: z.size()[1],
         metrics,

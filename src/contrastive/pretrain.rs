@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::metrics::{self, EpochMetrics};
 use crate::train::{self, Result, RunOptions, Trainer};
 use crate::util::fmt_seconds;
+use crate::weights::RunDir;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
@@ -61,7 +62,7 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
         train_seconds: history.last().map_or(0.0, |m| m.train_seconds),
         wall_seconds: wall.elapsed().as_secs_f64(),
     };
-    metrics::write_json(&out.join("summary.json"), &summary)?;
+    metrics::write_json(&RunDir::new(out).summary(), &summary)?;
     write_plots(out, history, c.method.as_str())?;
     write_report(out, &summary, &trainer.cfg)?;
     eprintln!(
@@ -82,7 +83,7 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
 }
 
 fn write_plots(out: &Path, history: &[EpochMetrics], method: &str) -> std::io::Result<()> {
-    let plots = out.join("plots");
+    let plots = RunDir::new(out).plots();
     crate::util::create_dir(&plots)?;
     let series = |f: fn(&EpochMetrics) -> f64| crate::report::epoch_series(history, f);
     crate::report::line_chart(

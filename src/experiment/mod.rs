@@ -66,10 +66,11 @@ pub fn prior<T: for<'de> Deserialize<'de>>(dir: &Path, cfg: &Config) -> Result<P
         crate::util::atomic_write_bytes(&marker, cfg.to_toml().as_bytes())?;
         return Ok(Prior::Fresh);
     }
-    if let Some(s) = read_json(&dir.join("summary.json")) {
+    let run = crate::weights::RunDir::new(dir);
+    if let Some(s) = read_json(&run.summary()) {
         return Ok(Prior::Done(s));
     }
-    let ck = dir.join("checkpoints").join("last.safetensors");
+    let ck = run.checkpoint();
     Ok(if ck.exists() {
         Prior::Resume
     } else {

@@ -19,6 +19,7 @@ use crate::finetune::{self, FinetuneSummary, Strategy};
 use crate::metrics;
 use crate::train::{self, Result, TrainSummary};
 use crate::util::{fmt_seconds, mean_sd};
+use crate::weights::RunDir;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -197,13 +198,7 @@ fn pretrain_once(spec: &Spec, cfg: Config, dir: &Path) -> Result<pretrain::Pretr
 /// cross-entropy run of the same setting and seed trains on.
 fn probe(ce: &Config, encoder: &Path, dir: &Path) -> Result<FinetuneSummary> {
     let mut cfg = ce.clone();
-    cfg.transfer.weights = Some(
-        encoder
-            .join("checkpoints")
-            .join("last.safetensors")
-            .display()
-            .to_string(),
-    );
+    cfg.transfer.weights = Some(RunDir::new(encoder).checkpoint().display().to_string());
     cfg.train.epochs = 30;
     match prior(dir, &cfg)? {
         Prior::Done(s) => Ok(s),

@@ -147,10 +147,7 @@ fn pretrain(spec: &Spec, out: &Path) -> Result<Pretrain> {
 
 fn transfer_run(spec: &Spec, out: &Path, strategy: Strategy, budget: usize) -> Result<Row> {
     let dir = out.join("runs").join(format!("{strategy}-{budget}"));
-    let weights = out
-        .join("pretrain")
-        .join("checkpoints")
-        .join("last.safetensors");
+    let weights = crate::weights::RunDir::new(out.join("pretrain")).checkpoint();
     let cfg = transfer_config(spec, &weights, budget)?;
     // Rows are short: an interrupted one starts again.
     let s = match prior::<FinetuneSummary>(&dir, &cfg)? {

@@ -6,6 +6,7 @@ use crate::config::{Config, TransferConfig};
 use crate::metrics;
 use crate::models;
 use crate::train::{self, Result, RunOptions, TrainError};
+use crate::weights::RunDir;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
@@ -203,13 +204,7 @@ fn head_then_unfreeze(
     }
     all.transfer.freeze.clear();
     all.transfer.freeze_to = None;
-    all.transfer.weights = Some(
-        head_out
-            .join("checkpoints")
-            .join("last.safetensors")
-            .display()
-            .to_string(),
-    );
+    all.transfer.weights = Some(RunDir::new(&head_out).checkpoint().display().to_string());
     let mut s = from_train(train::run(all, out, &opts.run)?, Strategy::HeadThenUnfreeze);
     s.epochs = total;
     s.seconds = start.elapsed().as_secs_f64();

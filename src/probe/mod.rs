@@ -10,9 +10,8 @@ pub mod linear;
 use crate::config::{Config, ProbeFeatures, TransferConfig};
 use crate::data::loader::DeviceSplit;
 use crate::metrics;
-use crate::train::{self, Result, TrainError, Trainer};
+use crate::train::{self, Result, TrainError, TrainedRun, Trainer};
 use crate::util::{atomic_write, fnv1a};
-use crate::weights::checkpoint;
 use linear::LinearSpec;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -165,14 +164,13 @@ impl Default for ProbeSpec {
 /// # Errors
 /// The checkpoint or its config cannot be read.
 pub fn probe_config(run: &Path, spec: &ProbeSpec) -> Result<Config> {
-    let ck = checkpoint::read(run)?;
-    let mut cfg: Config = toml::from_str(&ck.meta.config)
-        .map_err(|e| TrainError::Invalid(format!("{}: {e}", ck.path.display())))?;
+    let run = TrainedRun::open(run)?;
+    let mut cfg = run.config.clone();
     cfg.train.epochs = spec.epochs;
     cfg.train.device = spec.device.clone();
     cfg.contrastive = Default::default();
     cfg.transfer = TransferConfig {
-        weights: Some(ck.path.display().to_string()),
+        weights: Some(run.path().display().to_string()),
         resize: cfg.transfer.resize,
         ..Default::default()
     };
@@ -194,9 +192,8 @@ pub fn run(run: &Path, out: &Path, spec: &ProbeSpec) -> Result<ProbeSummary> {
 /// (its checkpoint as the weights, with a new head for the classes), trained end to end with
 /// the `finetune` recipe's optimiser, schedule, batch size and augmentation at one rate.
 pub fn finetune_config(run: &Path, epochs: Option<usize>) -> Result<Config> {
-    let ck = checkpoint::read(run)?;
-    let mut cfg: Config = toml::from_str(&ck.meta.config)
-        .map_err(|e| TrainError::Invalid(format!("{}: {e}", ck.path.display())))?;
+    let run = TrainedRun::open(run)?;
+    let mut cfg = run.config.clone();
     let recipe = crate::config::load(Some("finetune"), &[])
         .map_err(|e| TrainError::Invalid(e.to_string()))?;
     cfg.optim = recipe.optim;
@@ -206,7 +203,7 @@ pub fn finetune_config(run: &Path, epochs: Option<usize>) -> Result<Config> {
     cfg.train.epochs = epochs.unwrap_or(recipe.train.epochs);
     cfg.contrastive = Default::default();
     cfg.transfer = crate::config::TransferConfig {
-        weights: Some(ck.path.display().to_string()),
+        weights: Some(run.path().display().to_string()),
         ..recipe.transfer
     };
     Ok(cfg)

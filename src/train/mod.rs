@@ -8,6 +8,9 @@ pub mod evaluate;
 pub mod lr_find;
 pub mod objective;
 pub mod report;
+pub mod trained;
+
+pub use trained::TrainedRun;
 
 pub use evaluate::{EvalResult, evaluate};
 
@@ -20,7 +23,7 @@ use crate::models::{self, Ctx, Model, features};
 use crate::optim::Optimizer;
 use crate::util::progress;
 use crate::util::{fmt_seconds, mix_seed};
-use crate::weights::checkpoint;
+use crate::weights::{RunDir, checkpoint};
 use objective::{EvalInput, Evaluation, Objective, StepInput};
 use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
@@ -358,7 +361,7 @@ impl Trainer {
         }
         let (mut history, mut train_seconds) = (Vec::new(), 0.0);
         if resume {
-            let ck = checkpoint::read(&out.join("checkpoints").join("last.safetensors"))?;
+            let ck = checkpoint::read(&RunDir::new(out).checkpoint())?;
             ck.load_into(&mut model)?;
             optim
                 .load_state(&ck.section("optim"))
@@ -631,12 +634,10 @@ impl Trainer {
     /// # Errors
     /// The loss diverged (the last checkpoint is kept), or the run folder cannot be written.
     pub fn fit(&mut self, opts: &RunOptions) -> Result<()> {
-        crate::util::create_dir(&self.out.join("checkpoints"))?;
+        let dir = RunDir::new(&self.out);
+        crate::util::create_dir(&dir.checkpoints())?;
         clean_run_folder(&self.out);
-        crate::util::atomic_write_bytes(
-            &self.out.join("config.toml"),
-            self.cfg.to_toml().as_bytes(),
-        )?;
+        crate::util::atomic_write_bytes(&dir.config(), self.cfg.to_toml().as_bytes())?;
         let start = self.history.len();
         let end = match opts.stop_after {
             Some(n) => (start + n).min(self.cfg.train.epochs),
@@ -673,11 +674,11 @@ impl Trainer {
             if eval.is_some() {
                 self.last_eval = eval;
             }
-            metrics::write_jsonl(&self.out.join("metrics.jsonl"), &self.history)?;
+            metrics::write_jsonl(&dir.metrics(), &self.history)?;
             if opts.no_checkpoints {
                 continue;
             }
-            let ck = self.out.join("checkpoints").join("last.safetensors");
+            let ck = dir.checkpoint();
             checkpoint::save(
                 &ck,
                 &self.model,
@@ -900,7 +901,7 @@ pub fn diverged(
     epoch: usize,
     lr: f64,
 ) -> TrainError {
-    let ck = out.join("checkpoints").join("last.safetensors");
+    let ck = RunDir::new(out).checkpoint();
     TrainError::Diverged {
         loss,
         step: step + 1,
@@ -924,7 +925,7 @@ pub fn effective_config(cfg: Config, out: &Path, opts: &RunOptions) -> Result<Co
     if !opts.resume {
         return Ok(cfg);
     }
-    let path = out.join("config.toml");
+    let path = RunDir::new(out).config();
     let saved = std::fs::read_to_string(&path)
         .map_err(|e| TrainError::Invalid(format!("cannot resume {}: {e}", out.display())))?;
     let mut table: toml::Table = toml::from_str(&saved)
@@ -972,7 +973,7 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<TrainSummary> {
     print_start(&trainer);
     trainer.fit(opts)?;
     let summary = trainer.summary(wall.elapsed().as_secs_f64())?;
-    metrics::write_json(&out.join("summary.json"), &summary)?;
+    metrics::write_json(&RunDir::new(out).summary(), &summary)?;
     if let Some(eval) = trainer.last_eval.as_ref().and_then(|e| e.detail.as_ref()) {
         metrics::write_json(&out.join("confusion.json"), &eval.confusion)?;
         report::run_report(
@@ -1124,7 +1125,7 @@ pub fn print_summary(s: &TrainSummary, out: &Path) {
         ("training time", fmt_seconds(s.train_seconds)),
         ("wall time", fmt_seconds(s.wall_seconds)),
         ("run folder", out.display().to_string()),
-        ("report", out.join("report.html").display().to_string()),
+        ("report", RunDir::new(out).report().display().to_string()),
     ];
     eprintln!("\n── summary ──────────────────────────────────────────");
     for (k, v) in rows {

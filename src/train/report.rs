@@ -6,6 +6,7 @@ use super::TrainSummary;
 use crate::config::Config;
 use crate::metrics::{Confusion, EpochMetrics};
 use crate::report::html::{escape, page};
+use crate::weights::RunDir;
 use std::path::Path;
 
 /// Writes `plots/{loss,accuracy,lr,confusion}.png` and `report.html` into a run folder.
@@ -17,7 +18,7 @@ pub fn run_report(
     confusion: &Confusion,
     classes: &[String],
 ) -> std::io::Result<()> {
-    let plots = out.join("plots");
+    let plots = RunDir::new(out).plots();
     crate::util::create_dir(&plots)?;
     let series = |f: fn(&EpochMetrics) -> f64| crate::report::epoch_series(history, f);
     crate::report::line_chart(
@@ -51,7 +52,7 @@ pub fn run_report(
         summary,
         &crate::inspect::report::inspect_section(out),
     );
-    crate::util::atomic_write_bytes(&out.join("report.html"), html.as_bytes())
+    crate::util::atomic_write_bytes(&RunDir::new(out).report(), html.as_bytes())
 }
 
 /// Weights, normalisation and the parameter groups with their rates.

@@ -2,6 +2,7 @@
 //! optimiser state (`optim.<key>`) and JSON metadata (`meta`), written atomically so a kill at any
 //! moment leaves the previous checkpoint intact.
 
+use super::RunDir;
 use crate::metrics::EpochMetrics;
 use crate::models::{self, Model, ModelSpec};
 use crate::util::{atomic_write, bytes_tensor, tensor_bytes};
@@ -145,13 +146,9 @@ pub struct Loaded {
     pub tensors: Vec<(String, Tensor)>,
 }
 
-/// Accepts a checkpoint file or a run folder (its `checkpoints/last.safetensors`).
+/// Accepts a checkpoint file or a run folder (its latest checkpoint, [`RunDir::checkpoint`]).
 pub fn resolve(path: &Path) -> PathBuf {
-    if path.is_dir() {
-        path.join("checkpoints").join("last.safetensors")
-    } else {
-        path.to_path_buf()
-    }
+    RunDir::resolve_checkpoint(path)
 }
 
 pub fn read(path: &Path) -> Result<Loaded, CheckpointError> {
@@ -239,8 +236,8 @@ impl Loaded {
 }
 
 /// The run folder a checkpoint file belongs to (`<run>/checkpoints/<file>`).
-pub fn run_folder(checkpoint: &Path) -> Option<&Path> {
-    checkpoint.parent()?.parent()
+pub fn run_folder(checkpoint: &Path) -> Option<PathBuf> {
+    RunDir::of_checkpoint(checkpoint).map(|r| r.root)
 }
 
 /// Copies named tensors into a model's variables, checking names and shapes like PyTorch's

@@ -6,6 +6,9 @@
 pub mod checkpoint;
 pub mod choose;
 pub mod pth;
+pub mod run_dir;
+
+pub use run_dir::RunDir;
 
 pub use choose::{Choice, choose};
 
