@@ -239,7 +239,7 @@ pub fn recipe_runs(
     target: f64,
     out: &std::path::Path,
     progress: bool,
-) -> crate::train::Result<Vec<RecipeRun>> {
+) -> crate::error::Result<Vec<RecipeRun>> {
     use crate::train::{self, RunOptions, Trainer};
     let (data, on_device) = train::load_onto_device(cfg)?;
     let device = on_device.0.images.device();

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Lowest first. Kept equal to the `layers:` line of docs/ARCHITECTURE.md.
-const LAYERS: [&str; 20] = [
+const LAYERS: [&str; 21] = [
     "util",
     "pickle",
     "metrics",
@@ -19,6 +19,7 @@ const LAYERS: [&str; 20] = [
     "config",
     "weights",
     "transfer",
+    "error",
     "report",
     "inspect",
     "train",

@@ -7,9 +7,10 @@ use super::normalize;
 use crate::analysis::embedding::{self, SpaceMetrics, TsneSpec};
 use crate::augment::Augmenter;
 use crate::data::loader::DeviceSplit;
+use crate::error::{Error, Result};
 use crate::metrics;
 use crate::report::html::Table;
-use crate::train::{self, Result, TrainError, TrainedRun};
+use crate::train::{self, TrainedRun};
 use crate::util::mix_seed;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
@@ -61,7 +62,7 @@ pub struct EmbedSummary {
 fn test_images(run: &TrainedRun, images: usize) -> Result<crate::data::Split> {
     let data = run.test_data(None, Some(images))?;
     if data.test.len() < 4 {
-        return Err(TrainError::Invalid(format!(
+        return Err(Error::Invalid(format!(
             "{}: {} test images; the embedding needs at least 4",
             run.path().display(),
             data.test.len()
@@ -84,7 +85,7 @@ pub fn measure(run: &Path, out: &Path, spec: &EmbedSpec) -> Result<SpaceRow> {
     // Positive pairs for alignment: two views under SupCon's policy, the same draws for every
     // model, so the numbers of two runs compare.
     let policy = crate::config::load(Some("cifar10-supcon"), &[])
-        .map_err(|e| TrainError::Invalid(e.to_string()))?
+        .map_err(|e| Error::Invalid(e.to_string()))?
         .augment;
     let views = Augmenter::new(
         policy,

@@ -7,9 +7,10 @@ use crate::augment::Augmenter;
 use crate::config::Config;
 use crate::config::ContrastiveMethod;
 use crate::data::loader::DeviceSplit;
+use crate::error::{Error, Result};
 use crate::models::{Ctx, Model, features};
 use crate::train::objective::{EvalInput, Evaluation, Objective, StepInput, StepOutput};
-use crate::train::{Result, TrainError};
+
 use tch::{Kind, Tensor};
 
 /// SupCon or SimCLR with the `[contrastive]` section's settings.
@@ -26,7 +27,7 @@ impl Contrastive {
     pub fn new(cfg: &Config) -> Result<Self> {
         let c = &cfg.contrastive;
         if cfg.train.batch_size < 2 {
-            return Err(TrainError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "batch size {} is too small for contrastive learning (at least 2; the paper uses 1024)",
                 cfg.train.batch_size
             )));
@@ -62,7 +63,7 @@ impl Contrastive {
         let head = self
             .head
             .as_ref()
-            .ok_or_else(|| TrainError::Invalid("the projection head was not built".into()))?;
+            .ok_or_else(|| Error::Invalid("the projection head was not built".into()))?;
         let b = images.size()[0];
         let views = augmenter.two_views(images, rng);
         // The loss itself runs in float32 under bf16 autocast: its softmax over the batch needs it.
@@ -71,7 +72,7 @@ impl Contrastive {
         let z = z.view([2, b, -1]).transpose(0, 1);
         let labels = (self.method == ContrastiveMethod::SupCon).then_some(labels);
         supcon_loss(&z, labels, self.temperature, self.mode)
-            .map_err(|e| TrainError::Invalid(e.to_string()))
+            .map_err(|e| Error::Invalid(e.to_string()))
     }
 }
 
@@ -84,7 +85,7 @@ impl Objective for Contrastive {
     fn check_config(&self, cfg: &Config) -> Result<()> {
         let t = &cfg.train;
         let refuse = |setting: &str, why: &str| {
-            Err(TrainError::Invalid(format!(
+            Err(Error::Invalid(format!(
                 "{setting} does not apply to {} pre-training: {why}",
                 self.method
             )))
@@ -128,7 +129,7 @@ impl Objective for Contrastive {
             dim
         };
         let head = ProjectionHead::new(&model.vs.root(), dim, dim, hidden, c.head_out)
-            .map_err(|e| TrainError::Invalid(e.to_string()))?;
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         self.head = Some(head);
         model.add_part("projection", "head");
         let fc = &model.net.classifier().inner;

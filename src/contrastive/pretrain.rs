@@ -3,8 +3,9 @@
 
 use super::objective::Contrastive;
 use crate::config::Config;
+use crate::error::Result;
 use crate::metrics::{self, EpochMetrics};
-use crate::train::{self, Result, RunOptions, Trainer};
+use crate::train::{self, RunOptions, Trainer};
 use crate::util::fmt_seconds;
 use crate::weights::RunDir;
 use serde::{Deserialize, Serialize};

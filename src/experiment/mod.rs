@@ -6,8 +6,8 @@ pub mod supcon;
 pub mod transfer;
 
 use crate::config::Config;
+use crate::error::Result;
 pub use crate::report::html::{Table, write_report};
-use crate::train::Result;
 use crate::util::read_json;
 use serde::Deserialize;
 use std::path::Path;

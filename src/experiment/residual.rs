@@ -9,9 +9,10 @@ use crate::augment::Augmenter;
 use crate::config;
 use crate::config::Config;
 use crate::data::loader::DeviceSplit;
+use crate::error::Result;
 use crate::metrics;
 use crate::models::{self, Ctx};
-use crate::train::{self, Result};
+use crate::train;
 use crate::util::{fmt_seconds, mix_seed};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -223,7 +224,7 @@ fn report(out: &Path, s: &Summary) -> Result<()> {
     let chart =
         |file: &str, title: &str, axes: (&str, &str), series: &[(&str, Vec<(f64, f64)>)]| {
             crate::report::line_chart(&plots.join(file), title, axes, series)
-                .map_err(|e| train::TrainError::Invalid(e.to_string()))
+                .map_err(|e| crate::error::Error::Invalid(e.to_string()))
         };
     chart(
         "train-loss.png",

@@ -15,9 +15,10 @@ use super::{Prior, Table, prior, write_report};
 use crate::config;
 use crate::config::Config;
 use crate::contrastive::{embed, pretrain};
+use crate::error::Result;
 use crate::finetune::{self, FinetuneSummary, Strategy};
 use crate::metrics;
-use crate::train::{self, Result, TrainSummary};
+use crate::train::{self, TrainSummary};
 use crate::util::{fmt_seconds, mean_sd};
 use crate::weights::RunDir;
 use serde::{Deserialize, Serialize};
@@ -252,7 +253,7 @@ impl Runner<'_> {
                         (p.test_accuracy, pre.wall_seconds + p.seconds)
                     }
                     other => {
-                        return Err(train::TrainError::Invalid(format!(
+                        return Err(crate::error::Error::Invalid(format!(
                             "unknown method '{other}' (cross-entropy, supcon, simclr)"
                         )));
                     }
@@ -275,7 +276,7 @@ fn method_label(m: &str) -> String {
 pub fn run(spec: &Spec, out: &Path) -> Result<Summary> {
     let start = Instant::now();
     if spec.seeds == 0 || spec.methods.is_empty() {
-        return Err(train::TrainError::Invalid(
+        return Err(crate::error::Error::Invalid(
             "supcon-vs-ce needs at least one seed and one method".into(),
         ));
     }
@@ -396,7 +397,7 @@ fn plots(out: &Path, s: &Summary) -> Result<()> {
     };
     let chart = |file: &str, title: &str, axes: (&str, &str), data: &[(&str, Vec<(f64, f64)>)]| {
         crate::report::line_chart(&out.join("plots").join(file), title, axes, data)
-            .map_err(|e| train::TrainError::Invalid(e.to_string()))
+            .map_err(|e| crate::error::Error::Invalid(e.to_string()))
     };
     chart(
         "labels.png",

@@ -11,9 +11,10 @@
 use super::{Prior, Table, prior, write_report};
 use crate::config;
 use crate::config::Config;
+use crate::error::Result;
 use crate::finetune::{self, FinetuneOptions, FinetuneSummary, Strategy};
 use crate::metrics;
-use crate::train::{self, Result, RunOptions};
+use crate::train::{self, RunOptions};
 use crate::util::fmt_seconds;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -254,7 +255,7 @@ fn report(spec: &Spec, out: &Path, s: &Summary) -> Result<()> {
         ("log10 labelled images per class", "test accuracy"),
         &series,
     )
-    .map_err(|e| train::TrainError::Invalid(e.to_string()))?;
+    .map_err(|e| crate::error::Error::Invalid(e.to_string()))?;
     let intro = format!(
         "{} pre-trained on the CIFAR-10 animal classes ({} images, {} epochs, {:.2}% on the animal \
          test images), then adapted to the vehicle classes ({}) with few labels; accuracy on all \

@@ -3,9 +3,10 @@
 //! checkpoints, reports and summary.
 
 use crate::config::{Config, TransferConfig};
+use crate::error::{Error, Result};
 use crate::metrics;
 use crate::models;
-use crate::train::{self, Result, RunOptions, TrainError};
+use crate::train::{self, RunOptions};
 use crate::weights::RunDir;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -98,7 +99,7 @@ fn group_names(cfg: &Config) -> Result<Vec<String>> {
 
 fn require_weights(cfg: &Config, strategy: Strategy) -> Result<()> {
     match (&cfg.transfer.weights, strategy) {
-        (None, s) if s != Strategy::Scratch => Err(TrainError::Invalid(format!(
+        (None, s) if s != Strategy::Scratch => Err(Error::Invalid(format!(
             "strategy {s} needs pretrained weights (--weights FILE or a torchvision name)"
         ))),
         _ => Ok(()),
@@ -133,7 +134,7 @@ pub fn run(
         Strategy::Partial(k) => {
             let stages = groups.len().saturating_sub(1);
             if k > stages {
-                return Err(TrainError::Invalid(format!(
+                return Err(Error::Invalid(format!(
                     "partial:{k}: the model has only {stages} groups below the head ({})",
                     groups.join(", ")
                 )));
@@ -173,7 +174,7 @@ fn head_then_unfreeze(
 ) -> Result<FinetuneSummary> {
     let total = cfg.train.epochs;
     if total < 2 {
-        return Err(TrainError::Invalid(
+        return Err(Error::Invalid(
             "head-then-unfreeze needs at least 2 epochs (head, then all layers)".into(),
         ));
     }

@@ -9,8 +9,9 @@ pub mod linear;
 
 use crate::config::{Config, ProbeFeatures, TransferConfig};
 use crate::data::loader::DeviceSplit;
+use crate::error::{Error, Result};
 use crate::metrics;
-use crate::train::{self, Result, TrainError, TrainedRun, Trainer};
+use crate::train::{self, TrainedRun, Trainer};
 use crate::util::{atomic_write, fnv1a};
 use linear::LinearSpec;
 use serde::{Deserialize, Serialize};
@@ -194,8 +195,8 @@ pub fn run(run: &Path, out: &Path, spec: &ProbeSpec) -> Result<ProbeSummary> {
 pub fn finetune_config(run: &Path, epochs: Option<usize>) -> Result<Config> {
     let run = TrainedRun::open(run)?;
     let mut cfg = run.config.clone();
-    let recipe = crate::config::load(Some("finetune"), &[])
-        .map_err(|e| TrainError::Invalid(e.to_string()))?;
+    let recipe =
+        crate::config::load(Some("finetune"), &[]).map_err(|e| Error::Invalid(e.to_string()))?;
     cfg.optim = recipe.optim;
     cfg.schedule = recipe.schedule;
     cfg.augment = recipe.augment;

@@ -3,7 +3,8 @@
 
 use super::evaluate::{self, Tta};
 use super::objective::{EvalInput, Evaluation, Objective, StepInput, StepOutput};
-use super::{Result, TrainError};
+use crate::error::{Error, Result};
+
 use crate::augment::{Augmenter, Shifts};
 use crate::config::Config;
 use rand::rngs::StdRng;
@@ -33,7 +34,7 @@ impl Objective for CrossEntropy {
     /// The `[contrastive]` section belongs to `convkit supcon`.
     fn check_config(&self, cfg: &Config) -> Result<()> {
         if cfg.contrastive != Default::default() {
-            return Err(TrainError::Invalid(
+            return Err(Error::Invalid(
                 "the [contrastive] section applies to contrastive pre-training (`convkit \
                  supcon`); this command trains a classifier with cross-entropy: remove the \
                  section, or run `convkit supcon`"

@@ -3,8 +3,9 @@
 //! the smoothed loss falls fastest.
 
 use crate::config::Config;
+use crate::error::Result;
 use crate::metrics;
-use crate::train::{self, Result, Trainer};
+use crate::train::{self, Trainer};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -107,7 +108,7 @@ pub fn run(cfg: Config, spec: &SweepSpec, out: &Path, progress: bool) -> Result<
     // The sweep cycles through small data, so it stops early only when the loss explodes; a
     // handful of steps would make the suggestion the sweep's first rate, which means nothing.
     if losses.len() < MIN_STEPS.min(lrs.len()) {
-        return Err(train::TrainError::Invalid(format!(
+        return Err(crate::error::Error::Invalid(format!(
             "lr-find: the loss was not finite after {} steps (rates {:.1e} to {:.1e}); no rate \
              can be suggested: start the sweep lower (--start)",
             losses.len(),
@@ -144,7 +145,7 @@ pub fn run(cfg: Config, spec: &SweepSpec, out: &Path, progress: bool) -> Result<
             ("smoothed", points(&result.smoothed)),
         ],
     )
-    .map_err(|e| train::TrainError::Invalid(e.to_string()))?;
+    .map_err(|e| crate::error::Error::Invalid(e.to_string()))?;
     Ok(result)
 }
 

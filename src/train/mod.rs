@@ -18,6 +18,7 @@ use crate::augment::Augmenter;
 use crate::config::{self, Config};
 use crate::data::loader::{self, DeviceSplit};
 use crate::data::{self, DataSpec, Dataset};
+use crate::error::{Error, Result};
 use crate::metrics::{self, EpochMetrics};
 use crate::models::{self, Ctx, Model, features};
 use crate::optim::Optimizer;
@@ -31,44 +32,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error(transparent)]
-    Data(#[from] data::DataError),
-    #[error(transparent)]
-    Model(#[from] models::ModelError),
-    #[error(transparent)]
-    Checkpoint(#[from] checkpoint::CheckpointError),
-    #[error(transparent)]
-    Optim(#[from] crate::optim::OptimError),
-    #[error(transparent)]
-    Weights(#[from] crate::weights::WeightsError),
-    #[error(transparent)]
-    Config(#[from] config::ConfigError),
-    // Transparent: a `{0}` message with the error also as its source prints the text twice
-    // under `{:#}`.
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
-    #[error(transparent)]
-    Tensor(#[from] tch::TchError),
-    #[error(
-        "training diverged: the loss became {loss} at step {step} (epoch {epoch}, learning rate {lr:.4}). \
-Try a lower learning rate (for example --lr {suggest}). The last good checkpoint{checkpoint} is intact."
-    )]
-    Diverged {
-        loss: f64,
-        step: usize,
-        epoch: usize,
-        lr: f64,
-        suggest: f64,
-        checkpoint: String,
-    },
-    #[error("{0}")]
-    Invalid(String),
-}
-
-pub type Result<T> = std::result::Result<T, TrainError>;
-
 /// `auto` picks the first GPU when libtorch sees one.
 pub fn parse_device(s: &str) -> Result<Device> {
     match s {
@@ -81,7 +44,7 @@ pub fn parse_device(s: &str) -> Result<Device> {
             .and_then(|n| n.parse::<usize>().ok())
         {
             Some(n) => cuda_device(n),
-            None => Err(TrainError::Invalid(format!(
+            None => Err(Error::Invalid(format!(
                 "unknown device '{other}' (auto, cpu, cuda, cuda:N)"
             ))),
         },
@@ -96,7 +59,7 @@ fn cuda_device(n: usize) -> Result<Device> {
         tch::Cuda::cudnn_set_benchmark(true);
         Ok(Device::Cuda(n))
     } else {
-        Err(TrainError::Invalid(format!(
+        Err(Error::Invalid(format!(
             "device cuda:{n} requested, but libtorch sees {count} GPU(s)"
         )))
     }
@@ -152,7 +115,7 @@ pub fn load_data(cfg: &Config, default_size: i64) -> Result<Dataset> {
         ds.test = ds.test.take(n);
     }
     if ds.test.is_empty() {
-        return Err(TrainError::Invalid(format!(
+        return Err(Error::Invalid(format!(
             "{}: the test split holds no images, so nothing could be evaluated (check \
              data.test_limit, data.val_split and the data's test folder)",
             cfg.data.source
@@ -198,7 +161,7 @@ pub fn clean_run_folder(out: &Path) {
 /// `train.batch_size` below 2.
 pub fn check_training_size(n: usize, batch_size: usize) -> Result<()> {
     if batch_size < 2 {
-        return Err(TrainError::Invalid(format!(
+        return Err(Error::Invalid(format!(
             "train.batch_size = {batch_size}: training needs batches of at least 2 images \
              (BatchNorm needs two values per channel)"
         )));
@@ -206,7 +169,7 @@ pub fn check_training_size(n: usize, batch_size: usize) -> Result<()> {
     if n >= 2 {
         return Ok(());
     }
-    Err(TrainError::Invalid(format!(
+    Err(Error::Invalid(format!(
         "the training split holds {n} image(s); training needs at least 2 (BatchNorm needs \
          two values per channel): check data.train_limit, data.train_per_class, data.classes \
          and the data source"
@@ -355,7 +318,7 @@ impl Trainer {
         let mut bn_eval: std::rc::Rc<[String]> = Default::default();
         if let Some(t) = &mut transfer {
             let applied = crate::transfer::apply(&cfg.transfer, &model, &mut optim)
-                .map_err(TrainError::Invalid)?;
+                .map_err(Error::Invalid)?;
             bn_eval = applied.bn_eval.into();
             t.groups = applied.groups;
         }
@@ -365,7 +328,7 @@ impl Trainer {
             ck.load_into(&mut model)?;
             optim
                 .load_state(&ck.section("optim"))
-                .map_err(|e| TrainError::Invalid(format!("{}: {e}", ck.path.display())))?;
+                .map_err(|e| Error::Invalid(format!("{}: {e}", ck.path.display())))?;
             history = ck.meta.history.clone();
             train_seconds = ck.meta.train_seconds;
         }
@@ -547,7 +510,7 @@ impl Trainer {
         }
     }
 
-    fn diverged(&self, loss: f64, step: usize, epoch: usize, lr: f64) -> TrainError {
+    fn diverged(&self, loss: f64, step: usize, epoch: usize, lr: f64) -> Error {
         diverged(&self.out, self.cfg.optim.lr, loss, step, epoch, lr)
     }
 
@@ -723,7 +686,7 @@ impl Trainer {
     pub fn summary(&mut self, wall_seconds: f64) -> Result<TrainSummary> {
         let eval = self.last_eval.take().unwrap_or_else(|| self.evaluate());
         let Some(detail) = eval.detail.clone() else {
-            return Err(TrainError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "a {} run has no classification summary",
                 self.objective.name()
             )));
@@ -761,14 +724,14 @@ impl Trainer {
 fn check_classes(cfg: &Config, data: &Dataset) -> Result<()> {
     let classes = data.classes.len() as i64;
     if let Some(k) = cfg.model.classes.filter(|k| *k != classes) {
-        return Err(TrainError::Invalid(format!(
+        return Err(Error::Invalid(format!(
             "the model's head is set to {k} classes, but {} has {classes} ({})",
             data.name,
             data.classes.join(", ")
         )));
     }
     if classes < 2 {
-        return Err(TrainError::Invalid(format!(
+        return Err(Error::Invalid(format!(
             "{} has {classes} class ({}); a classifier needs at least 2",
             data.name,
             data.classes.join(", ")
@@ -820,7 +783,7 @@ fn structured_init(
             .get("whiten.weight")
             .map(Tensor::shallow_clone)
             .ok_or_else(|| {
-                TrainError::Invalid(format!(
+                Error::Invalid(format!(
                     "model.whiten_init: {} has no `whiten` convolution (airnet has)",
                     model.spec.name
                 ))
@@ -833,7 +796,7 @@ fn structured_init(
             let k = w.size()[2];
             let whitening = crate::models::init::patch_whitening(&sample, k, 5e-4);
             if whitening.size() != w.size() {
-                return Err(TrainError::Invalid(format!(
+                return Err(Error::Invalid(format!(
                     "model.whiten_init: the whitening of {k}x{k} patches has shape {:?}, the `whiten` convolution {:?}",
                     whitening.size(),
                     w.size()
@@ -871,7 +834,7 @@ fn prepare_transfer(
         .and_then(|p| checkpoint::read(p).ok())
         .map(|l| l.meta);
     let (norm, mean, std) = crate::transfer::normalisation(t, meta.as_ref(), &data.mean, &data.std)
-        .map_err(TrainError::Invalid)?;
+        .map_err(Error::Invalid)?;
     data.mean = mean;
     data.std = std;
     let mut summary = crate::transfer::TransferSummary {
@@ -893,16 +856,9 @@ fn prepare_transfer(
 
 /// The error for a non-finite loss at 0-based `step` / `epoch`: names the step, suggests a
 /// tenth of the base learning rate, and says whether a checkpoint in `out` is intact.
-pub fn diverged(
-    out: &Path,
-    base_lr: f64,
-    loss: f64,
-    step: usize,
-    epoch: usize,
-    lr: f64,
-) -> TrainError {
+pub fn diverged(out: &Path, base_lr: f64, loss: f64, step: usize, epoch: usize, lr: f64) -> Error {
     let ck = RunDir::new(out).checkpoint();
-    TrainError::Diverged {
+    Error::Diverged {
         loss,
         step: step + 1,
         epoch: epoch + 1,
@@ -927,9 +883,9 @@ pub fn effective_config(cfg: Config, out: &Path, opts: &RunOptions) -> Result<Co
     }
     let path = RunDir::new(out).config();
     let saved = std::fs::read_to_string(&path)
-        .map_err(|e| TrainError::Invalid(format!("cannot resume {}: {e}", out.display())))?;
-    let mut table: toml::Table = toml::from_str(&saved)
-        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+        .map_err(|e| Error::Invalid(format!("cannot resume {}: {e}", out.display())))?;
+    let mut table: toml::Table =
+        toml::from_str(&saved).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
     for setting in &opts.resume_settings {
         let key = setting
             .split_once('=')
@@ -939,7 +895,7 @@ pub fn effective_config(cfg: Config, out: &Path, opts: &RunOptions) -> Result<Co
             .iter()
             .any(|r| key == *r || (r.ends_with('.') && key.starts_with(r)));
         if !allowed {
-            return Err(TrainError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "{}: `{key}` cannot change when resuming (the run would no longer be the one \
                  its checkpoint continues); with --resume you may set: --epochs, --lr, \
                  schedule.*, train.eval_every, --device, train.threads. Start a new run in \
@@ -950,10 +906,10 @@ pub fn effective_config(cfg: Config, out: &Path, opts: &RunOptions) -> Result<Co
         config::apply_override(&mut table, setting)?;
     }
     let resumed: Config = serde::Deserialize::deserialize(toml::Value::Table(table))
-        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
     resumed
         .validate()
-        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
     if !opts.resume_settings.is_empty() {
         eprintln!(
             "resuming with {} (recorded in {})",

@@ -4,10 +4,11 @@
 //! checkpoints, resume, metrics, progress), as a `LightningModule` leaves the loop to its
 //! `Trainer`.
 
-use super::{EvalResult, Result};
+use super::EvalResult;
 use crate::augment::Augmenter;
 use crate::config::Config;
 use crate::data::loader::DeviceSplit;
+use crate::error::Result;
 use crate::models::{Ctx, Model};
 use rand::rngs::StdRng;
 use tch::{Device, Tensor};

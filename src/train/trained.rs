@@ -2,10 +2,11 @@
 //! with, its model, normalisation and class names. Everything that looks at a finished run
 //! (eval, predict, inspect, embed, probe) opens it here.
 
-use super::{Result, TrainError, load_data};
+use super::load_data;
 use crate::augment::Augmenter;
 use crate::config::Config;
 use crate::data::Dataset;
+use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::weights::RunDir;
 use crate::weights::checkpoint::{self, Loaded};
@@ -29,7 +30,7 @@ impl TrainedRun {
     pub fn open(path: &Path) -> Result<Self> {
         let checkpoint = checkpoint::read(path)?;
         let config: Config = toml::from_str(&checkpoint.meta.config).map_err(|e| {
-            TrainError::Invalid(format!(
+            Error::Invalid(format!(
                 "{}: the stored config: {e}",
                 checkpoint.path.display()
             ))
