@@ -180,7 +180,6 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
         epochs: a.epochs.unwrap_or(30),
         lr: a.lr,
         device: a.device.clone(),
-        ..Default::default()
     };
     let s = probe::run(&a.run, &out, &spec)?;
     println!(
@@ -241,9 +240,7 @@ fn run_folder(run: &std::path::Path) -> PathBuf {
     if run.is_dir() {
         run.to_path_buf()
     } else {
-        crate::weights::checkpoint::run_folder(run)
-            .map(PathBuf::from)
-            .unwrap_or_default()
+        crate::weights::checkpoint::run_folder(run).unwrap_or_default()
     }
 }
 
