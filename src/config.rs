@@ -457,8 +457,6 @@ pub fn load(recipe: Option<&str>, overrides: &[String]) -> Result<Config, Config
     Ok(cfg)
 }
 
-/// Sets `a.b=value` in a TOML table; the value is parsed as TOML (number, bool, array) or taken
-/// as a string.
 /// A multi-line parser message (TOML's: the problem, then where) as one line.
 fn one_line(text: &str) -> String {
     text.lines()
@@ -468,6 +466,11 @@ fn one_line(text: &str) -> String {
         .join(" ")
 }
 
+/// Sets `a.b=value` in a TOML table; the value is parsed as TOML (number, bool, array) or taken
+/// as a string.
+///
+/// # Errors
+/// No `=`, or a key path through something that is not a table.
 pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), ConfigError> {
     let (key, raw) = item
         .split_once('=')
@@ -530,10 +533,6 @@ impl Config {
             (
                 t.threads <= MAX_THREADS,
                 format!("train.threads = {}: at most {MAX_THREADS}", t.threads),
-            ),
-            (
-                t.eval_every >= 1,
-                format!("train.eval_every = {}: at least 1", t.eval_every),
             ),
             (
                 o.lr.is_finite() && o.lr > 0.0,

@@ -1,6 +1,6 @@
 //! The error of everything from the training engine up (training, pre-training, probes,
 //! fine-tuning, experiments): each lower layer's own error (data, models, optimiser, config,
-//! weights, checkpoints) converts into it, with its message unchanged.
+//! weights, checkpoints, transfer settings) converts into it, with its message unchanged.
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -14,6 +14,8 @@ pub enum Error {
     Optim(#[from] crate::optim::OptimError),
     #[error(transparent)]
     Weights(#[from] crate::weights::WeightsError),
+    #[error(transparent)]
+    Transfer(#[from] crate::transfer::TransferError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     // Transparent: a `{0}` message with the error also as its source prints the text twice

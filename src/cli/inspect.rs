@@ -71,14 +71,14 @@ struct Pictures {
 }
 
 impl Pictures {
-    fn new(out: Option<PathBuf>, run: &TrainedRun) -> Result<Self> {
-        let run = run.dir.as_ref().map(|d| d.root.clone());
+    fn new(out: Option<PathBuf>, trained: &TrainedRun) -> Result<Self> {
         let (dir, run) = match out {
             Some(dir) => (dir, None),
-            None => {
-                let run = run.unwrap_or_else(|| PathBuf::from("."));
-                (run.join("inspect"), Some(run))
-            }
+            // Beside the run's report, or beside a checkpoint file that has no run folder.
+            None => (
+                trained.output_dir().join("inspect"),
+                trained.dir.as_ref().map(|d| d.root.clone()),
+            ),
         };
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;

@@ -235,12 +235,16 @@ pub fn embed(a: EmbedArgs) -> Result<()> {
     Ok(())
 }
 
-/// The run folder of a run folder or of a checkpoint inside one.
+/// The run folder of a run folder or of a checkpoint inside one; for a checkpoint file outside
+/// a run folder, the folder it lies in.
 fn run_folder(run: &std::path::Path) -> PathBuf {
+    use crate::weights::RunDir;
     if run.is_dir() {
-        run.to_path_buf()
-    } else {
-        crate::weights::checkpoint::run_folder(run).unwrap_or_default()
+        return run.to_path_buf();
+    }
+    match RunDir::of_checkpoint(run) {
+        Some(d) => d.root,
+        None => run.parent().map(PathBuf::from).unwrap_or_default(),
     }
 }
 

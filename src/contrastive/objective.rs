@@ -40,11 +40,6 @@ impl Contrastive {
         })
     }
 
-    /// The projection head (present once the engine built the model).
-    pub fn head(&self) -> Option<&ProjectionHead> {
-        self.head.as_ref()
-    }
-
     /// The loss of a u8 batch `[B, H, W, C]`: two views, encoder, head, SupCon (labels) or
     /// NT-Xent (none). `convkit bench --pretrain` times exactly this plus
     /// [`crate::train::objective::optimise`].
@@ -138,6 +133,15 @@ impl Objective for Contrastive {
             let _ = b.set_requires_grad(false);
         }
         Ok(())
+    }
+
+    /// Before the one training engine, pre-training wrote its kNN accuracy as `test_accuracy`
+    /// and zeros for what it did not measure.
+    fn upgrade_history(&self, history: &mut [crate::metrics::EpochMetrics]) {
+        for m in history.iter_mut().filter(|m| m.knn_accuracy.is_none()) {
+            m.knn_accuracy = m.test_accuracy.take();
+            (m.train_accuracy, m.test_loss, m.test_top5) = (None, None, None);
+        }
     }
 
     /// Contrastive batches are always full: SupCon's reference code drops the last one too.

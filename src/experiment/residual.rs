@@ -137,7 +137,7 @@ fn run_model(spec: &Spec, out: &Path, model: &str) -> Result<Row> {
             train::run(cfg, &dir, &opts)?
         }
     };
-    let history = metrics::read_jsonl(&dir.join("metrics.jsonl"))?;
+    let history = metrics::read_jsonl(&crate::weights::RunDir::new(&dir).metrics())?;
     eprintln!(
         "   {model}: final training loss {:.4}, test {:.2}% in {}",
         s.final_train_loss,

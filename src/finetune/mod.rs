@@ -189,7 +189,7 @@ fn head_then_unfreeze(
     head.transfer.freeze = groups[..groups.len() - 1].to_vec();
     head.transfer.freeze_to = None;
     let head_out = out.join("head");
-    let head_done = head_out.join("summary.json").exists() && opts.run.resume;
+    let head_done = RunDir::new(&head_out).summary().exists() && opts.run.resume;
     if !head_done {
         let run = RunOptions {
             resume: false,

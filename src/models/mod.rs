@@ -332,6 +332,11 @@ impl Model {
         parts
     }
 
+    /// Whether a training objective added the variable `var` (it is in no weights file).
+    pub fn objective_owns(&self, var: &str) -> bool {
+        self.extra_parts.iter().any(|p| p.owns(var))
+    }
+
     /// Declares variables an objective added to the VarStore under `prefix` as the part `name`.
     pub fn add_part(&mut self, name: &str, prefix: &str) {
         self.extra_parts.push(Part::new(name, &[prefix]));

@@ -37,20 +37,25 @@ pub struct ProbeSummary {
     pub seconds: f64,
 }
 
-/// Identifies cached features: the data, the model, the weights file (path, size, time) and
-/// the input resize.
+/// Identifies cached features: the data, the model, the weights file (path, size, time; key
+/// path and prefix), the input resize, normalisation and feature kind, and the seed (which
+/// draws label noise).
 fn feature_tag(cfg: &Config) -> i64 {
     let weights = cfg.transfer.weights.as_deref().unwrap_or_default();
     let stamp = std::fs::metadata(weights)
         .map(|m| format!("{}|{:?}", m.len(), m.modified().ok()))
         .unwrap_or_default();
     let key = format!(
-        "{}|{:?}|{weights}|{stamp}|{:?}|{:?}|{:?}",
+        "{}|{:?}|{weights}|{stamp}|{:?}|{:?}|{:?}|{:?}|{:?}|{}",
         toml::to_string(&cfg.data).unwrap_or_default(),
         cfg.model,
         cfg.transfer.resize,
         cfg.transfer.normalise,
-        cfg.transfer.probe_features
+        cfg.transfer.probe_features,
+        cfg.transfer.weights_key,
+        cfg.transfer.strip_prefix,
+        // The seed draws the label noise of `data.label_noise`.
+        cfg.train.seed
     );
     fnv1a(key.as_bytes()) as i64
 }

@@ -18,6 +18,7 @@ pub struct CrossEntropy {
 }
 
 impl CrossEntropy {
+    /// With the label smoothing of `cfg.train`.
     pub fn new(cfg: &Config) -> Self {
         CrossEntropy {
             label_smoothing: cfg.train.label_smoothing,

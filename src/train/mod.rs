@@ -32,7 +32,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-/// `auto` picks the first GPU when libtorch sees one.
+/// `auto`, `cpu`, `cuda`, `cuda:N`; `auto` picks the first GPU when libtorch sees one.
+///
+/// # Errors
+/// Another name, or a GPU index libtorch does not see.
 pub fn parse_device(s: &str) -> Result<Device> {
     match s {
         "auto" if tch::Cuda::is_available() => cuda_device(0),
@@ -89,7 +92,11 @@ pub struct TrainSummary {
     pub transfer: Option<crate::transfer::TransferSummary>,
 }
 
-/// Loads the data a config names.
+/// Loads the data a config names (`[data]`: source, format, limits, classes, label noise),
+/// images resized to `data.image_size` or else `default_size` pixels where the reader resizes.
+///
+/// # Errors
+/// The data cannot be read, a named class is absent, or the test split is empty.
 pub fn load_data(cfg: &Config, default_size: i64) -> Result<Dataset> {
     let mut spec = DataSpec::new(&cfg.data.source);
     spec.format = cfg.data.format;
@@ -128,6 +135,9 @@ pub fn load_data(cfg: &Config, default_size: i64) -> Result<Dataset> {
 }
 
 /// The data a config names, and its splits moved to the config's device.
+///
+/// # Errors
+/// As [`parse_device`] and [`load_data`].
 pub fn load_onto_device(cfg: &Config) -> Result<(Dataset, (DeviceSplit, DeviceSplit))> {
     let device = parse_device(&cfg.train.device)?;
     let data = load_data(cfg, cfg.model.spec(1, 3).default_input_size())?;
@@ -141,9 +151,10 @@ pub fn load_onto_device(cfg: &Config) -> Result<(Dataset, (DeviceSplit, DeviceSp
 /// Removes what a killed run left half-written in a run folder (temporary checkpoint, plot
 /// and report files whose process is gone), and says so.
 pub fn clean_run_folder(out: &Path) {
-    let removed: usize = ["", "checkpoints", "plots"]
+    let run = RunDir::new(out);
+    let removed: usize = [run.root.clone(), run.checkpoints(), run.plots()]
         .iter()
-        .map(|sub| crate::util::clean_stale_temps(&out.join(sub)))
+        .map(|dir| crate::util::clean_stale_temps(dir))
         .sum();
     if removed > 0 {
         eprintln!(
@@ -256,12 +267,18 @@ struct EpochRun {
 impl Trainer {
     /// A cross-entropy classifier: loads data, builds the model and optimiser, and restores a
     /// checkpoint when resuming.
+    ///
+    /// # Errors
+    /// As [`Trainer::with_data`], and the data cannot be loaded.
     pub fn new(cfg: Config, out: &Path, resume: bool) -> Result<Self> {
         let objective = Box::new(classify::CrossEntropy::new(&cfg));
         Self::with_objective(cfg, out, resume, objective)
     }
 
     /// `new` for any objective.
+    ///
+    /// # Errors
+    /// As [`Trainer::with_data`], and the data cannot be loaded.
     pub fn with_objective(
         cfg: Config,
         out: &Path,
@@ -274,6 +291,11 @@ impl Trainer {
 
     /// `with_objective` with the data already loaded and on the device (repeated timed runs);
     /// the run trains on the device that holds `train`.
+    ///
+    /// # Errors
+    /// Too few images or a batch below 2, a setting the objective cannot honour, a head size
+    /// that does not fit the data, images too small for the network, weights that cannot be
+    /// loaded, or (resuming) a checkpoint that cannot be read into this model and optimiser.
     pub fn with_data(
         mut cfg: Config,
         mut data: Dataset,
@@ -317,8 +339,7 @@ impl Trainer {
         let mut optim = batchnorm_options(&cfg, &model)?;
         let mut bn_eval: std::rc::Rc<[String]> = Default::default();
         if let Some(t) = &mut transfer {
-            let applied = crate::transfer::apply(&cfg.transfer, &model, &mut optim)
-                .map_err(Error::Invalid)?;
+            let applied = crate::transfer::apply(&cfg.transfer, &model, &mut optim)?;
             bn_eval = applied.bn_eval.into();
             t.groups = applied.groups;
         }
@@ -330,6 +351,7 @@ impl Trainer {
                 .load_state(&ck.section("optim"))
                 .map_err(|e| Error::Invalid(format!("{}: {e}", ck.path.display())))?;
             history = ck.meta.history.clone();
+            objective.upgrade_history(&mut history);
             train_seconds = ck.meta.train_seconds;
         }
         let mut augmenter = Augmenter::new(cfg.augment.clone(), &data.mean, &data.std, device);
@@ -356,17 +378,8 @@ impl Trainer {
         })
     }
 
-    /// The objective's name ("cross-entropy", "supcon", "simclr").
-    pub fn objective_name(&self) -> &str {
-        self.objective.name()
-    }
-
-    /// The objective being trained (for its own variables, such as a projection head).
-    pub fn objective(&self) -> &dyn Objective {
-        self.objective.as_ref()
-    }
-
-    fn drop_last(&self) -> bool {
+    /// Whether the objective leaves an epoch's last incomplete batch out.
+    pub fn drop_last(&self) -> bool {
         self.objective.drop_last(&self.cfg)
     }
 
@@ -447,7 +460,7 @@ impl Trainer {
             objective::optimise(&mut self.optim, &out.loss, lr);
             if let Some(l) = &mut self.optim.lookahead {
                 l.after_step(self.optim.steps, total as i64);
-                if epoch + 1 == epochs && i + 1 == lens.len() {
+                if sweep.is_none() && epoch + 1 == epochs && i + 1 == lens.len() {
                     l.finish();
                 }
             }
@@ -739,10 +752,11 @@ fn check_classes(cfg: &Config, data: &Dataset) -> Result<()> {
     }
     Ok(())
 }
-/// Chooses the normalisation that belongs to the weights and loads them (not when resuming:
-/// the checkpoint then holds the weights).
 /// The optimiser, with airbench's BatchNorm treatment when asked: scales frozen at 1
 /// (`model.bn_scale_frozen`) and shifts at `optim.bn_bias_lr_mult` times the rate.
+///
+/// # Errors
+/// The optimiser cannot be built from `cfg.optim`.
 pub fn batchnorm_options(cfg: &Config, model: &Model) -> Result<Optimizer> {
     let bn = if cfg.model.bn_scale_frozen || cfg.optim.bn_bias_lr_mult != 1.0 {
         crate::transfer::groups::batchnorm_layers(model)
@@ -768,7 +782,8 @@ pub fn batchnorm_options(cfg: &Config, model: &Model) -> Result<Optimizer> {
 }
 
 /// `model.whiten_init` and `model.dirac_init` (airbench's initialisations). The whitening
-/// layer stays frozen on resume too; its weights then come from the checkpoint.
+/// layer stays frozen on resume too; its weights then come from the checkpoint, and likewise
+/// from pretrained weights (`transfer.weights`), which these initialisations never overwrite.
 /// The whitening is computed on the device from the training images already there.
 fn structured_init(
     cfg: &Config,
@@ -777,6 +792,7 @@ fn structured_init(
     model: &mut Model,
     resume: bool,
 ) -> Result<()> {
+    let resume = resume || cfg.transfer.weights.is_some();
     let vars = model.vs.variables();
     if cfg.model.whiten_init {
         let mut w = vars
@@ -817,6 +833,8 @@ fn structured_init(
     Ok(())
 }
 
+/// Chooses the normalisation that belongs to the weights and loads them (not when resuming:
+/// the checkpoint then holds the weights).
 fn prepare_transfer(
     cfg: &Config,
     data: &mut Dataset,
@@ -833,8 +851,8 @@ fn prepare_transfer(
         .as_ref()
         .and_then(|p| checkpoint::read(p).ok())
         .map(|l| l.meta);
-    let (norm, mean, std) = crate::transfer::normalisation(t, meta.as_ref(), &data.mean, &data.std)
-        .map_err(Error::Invalid)?;
+    let (norm, mean, std) =
+        crate::transfer::normalisation(t, meta.as_ref(), &data.mean, &data.std)?;
     data.mean = mean;
     data.std = std;
     let mut summary = crate::transfer::TransferSummary {
@@ -920,7 +938,12 @@ pub fn effective_config(cfg: Config, out: &Path, opts: &RunOptions) -> Result<Co
     Ok(resumed)
 }
 
-/// Trains a config into `out` and writes summary.json and the report.
+/// Trains a classifier (cross-entropy) from `cfg` into the run folder `out` and writes
+/// summary.json, confusion.json, the plots and report.html.
+///
+/// # Errors
+/// The run folder is locked by another run or cannot be written, the config cannot resume, or
+/// as [`Trainer::new`] and [`Trainer::fit`].
 pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<TrainSummary> {
     let wall = Instant::now();
     let _lock = crate::util::RunLock::acquire(out)?;
@@ -967,7 +990,7 @@ pub fn print_start(t: &Trainer) {
     }
     print_recipe(t);
     let tr = &t.cfg.train;
-    if loader::drops_single_image(t.train.len(), tr.batch_size, tr.drop_last) {
+    if loader::drops_single_image(t.train.len(), tr.batch_size, t.drop_last()) {
         eprintln!(
             "data: {} training images in batches of {} leave a last batch of 1 image; it is \
              left out of every epoch (BatchNorm cannot train on a single value per channel)",

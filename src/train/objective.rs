@@ -87,6 +87,10 @@ pub trait Objective {
         Ok(())
     }
 
+    /// Brings the history of a run that an older convkit wrote up to date when it is resumed
+    /// (nothing by default).
+    fn upgrade_history(&self, _history: &mut [crate::metrics::EpochMetrics]) {}
+
     /// Whether an epoch's last incomplete batch is left out.
     fn drop_last(&self, cfg: &Config) -> bool {
         cfg.train.drop_last

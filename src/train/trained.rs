@@ -91,10 +91,27 @@ impl TrainedRun {
         checkpoint::has_projection_head(&self.checkpoint)
     }
 
-    /// Turns u8 images `[N, H, W, C]` into the network's normalised input, as in evaluation.
+    /// Turns u8 images `[N, H, W, C]` into the network's input as evaluation does: normalised
+    /// with the run's statistics and, when the run trained with `transfer.resize`, upsampled to
+    /// that side.
     pub fn normaliser(&self, device: Device) -> Augmenter {
         let m = &self.checkpoint.meta;
-        Augmenter::new(vec![], &m.mean, &m.std, device)
+        let mut aug = Augmenter::new(vec![], &m.mean, &m.std, device);
+        aug.resize = self.config.transfer.resize;
+        aug
+    }
+
+    /// Where outputs about this run go by default: its run folder, or the folder of a
+    /// checkpoint file that lies outside one.
+    pub fn output_dir(&self) -> std::path::PathBuf {
+        match &self.dir {
+            Some(d) => d.root.clone(),
+            None => self
+                .path()
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+        }
     }
 
     /// The run's config with `source` as its data (format detected again), for evaluation on

@@ -10,6 +10,24 @@ pub mod groups;
 pub use groups::{Group, batchnorm_layers, param_groups};
 
 use crate::config::{Normalise, TransferConfig};
+
+/// A transfer setting that does not fit the model or the data (the message names it).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct TransferError(pub String);
+
+impl From<String> for TransferError {
+    fn from(s: String) -> Self {
+        TransferError(s)
+    }
+}
+
+impl TransferError {
+    /// Whether the message contains `text` (for checks on what a refusal names).
+    pub fn contains(&self, text: &str) -> bool {
+        self.0.contains(text)
+    }
+}
 use crate::models::Model;
 use crate::optim::Optimizer;
 use crate::weights::{self, LoadOptions, LoadReport};
@@ -41,26 +59,37 @@ pub struct TransferSummary {
     pub groups: Vec<GroupSummary>,
 }
 
-/// Learning-rate scale (relative to the base rate) for each of `n` groups.
-pub fn group_scales(cfg: &TransferConfig, base_lr: f64, n: usize) -> Result<Vec<f64>, String> {
+/// Learning-rate scale (relative to the base rate) for each of `n` groups, first to last.
+///
+/// # Errors
+/// `lr_groups` with another number of rates than groups, or a rate, `lr_mult` or
+/// `layer_decay` out of range.
+pub fn group_scales(
+    cfg: &TransferConfig,
+    base_lr: f64,
+    n: usize,
+) -> Result<Vec<f64>, TransferError> {
     if let Some(rates) = &cfg.lr_groups {
         if rates.len() != n {
-            return Err(format!(
+            return Err(TransferError(format!(
                 "lr_groups lists {} rates but the model has {n} groups",
                 rates.len()
-            ));
+            )));
         }
         return Ok(rates.iter().map(|r| r / base_lr).collect());
     }
     let last = (n.max(2) - 1) as f64;
     if let Some(d) = cfg.layer_decay {
         if !(d > 0.0 && d <= 1.0) {
-            return Err(format!("layer_decay {d} must lie in (0, 1]"));
+            return Err(TransferError(format!("layer_decay {d} must lie in (0, 1]")));
         }
         return Ok((0..n).map(|i| d.powf(last - i as f64)).collect());
     }
     if cfg.lr_mult < 1.0 {
-        return Err(format!("lr_mult {} must be at least 1", cfg.lr_mult));
+        return Err(TransferError(format!(
+            "lr_mult {} must be at least 1",
+            cfg.lr_mult
+        )));
     }
     Ok((0..n)
         .map(|i| cfg.lr_mult.powf(-(last - i as f64) / last))
@@ -68,25 +97,28 @@ pub fn group_scales(cfg: &TransferConfig, base_lr: f64, n: usize) -> Result<Vec<
 }
 
 /// The groups to freeze, checked against the model's group names.
-pub fn frozen_groups(cfg: &TransferConfig, groups: &[Group]) -> Result<Vec<String>, String> {
+///
+/// # Errors
+/// A name the model has no group for, or `freeze_to` beyond the number of groups.
+pub fn frozen_groups(cfg: &TransferConfig, groups: &[Group]) -> Result<Vec<String>, TransferError> {
     let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
     let mut frozen = Vec::new();
     for f in &cfg.freeze {
         if !names.contains(&f.as_str()) {
-            return Err(format!(
+            return Err(TransferError(format!(
                 "cannot freeze '{f}': the model's groups are {}",
                 names.join(", ")
-            ));
+            )));
         }
         frozen.push(f.clone());
     }
     if let Some(k) = cfg.freeze_to {
         if k > names.len() {
-            return Err(format!(
+            return Err(TransferError(format!(
                 "freeze_to {k}: the model has only {} groups ({})",
                 names.len(),
                 names.join(", ")
-            ));
+            )));
         }
         frozen.extend(names[..k].iter().map(|s| s.to_string()));
     }
@@ -105,11 +137,14 @@ pub struct Applied {
 
 /// Sets each parameter's learning-rate scale and freezes (no gradient, no update) the
 /// parameters of frozen groups.
+///
+/// # Errors
+/// As [`group_scales`] and [`frozen_groups`].
 pub fn apply(
     cfg: &TransferConfig,
     model: &Model,
     optim: &mut Optimizer,
-) -> Result<Applied, String> {
+) -> Result<Applied, TransferError> {
     let groups = param_groups(model);
     let scales = group_scales(cfg, optim.config.lr, groups.len())?;
     let frozen = frozen_groups(cfg, &groups)?;
@@ -146,7 +181,9 @@ pub fn apply(
         .map(|(g, s)| GroupSummary {
             name: g.name.clone(),
             lr: optim.config.lr * s,
-            frozen: frozen.contains(&g.name),
+            // The group is frozen by name, or the objective froze every variable of it (the
+            // classifier during contrastive pre-training).
+            frozen: frozen.contains(&g.name) || g.vars.iter().all(|v| !vars[v].requires_grad()),
             parameters: g
                 .vars
                 .iter()
@@ -161,13 +198,17 @@ pub fn apply(
     })
 }
 
-/// Where the normalisation comes from, and the statistics to use.
+/// Where the normalisation comes from, and the statistics to use: (name, mean, std), one value
+/// per channel.
+///
+/// # Errors
+/// The chosen statistics have another number of channels than the images.
 pub fn normalisation(
     cfg: &TransferConfig,
     weights_meta: Option<&crate::weights::checkpoint::Meta>,
     data_mean: &[f64],
     data_std: &[f64],
-) -> Result<(String, Vec<f64>, Vec<f64>), String> {
+) -> Result<(String, Vec<f64>, Vec<f64>), TransferError> {
     let imagenet = || {
         (
             "imagenet".to_string(),
@@ -183,12 +224,12 @@ pub fn normalisation(
         (Normalise::Auto, Some(_), None) => imagenet(),
     };
     if chosen.1.len() != data_mean.len() {
-        return Err(format!(
+        return Err(TransferError(format!(
             "{} normalisation has {} channels but the images have {}",
             chosen.0,
             chosen.1.len(),
             data_mean.len()
-        ));
+        )));
     }
     Ok(chosen)
 }

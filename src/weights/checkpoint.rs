@@ -146,13 +146,13 @@ pub struct Loaded {
     pub tensors: Vec<(String, Tensor)>,
 }
 
-/// Accepts a checkpoint file or a run folder (its latest checkpoint, [`RunDir::checkpoint`]).
-pub fn resolve(path: &Path) -> PathBuf {
-    RunDir::resolve_checkpoint(path)
-}
-
+/// Reads a convkit checkpoint: a file, or a run folder's latest ([`RunDir::checkpoint`]).
+///
+/// # Errors
+/// No such file, another tool's weights file (named, with where to use it instead), not a
+/// readable safetensors file, no or damaged metadata, or non-finite tensors.
 pub fn read(path: &Path) -> Result<Loaded, CheckpointError> {
-    let path = resolve(path);
+    let path = RunDir::resolve_checkpoint(path);
     if !path.exists() {
         return Err(bad(&path, "no such checkpoint"));
     }
@@ -233,11 +233,6 @@ impl Loaded {
         }
         copy_weights(&self.path, &self.section("model"), model)
     }
-}
-
-/// The run folder a checkpoint file belongs to (`<run>/checkpoints/<file>`).
-pub fn run_folder(checkpoint: &Path) -> Option<PathBuf> {
-    RunDir::of_checkpoint(checkpoint).map(|r| r.root)
 }
 
 /// Copies named tensors into a model's variables, checking names and shapes like PyTorch's

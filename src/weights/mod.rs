@@ -293,7 +293,9 @@ pub fn load_into(
         .filter(|(n, _)| !n.ends_with("num_batches_tracked"))
         .collect();
     let mut report = LoadReport::default();
-    for name in vars.keys() {
+    // Variables a training objective added (SupCon's projection head) are the objective's own,
+    // freshly initialised: no weights file has them.
+    for name in vars.keys().filter(|n| !model.objective_owns(n)) {
         if !weights.iter().any(|(n, _)| n == name) {
             report.missing.push(name.clone());
         }
@@ -426,7 +428,7 @@ pub fn fetch(name: &str, progress: bool) -> Result<PathBuf> {
 pub fn resolve(arg: &str, progress: bool) -> Result<PathBuf> {
     let p = Path::new(arg);
     if p.is_dir() {
-        return Ok(crate::weights::checkpoint::resolve(p));
+        return Ok(RunDir::resolve_checkpoint(p));
     }
     if p.exists() {
         return Ok(p.to_path_buf());
