@@ -36,6 +36,9 @@ pub struct Provenance {
     /// No recipe or setting chose the augmentation: the trainer picks it from the data
     /// ([`crate::augment::policy_for`]) and the run's config.toml records the choice.
     pub augment_from_data: bool,
+    /// The recipe or a setting names the `[contrastive]` section (which only `convkit supcon`
+    /// uses, so other commands refuse it).
+    pub contrastive_given: bool,
 }
 
 impl Default for Provenance {
@@ -43,6 +46,7 @@ impl Default for Provenance {
         Provenance {
             origin: "defaults".into(),
             augment_from_data: false,
+            contrastive_given: false,
         }
     }
 }
@@ -445,15 +449,18 @@ pub fn load(recipe: Option<&str>, overrides: &[String]) -> Result<Config, Config
         apply_override(&mut value, o)?;
     }
     let augment_from_data = !value.contains_key("augment");
+    let contrastive_given = value.contains_key("contrastive");
+    let origin = match overrides.len() {
+        0 => origin,
+        n => format!("{origin} + {n} settings from the command line"),
+    };
     let mut cfg = Config::deserialize(toml::Value::Table(value))
         .map_err(|e| ConfigError::File(origin.clone(), one_line(&e.to_string())))?;
     cfg.validate()
         .map_err(|e| ConfigError::File(origin.clone(), e))?;
-    cfg.provenance.origin = match overrides.len() {
-        0 => origin,
-        n => format!("{origin} + {n} settings from the command line"),
-    };
+    cfg.provenance.origin = origin;
     cfg.provenance.augment_from_data = augment_from_data;
+    cfg.provenance.contrastive_given = contrastive_given;
     Ok(cfg)
 }
 

@@ -357,7 +357,10 @@ fn embed_compares_with_cross_entropy_and_probe_finetunes(supcon: &std::path::Pat
     let ce = common::temp_dir("supcon-ce");
     let mut cfg = supcon_config(2, 64);
     cfg.optim.lr = 0.05;
+    // The cross-entropy run of the same data: the contrastive settings and their origin
+    // cleared (train refuses a config whose recipe names a [contrastive] section).
     cfg.contrastive = Default::default();
+    cfg.provenance = Default::default();
     convkit::train::run(cfg, &ce, &Default::default()).unwrap();
     let out = supcon.join("embed-compare");
     let spec = embed::EmbedSpec {
@@ -612,6 +615,21 @@ fn supcon_honours_the_transfer_section_and_refuses_what_it_cannot_use() {
     pretrain::run(cfg.clone(), &out, &resume).unwrap();
     assert!(weights(first).equal(&stem), "the frozen first stage stays");
     assert!(!weights(second).equal(&body), "the next stage trains");
+
+    // Pretrained weights load strictly: the projection head is the objective's own.
+    let mut warm = cfg.clone();
+    warm.transfer.freeze.clear();
+    warm.transfer.weights = Some(ck.display().to_string());
+    warm.train.epochs = 1;
+    let s = pretrain::run(warm, &common::temp_dir("supcon-warm"), &Default::default()).unwrap();
+    assert_eq!(s.knn_accuracy.len(), 1);
+    // A contrastive run has no trained classifier to evaluate: said, with what to do instead.
+    let err = convkit::train::TrainedRun::open(&out)
+        .unwrap()
+        .model(tch::Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("convkit probe"), "{err}");
 
     let mut smoothed = cfg.clone();
     smoothed.train.label_smoothing = 0.1;

@@ -164,7 +164,7 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
 
 fn filters(path: &Path, out: Option<PathBuf>) -> Result<()> {
     let ck = TrainedRun::open(path)?;
-    let model = ck.model(Device::Cpu)?;
+    let model = ck.encoder(Device::Cpu)?;
     let (name, w) =
         inspect::first_filters(&model, ck.image_size()).context("the model has no convolution")?;
     let pictures = Pictures::new(out, &ck)?;
@@ -182,7 +182,7 @@ fn filters(path: &Path, out: Option<PathBuf>) -> Result<()> {
 
 fn activations(path: &Path, image: &Path, maps: i64, out: Option<PathBuf>) -> Result<()> {
     let ck = TrainedRun::open(path)?;
-    let model = ck.model(Device::Cpu)?;
+    let model = ck.encoder(Device::Cpu)?;
     let (_, x) = model_input(&ck, image)?;
     let fields =
         inspect::receptive_fields(&inspect::trace(&model, ck.image_size()), &model.parts());

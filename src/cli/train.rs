@@ -15,7 +15,7 @@ pub struct TrainArgs {
     /// Data: a CIFAR folder or .tar.gz, an image folder, an IDX folder, `synthetic`, `cifar10`
     #[arg(long)]
     data: Option<String>,
-    /// Force the data format: cifar-binary, folder, idx, synthetic
+    /// Force the data format: cifar-binary, cifar-python, folder, idx, synthetic
     #[arg(long)]
     format: Option<String>,
     /// Model name (see `convkit list`)
@@ -46,7 +46,7 @@ pub struct TrainArgs {
     pub out: Option<PathBuf>,
     /// Continue the run in --out from its last checkpoint
     #[arg(long)]
-    resume: bool,
+    pub resume: bool,
     #[command(flatten)]
     transfer: super::transfer::TransferArgs,
 }
@@ -183,11 +183,12 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
     };
     let s = probe::run(&a.run, &out, &spec)?;
     println!(
-        "linear probe on frozen {}-d features: test accuracy {:.2}% (train {:.2}%), {} epochs, {:.1} s; {}",
+        "linear probe on frozen {}-d features: test accuracy {:.2}% (train {:.2}%), {} epochs, L2 {:e} chosen by cross-validation, {:.1} s; {}",
         s.feature_dim,
         100.0 * s.test_accuracy,
         100.0 * s.train_accuracy,
         s.epochs,
+        s.l2,
         s.seconds,
         out.join("summary.json").display()
     );

@@ -167,6 +167,18 @@ pub struct LrFindArgs {
 }
 
 pub fn lr_find(a: LrFindArgs) -> Result<()> {
+    if a.train.resume {
+        anyhow::bail!(
+            "lr-find cannot --resume: each range test starts from fresh (or --weights) weights"
+        );
+    }
+    if !(a.start > 0.0 && a.end > a.start) {
+        anyhow::bail!(
+            "--start {} --end {}: the sweep rises from a positive start to a larger end",
+            a.start,
+            a.end
+        );
+    }
     let cfg = config::load(a.train.config.as_deref(), &a.train.overrides())?;
     let out = a.train.out.clone().unwrap_or_else(|| "runs/lr-find".into());
     let spec = lr_find::SweepSpec {

@@ -485,7 +485,7 @@ fn resize_note(resized: usize, size: u32) -> Option<String> {
     (resized > 0).then(|| {
         format!(
             "{resized} images were resized (shorter side) and centre-cropped to {size}x{size} \
-             (data.image_size, --image-size)"
+             (data.image_size, --set data.image_size=N)"
         )
     })
 }

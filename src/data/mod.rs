@@ -589,7 +589,7 @@ pub const MAX_IMAGE_SIZE: u32 = 4096;
 pub fn load(spec: &DataSpec) -> Result<Dataset> {
     if !(1..=MAX_IMAGE_SIZE).contains(&spec.image_size) {
         return Err(DataError::Other(format!(
-            "image size {} (data.image_size, --image-size): must be 1 to {MAX_IMAGE_SIZE} pixels",
+            "image size {} (data.image_size, --set data.image_size=N): must be 1 to {MAX_IMAGE_SIZE} pixels",
             spec.image_size
         )));
     }

@@ -207,6 +207,10 @@ pub fn finetune_config(run: &Path, epochs: Option<usize>) -> Result<Config> {
     cfg.augment = recipe.augment;
     cfg.train.batch_size = recipe.train.batch_size;
     cfg.train.epochs = epochs.unwrap_or(recipe.train.epochs);
+    cfg.provenance.origin = format!(
+        "{}'s data and model with the finetune recipe's training settings",
+        run.path().display()
+    );
     cfg.contrastive = Default::default();
     cfg.transfer = crate::config::TransferConfig {
         weights: Some(run.path().display().to_string()),

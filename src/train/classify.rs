@@ -34,7 +34,7 @@ impl Objective for CrossEntropy {
 
     /// The `[contrastive]` section belongs to `convkit supcon`.
     fn check_config(&self, cfg: &Config) -> Result<()> {
-        if cfg.contrastive != Default::default() {
+        if cfg.provenance.contrastive_given || cfg.contrastive != Default::default() {
             return Err(Error::Invalid(
                 "the [contrastive] section applies to contrastive pre-training (`convkit \
                  supcon`); this command trains a classifier with cross-entropy: remove the \

@@ -258,6 +258,8 @@ impl Sweep<'_> {
 
 /// What one epoch of training measured.
 struct EpochRun {
+    /// Images trained on (a dropped last batch is not counted).
+    images: usize,
     loss: f64,
     accuracy: Option<f64>,
     seconds: f64,
@@ -285,6 +287,7 @@ impl Trainer {
         resume: bool,
         objective: Box<dyn Objective>,
     ) -> Result<Self> {
+        check_weights_model(&cfg)?;
         let (data, splits) = load_onto_device(&cfg)?;
         Self::with_data(cfg, data, splits, out, resume, objective)
     }
@@ -346,6 +349,18 @@ impl Trainer {
         let (mut history, mut train_seconds) = (Vec::new(), 0.0);
         if resume {
             let ck = checkpoint::read(&RunDir::new(out).checkpoint())?;
+            let projection = model.vs.variables().keys().any(|k| model.objective_owns(k));
+            if checkpoint::has_projection_head(&ck) != projection {
+                return Err(Error::Invalid(format!(
+                    "{}: this run was written by {}; resume it with the command that made it",
+                    out.display(),
+                    if projection {
+                        "`convkit train` (or finetune), not by contrastive pre-training"
+                    } else {
+                        "contrastive pre-training: `convkit supcon --resume`"
+                    }
+                )));
+            }
             ck.load_into(&mut model)?;
             optim
                 .load_state(&ck.section("optim"))
@@ -492,6 +507,7 @@ impl Trainer {
         }
         let weight = sums[2].max(1e-300);
         Ok(EpochRun {
+            images: seen,
             loss: sums[0] / weight,
             accuracy: self
                 .objective
@@ -643,7 +659,7 @@ impl Trainer {
                 knn_accuracy: e.knn_accuracy,
                 epoch_seconds: run.seconds,
                 train_seconds: self.train_seconds,
-                images_per_second: (self.train.len() * views) as f64 / run.seconds.max(1e-9),
+                images_per_second: (run.images * views) as f64 / run.seconds.max(1e-9),
             };
             eprintln!("{}", self.epoch_line(&m));
             self.history.push(m);
@@ -731,6 +747,27 @@ impl Trainer {
         self.last_eval = Some(eval);
         Ok(s)
     }
+}
+
+/// Refuses a convkit checkpoint as `transfer.weights` for another model than the config's,
+/// before any data is decoded (which can take minutes at the wrong model's input size).
+fn check_weights_model(cfg: &Config) -> Result<()> {
+    let Some(w) = &cfg.transfer.weights else {
+        return Ok(());
+    };
+    // Only convkit checkpoints name their model; other files are checked when loaded.
+    let Ok(ck) = checkpoint::read(Path::new(w)) else {
+        return Ok(());
+    };
+    let (theirs, ours) = (&ck.meta.spec.name, &cfg.model.name);
+    if theirs == ours {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "{}: the weights are a convkit {theirs} checkpoint, but the model is {ours} (from the \
+         recipe or --model): pass --model {theirs}",
+        ck.path.display()
+    )))
 }
 
 /// A head set to another number of classes than the data has, or fewer than 2 classes.
@@ -930,11 +967,13 @@ pub fn effective_config(cfg: Config, out: &Path, opts: &RunOptions) -> Result<Co
         .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
     if !opts.resume_settings.is_empty() {
         eprintln!(
-            "resuming with {} (recorded in {})",
+            "resuming with {} (to be recorded in {})",
             opts.resume_settings.join(", "),
             path.display()
         );
     }
+    let mut resumed = resumed;
+    resumed.provenance.origin = format!("{} (resumed)", path.display());
     Ok(resumed)
 }
 
@@ -1062,15 +1101,12 @@ fn print_transfer(tr: &crate::transfer::TransferSummary) {
             }
         })
         .collect();
-    eprintln!(
-        "groups: {}  (BatchNorm in frozen groups {})",
-        groups.join(", "),
-        if tr.train_bn {
-            "keeps training: train_bn = true"
-        } else {
-            "held in eval mode: train_bn = false"
-        }
-    );
+    let bn = match (tr.groups.iter().any(|g| g.frozen), tr.train_bn) {
+        (false, _) => "",
+        (true, true) => "  (BatchNorm in frozen groups keeps training: train_bn = true)",
+        (true, false) => "  (BatchNorm in frozen groups held in eval mode: train_bn = false)",
+    };
+    eprintln!("groups: {}{bn}", groups.join(", "));
 }
 
 /// The closing table.

@@ -75,6 +75,16 @@ impl TrainedRun {
     /// # Errors
     /// The checkpoint's weights do not fit its own network (a damaged file).
     pub fn model(&self, device: Device) -> Result<Model> {
+        if self.is_contrastive() {
+            return Err(Error::Invalid(format!(
+                "{}: a contrastive pre-training run has an encoder but no trained classifier; \
+                 give it a classifier with `convkit probe {}` (linear, frozen encoder) or \
+                 `convkit probe {} --finetune` (end to end), then use that run",
+                self.path().display(),
+                self.output_dir().display(),
+                self.output_dir().display()
+            )));
+        }
         Ok(self.checkpoint.build_model(device)?)
     }
 

@@ -136,7 +136,9 @@ pub struct Applied {
 }
 
 /// Sets each parameter's learning-rate scale and freezes (no gradient, no update) the
-/// parameters of frozen groups.
+/// parameters of frozen groups. Groups that do not train at all whatever the settings (the
+/// classifier during contrastive pre-training, which its objective froze) take no part: they
+/// get no rate of the spread and are not counted by `freeze_to` or `lr_groups`.
 ///
 /// # Errors
 /// As [`group_scales`] and [`frozen_groups`].
@@ -145,7 +147,9 @@ pub fn apply(
     model: &Model,
     optim: &mut Optimizer,
 ) -> Result<Applied, TransferError> {
-    let groups = param_groups(model);
+    let trainable: Vec<&String> = optim.params.iter().map(|p| &p.name).collect();
+    let mut groups = param_groups(model);
+    groups.retain(|g| g.vars.iter().any(|v| trainable.contains(&v)));
     let scales = group_scales(cfg, optim.config.lr, groups.len())?;
     let frozen = frozen_groups(cfg, &groups)?;
     let bn_layers = batchnorm_layers(model);
@@ -181,9 +185,7 @@ pub fn apply(
         .map(|(g, s)| GroupSummary {
             name: g.name.clone(),
             lr: optim.config.lr * s,
-            // The group is frozen by name, or the objective froze every variable of it (the
-            // classifier during contrastive pre-training).
-            frozen: frozen.contains(&g.name) || g.vars.iter().all(|v| !vars[v].requires_grad()),
+            frozen: frozen.contains(&g.name),
             parameters: g
                 .vars
                 .iter()
