@@ -1,12 +1,16 @@
-//! Link-time settings that every convkit binary needs, so that `cargo run` works with no
-//! environment set by hand:
+//! Link-time settings and native code that every convkit binary needs, so that `cargo run`
+//! works with no environment set by hand:
 //! - an rpath to libtorch's lib directory (found by torch-sys), so the binary finds it at run time;
 //! - libtorch_cuda linked even though no symbol of it is referenced directly (as-needed linking
-//!   would drop it, and then `Device::Cuda` is never available; see docs/ARCHITECTURE.md).
-use std::path::Path;
+//!   would drop it, and then `Device::Cuda` is never available; see docs/ARCHITECTURE.md);
+//! - the c10d shim (csrc/c10d_shim.cpp): PyTorch's distributed engine (TCPStore, Gloo) behind a
+//!   few C functions, compiled against the same libtorch's headers with its C++ ABI.
+use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    println!("cargo:rerun-if-env-changed=CONVKIT_GLOO_INCLUDE");
+    println!("cargo:rerun-if-changed=csrc");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
     };
@@ -14,4 +18,31 @@ fn main() {
     if Path::new(&lib).join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
     }
+    build_c10d_shim(Path::new(&lib));
+}
+
+/// The wheel ships c10d's headers but not gloo's, which ProcessGroupGloo.hpp includes: the
+/// shim needs only their names (csrc/gloo_decl), or Debian's libgloo-dev headers when
+/// CONVKIT_GLOO_INCLUDE points at them. libtorch_cpu carries gloo itself.
+fn build_c10d_shim(lib: &Path) {
+    let include = lib.parent().map(|p| p.join("include")).unwrap_or_default();
+    let gloo = std::env::var("CONVKIT_GLOO_INCLUDE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("csrc/gloo_decl"));
+    cc::Build::new()
+        .cpp(true)
+        .file("csrc/c10d_shim.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .include(gloo)
+        .std("c++17")
+        // The wheel's C++ ABI (std::string layout) must match, or every call with a string breaks.
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        // ProcessGroupGloo.hpp declares the class only under this macro, as in the wheel's build.
+        .define("USE_C10D_GLOO", None)
+        .warnings(false)
+        .compile("convkit_c10d");
+    println!("cargo:rustc-link-search=native={}", lib.display());
+    println!("cargo:rustc-link-lib=dylib=torch_cpu");
+    println!("cargo:rustc-link-lib=dylib=c10");
 }

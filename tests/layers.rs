@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Lowest first. Kept equal to the `layers:` line of docs/ARCHITECTURE.md.
-const LAYERS: [&str; 21] = [
+const LAYERS: [&str; 22] = [
     "util",
     "pickle",
     "metrics",
@@ -16,6 +16,7 @@ const LAYERS: [&str; 21] = [
     "models",
     "analysis",
     "optim",
+    "dist",
     "config",
     "weights",
     "transfer",

@@ -1,0 +1,281 @@
+//! Data-parallel training on PyTorch's own distributed engine (c10d): the launch environment
+//! that torchrun, Slurm or a user sets, a TCPStore rendezvous, and a Gloo process group with the
+//! collectives training needs, called through a small C++ shim (csrc/c10d_shim.cpp, built by
+//! build.rs against the libtorch tch links). The same engine `torch.distributed` runs, so
+//! convkit fits the launchers and clusters PyTorch users already have.
+
+pub mod launch;
+
+pub use launch::Launch;
+
+use std::ffi::{CString, c_char, c_void};
+use std::time::Duration;
+use tch::Tensor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DistError {
+    /// The launch environment is incomplete or inconsistent (names the variable).
+    #[error("distributed launch: {0}")]
+    Launch(String),
+    /// The rendezvous at MASTER_ADDR:MASTER_PORT did not complete.
+    #[error(
+        "distributed rendezvous at {address} (rank {rank} of {world}) failed: {message}. Check \
+         that MASTER_ADDR/MASTER_PORT name the same reachable address for every rank and that \
+         every rank was started"
+    )]
+    Rendezvous {
+        address: String,
+        rank: usize,
+        world: usize,
+        message: String,
+    },
+    /// A collective failed: another rank stopped, or the timeout passed.
+    #[error(
+        "distributed {op} failed on rank {rank} of {world}: {message} (another rank has probably \
+         stopped; its own error says why)"
+    )]
+    Collective {
+        op: &'static str,
+        rank: usize,
+        world: usize,
+        message: String,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, DistError>;
+
+unsafe extern "C" {
+    fn convkit_store_new(
+        host: *const c_char,
+        port: u16,
+        world: i32,
+        is_server: i32,
+        timeout_ms: i64,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> *mut c_void;
+    fn convkit_store_free(store: *mut c_void);
+    fn convkit_gloo_new(
+        store: *mut c_void,
+        prefix: *const c_char,
+        rank: i32,
+        world: i32,
+        timeout_ms: i64,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> *mut c_void;
+    fn convkit_group_free(group: *mut c_void);
+    fn convkit_allreduce_sum(
+        group: *mut c_void,
+        tensor: *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+    fn convkit_broadcast(
+        group: *mut c_void,
+        tensor: *mut c_void,
+        root: i32,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+    fn convkit_allgather(
+        group: *mut c_void,
+        output: *mut c_void,
+        input: *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+    fn convkit_barrier(group: *mut c_void, err: *mut c_char, err_len: usize) -> i32;
+}
+
+const ERR_LEN: usize = 2048;
+
+fn message(buf: &[u8]) -> String {
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    // c10d's messages carry a C++ backtrace after the first line.
+    String::from_utf8_lossy(&buf[..end])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// A process group of `world` ranks over Gloo (CPU tensors), this process being `rank`.
+pub struct ProcessGroup {
+    store: *mut c_void,
+    group: *mut c_void,
+    pub rank: usize,
+    pub world: usize,
+    pub local_rank: usize,
+}
+
+impl ProcessGroup {
+    /// Joins the rendezvous `launch` describes and builds the process group. Rank 0 hosts the
+    /// TCPStore unless torchrun's agent already does (`TORCHELASTIC_USE_AGENT_STORE`).
+    ///
+    /// # Errors
+    /// The store cannot be reached or hosted within `timeout`, or the group cannot form.
+    pub fn init(launch: &Launch, timeout: Duration) -> Result<Self> {
+        let host = CString::new(launch.master_addr.as_str())
+            .map_err(|_| DistError::Launch("MASTER_ADDR holds a NUL byte".into()))?;
+        let ms = timeout.as_millis() as i64;
+        let rendezvous = |message: String| DistError::Rendezvous {
+            address: format!("{}:{}", launch.master_addr, launch.master_port),
+            rank: launch.rank,
+            world: launch.world,
+            message,
+        };
+        let mut err = vec![0u8; ERR_LEN];
+        let is_server = launch.rank == 0 && !launch.agent_store;
+        // SAFETY: the shim copies the host string and writes at most ERR_LEN bytes into err.
+        let store = unsafe {
+            convkit_store_new(
+                host.as_ptr(),
+                launch.master_port,
+                launch.world as i32,
+                is_server as i32,
+                ms,
+                err.as_mut_ptr().cast(),
+                ERR_LEN,
+            )
+        };
+        if store.is_null() {
+            return Err(rendezvous(message(&err)));
+        }
+        let prefix = CString::new("convkit/0").expect("no NUL");
+        // SAFETY: store is a live handle from convkit_store_new.
+        let group = unsafe {
+            convkit_gloo_new(
+                store,
+                prefix.as_ptr(),
+                launch.rank as i32,
+                launch.world as i32,
+                ms,
+                err.as_mut_ptr().cast(),
+                ERR_LEN,
+            )
+        };
+        if group.is_null() {
+            // SAFETY: store is live and no group refers to it.
+            unsafe { convkit_store_free(store) };
+            return Err(rendezvous(message(&err)));
+        }
+        Ok(ProcessGroup {
+            store,
+            group,
+            rank: launch.rank,
+            world: launch.world,
+            local_rank: launch.local_rank,
+        })
+    }
+
+    fn check(&self, op: &'static str, code: i32, err: &[u8]) -> Result<()> {
+        if code == 0 {
+            return Ok(());
+        }
+        Err(DistError::Collective {
+            op,
+            rank: self.rank,
+            world: self.world,
+            message: message(err),
+        })
+    }
+
+    /// Sums a contiguous tensor across ranks, in place.
+    ///
+    /// # Errors
+    /// Another rank stopped or the timeout passed.
+    pub fn all_reduce_sum(&self, tensor: &mut Tensor) -> Result<()> {
+        let mut err = vec![0u8; ERR_LEN];
+        // SAFETY: the tensor pointer is tch's at::Tensor*, alive for the call.
+        let code = unsafe {
+            convkit_allreduce_sum(
+                self.group,
+                tensor.as_mut_ptr().cast(),
+                err.as_mut_ptr().cast(),
+                ERR_LEN,
+            )
+        };
+        self.check("all-reduce", code, &err)
+    }
+
+    /// Overwrites `tensor` on every rank with rank `root`'s.
+    ///
+    /// # Errors
+    /// Another rank stopped or the timeout passed.
+    pub fn broadcast(&self, tensor: &mut Tensor, root: usize) -> Result<()> {
+        let mut err = vec![0u8; ERR_LEN];
+        // SAFETY: as in all_reduce_sum.
+        let code = unsafe {
+            convkit_broadcast(
+                self.group,
+                tensor.as_mut_ptr().cast(),
+                root as i32,
+                err.as_mut_ptr().cast(),
+                ERR_LEN,
+            )
+        };
+        self.check("broadcast", code, &err)
+    }
+
+    /// Every rank's `input` `[n, ...]`, concatenated in rank order: `[world * n, ...]`. No
+    /// gradient flows through it.
+    ///
+    /// # Errors
+    /// Another rank stopped or the timeout passed.
+    pub fn all_gather(&self, input: &Tensor) -> Result<Tensor> {
+        let mut input = input.detach().contiguous();
+        let mut size = input.size();
+        size[0] *= self.world as i64;
+        let mut output = Tensor::empty(size.as_slice(), (input.kind(), input.device()));
+        let mut err = vec![0u8; ERR_LEN];
+        // SAFETY: both pointers are live at::Tensor* for the call; output is contiguous.
+        let code = unsafe {
+            convkit_allgather(
+                self.group,
+                output.as_mut_ptr().cast(),
+                input.as_mut_ptr().cast(),
+                err.as_mut_ptr().cast(),
+                ERR_LEN,
+            )
+        };
+        self.check("all-gather", code, &err)?;
+        Ok(output)
+    }
+
+    /// Waits until every rank arrives.
+    ///
+    /// # Errors
+    /// Another rank stopped or the timeout passed.
+    pub fn barrier(&self) -> Result<()> {
+        let mut err = vec![0u8; ERR_LEN];
+        // SAFETY: the group handle is live.
+        let code = unsafe { convkit_barrier(self.group, err.as_mut_ptr().cast(), ERR_LEN) };
+        self.check("barrier", code, &err)
+    }
+
+    /// Sums f64 values across ranks (host values through a CPU tensor).
+    ///
+    /// # Errors
+    /// As [`ProcessGroup::all_reduce_sum`].
+    pub fn sum_f64(&self, values: &[f64]) -> Result<Vec<f64>> {
+        let mut t = Tensor::from_slice(values);
+        self.all_reduce_sum(&mut t)?;
+        Ok(Vec::<f64>::try_from(&t).expect("a 1-D f64 tensor"))
+    }
+
+    /// Whether this process is rank 0, the one that writes files and logs.
+    pub fn is_main(&self) -> bool {
+        self.rank == 0
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        // SAFETY: both handles are live and freed once; the group before the store it uses.
+        unsafe {
+            convkit_group_free(self.group);
+            convkit_store_free(self.store);
+        }
+    }
+}
