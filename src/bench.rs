@@ -196,7 +196,7 @@ pub fn pretrain_rate(s: &BenchSpec) -> f64 {
                 false,
             )
             .expect("a valid contrastive batch");
-        optimise(&mut optim, &loss, cfg.optim.lr);
+        optimise(&mut optim, &loss, cfg.optim.lr, None).expect("no collective in one process");
     });
     (s.batch as usize * s.steps) as f64 / secs
 }

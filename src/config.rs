@@ -21,6 +21,8 @@ pub struct Config {
     pub contrastive: ContrastiveConfig,
     /// Pretrained weights, freezing and per-group learning rates.
     pub transfer: TransferConfig,
+    /// Data-parallel training when a launcher (torchrun, Slurm) started several processes.
+    pub dist: DistConfig,
     /// Where the settings came from; not part of what they mean.
     #[serde(skip)]
     pub provenance: Provenance,
@@ -146,6 +148,7 @@ impl Default for Config {
             ],
             contrastive: ContrastiveConfig::default(),
             transfer: Default::default(),
+            dist: DistConfig::default(),
             provenance: Provenance::default(),
         }
     }
@@ -270,6 +273,9 @@ pub struct TrainSettings {
     pub threads: usize,
     /// Evaluate on the test set every N epochs (and always after the last); 0: last only.
     pub eval_every: usize,
+    /// Data-parallel runs: BatchNorm statistics over the global batch (PyTorch's SyncBatchNorm)
+    /// instead of each rank's own (DDP's default).
+    pub sync_bn: bool,
 }
 
 impl Default for TrainSettings {
@@ -288,6 +294,7 @@ impl Default for TrainSettings {
             drop_last: true,
             threads: 0,
             eval_every: 1,
+            sync_bn: false,
         }
     }
 }
@@ -377,6 +384,35 @@ pub enum ProbeFeatures {
     Final,
     /// Every stage's pooled output, concatenated (more generic features for a distant domain).
     Stages,
+}
+
+/// Data-parallel settings (`[dist]`); the ranks themselves come from the launcher's environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistConfig {
+    /// `auto` (Gloo on CPU, NCCL on CUDA), `gloo` or `nccl`.
+    pub backend: DistBackend,
+    /// Seconds a rendezvous or a collective may wait for the other ranks before the run stops
+    /// with an error (a rank that died).
+    pub timeout_s: u64,
+}
+
+impl Default for DistConfig {
+    fn default() -> Self {
+        DistConfig {
+            backend: DistBackend::Auto,
+            timeout_s: 300,
+        }
+    }
+}
+
+/// The process-group backend (`dist.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DistBackend {
+    Auto,
+    Gloo,
+    Nccl,
 }
 
 /// Recipes shipped with convkit, usable by name with `--config`.
@@ -518,6 +554,13 @@ impl Config {
         let sc = &self.schedule;
         let positive = |v: f64| v.is_finite() && v > 0.0;
         let checks: Vec<(bool, String)> = vec![
+            (
+                (1..=86_400).contains(&self.dist.timeout_s),
+                format!(
+                    "dist.timeout_s = {}: 1 to 86400 seconds",
+                    self.dist.timeout_s
+                ),
+            ),
             (
                 (1..=MAX_EPOCHS).contains(&t.epochs),
                 format!("train.epochs = {}: 1 to {MAX_EPOCHS}", t.epochs),

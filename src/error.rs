@@ -17,6 +17,8 @@ pub enum Error {
     #[error(transparent)]
     Transfer(#[from] crate::transfer::TransferError),
     #[error(transparent)]
+    Dist(#[from] crate::dist::DistError),
+    #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     // Transparent: a `{0}` message with the error also as its source prints the text twice
     // under `{:#}`.

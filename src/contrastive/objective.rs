@@ -7,6 +7,7 @@ use crate::augment::Augmenter;
 use crate::config::Config;
 use crate::config::ContrastiveMethod;
 use crate::data::loader::DeviceSplit;
+use crate::dist::ProcessGroup;
 use crate::error::{Error, Result};
 use crate::models::{Ctx, Model, features};
 use crate::train::objective::{EvalInput, Evaluation, Objective, StepInput, StepOutput};
@@ -55,6 +56,24 @@ impl Contrastive {
         ctx: &Ctx,
         autocast: bool,
     ) -> Result<Tensor> {
+        let z = self.projections(model, augmenter, images, rng, ctx, autocast)?;
+        self.loss_of(&z, labels)
+    }
+
+    /// The L2-normalised projections of two augmented views of every image of a u8 batch
+    /// `[B, H, W, C]`: `[B, 2, D]` float32.
+    ///
+    /// # Errors
+    /// The projection head was not built (the engine builds it in `extend_model`).
+    pub fn projections(
+        &self,
+        model: &Model,
+        augmenter: &Augmenter,
+        images: &Tensor,
+        rng: &mut rand::rngs::StdRng,
+        ctx: &Ctx,
+        autocast: bool,
+    ) -> Result<Tensor> {
         let head = self
             .head
             .as_ref()
@@ -64,10 +83,40 @@ impl Contrastive {
         // The loss itself runs in float32 under bf16 autocast: its softmax over the batch needs it.
         let z = tch::autocast(autocast, || head.forward(&model.net.features(&views, ctx)))
             .to_kind(Kind::Float);
-        let z = z.view([2, b, -1]).transpose(0, 1);
+        Ok(z.view([2, b, -1]).transpose(0, 1))
+    }
+
+    /// The method's loss of projections `[B, 2, D]` with labels `[B]` (ignored by SimCLR).
+    ///
+    /// # Errors
+    /// The loss refuses the batch (fewer than 2 images).
+    pub fn loss_of(&self, z: &Tensor, labels: &Tensor) -> Result<Tensor> {
         let labels = (self.method == ContrastiveMethod::SupCon).then_some(labels);
-        supcon_loss(&z, labels, self.temperature, self.mode)
+        supcon_loss(z, labels, self.temperature, self.mode)
             .map_err(|e| Error::Invalid(e.to_string()))
+    }
+
+    /// The loss over the global batch of a data-parallel run, as multi-GPU SupCon and SimCLR
+    /// compute it: every rank's projections and labels are gathered, this rank's own rows
+    /// keep their gradient, and every rank computes the same loss over all anchors. The
+    /// gradient that reaches this rank's projections is then exactly their part of the
+    /// one-process gradient on the concatenated batch.
+    ///
+    /// # Errors
+    /// A collective failed, or the loss refuses the batch.
+    pub fn global_loss(&self, z: &Tensor, labels: &Tensor, g: &ProcessGroup) -> Result<Tensor> {
+        let b = z.size()[0];
+        let all = g.all_gather(z)?;
+        let rest = |from: i64, len: i64| all.narrow(0, from, len);
+        let r = g.rank as i64;
+        let parts = [
+            rest(0, r * b),
+            z.shallow_clone(),
+            rest((r + 1) * b, (g.world as i64 - r - 1) * b),
+        ];
+        let z_all = Tensor::cat(&parts, 0);
+        let labels_all = g.all_gather(labels)?;
+        self.loss_of(&z_all, &labels_all)
     }
 }
 
@@ -151,16 +200,16 @@ impl Objective for Contrastive {
 
     fn step(&mut self, s: StepInput<'_>) -> Result<StepOutput> {
         let (images, labels) = s.train.batch_at(s.index);
-        let loss = self.loss(
-            s.model,
-            s.augmenter,
-            (&images, &labels),
-            s.rng,
-            s.ctx,
-            s.autocast,
-        )?;
+        let z = self.projections(s.model, s.augmenter, &images, s.rng, s.ctx, s.autocast)?;
+        let (loss, scale) = match s.dist {
+            None => (self.loss_of(&z, &labels)?, 1.0),
+            // The engine averages gradients over the ranks, and each rank's gradient is already
+            // its full share of the global loss's: scaled back up by the number of ranks.
+            Some(g) => (self.global_loss(&z, &labels, g)?, g.world as f64),
+        };
         let l = loss.detach().to_kind(Kind::Double);
         let stats = Tensor::stack(&[l.shallow_clone(), l.zeros_like(), l.ones_like()], 0);
+        let loss = if scale == 1.0 { loss } else { loss * scale };
         Ok(StepOutput { loss, stats })
     }
 

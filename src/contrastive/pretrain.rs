@@ -34,13 +34,17 @@ pub struct PretrainSummary {
 /// Everything `train::run` refuses, and a batch below 2.
 pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary> {
     let wall = Instant::now();
-    let _lock = crate::util::RunLock::acquire(out)?;
+    let _lock = match crate::dist::is_main() {
+        true => Some(crate::util::RunLock::acquire(out)?),
+        false => None,
+    };
     let cfg = train::effective_config(cfg, out, opts)?;
     let objective = Box::new(Contrastive::new(&cfg)?);
     let mut trainer = Trainer::with_objective(cfg, out, opts.resume, objective)?;
     train::print_start(&trainer);
     let c = trainer.cfg.contrastive.clone();
-    eprintln!(
+    let main = trainer.is_main();
+    main.then(|| eprintln!(
         "{}: {} ({} train images, 2 views each), encoder {} -> {}-d features -> {}-d projection, temperature {}",
         c.method,
         trainer.data.name,
@@ -49,7 +53,7 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
         trainer.model.net.classifier().in_features(),
         c.head_out,
         c.temperature
-    );
+    ));
     trainer.fit(opts)?;
     let history = &trainer.history;
     let summary = PretrainSummary {
@@ -63,6 +67,9 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
         train_seconds: history.last().map_or(0.0, |m| m.train_seconds),
         wall_seconds: wall.elapsed().as_secs_f64(),
     };
+    if !main {
+        return Ok(summary);
+    }
     metrics::write_json(&RunDir::new(out).summary(), &summary)?;
     write_plots(out, history, c.method.as_str())?;
     write_report(out, &summary, &trainer.cfg)?;

@@ -279,3 +279,167 @@ impl Drop for ProcessGroup {
         }
     }
 }
+
+/// Gradients are reduced in flat buckets of at most this many bytes (DDP's default bucket cap).
+pub const BUCKET_BYTES: usize = 25 << 20;
+
+impl ProcessGroup {
+    /// Replaces each defined gradient of `params` by its mean over the ranks, reducing them in
+    /// flat float buckets of at most [`BUCKET_BYTES`] (one all-reduce per bucket, as DDP's
+    /// Reducer). Every rank must pass the same parameters in the same order.
+    ///
+    /// # Errors
+    /// As [`ProcessGroup::all_reduce_sum`].
+    pub fn average_gradients(&self, params: &[Tensor]) -> Result<()> {
+        let grads: Vec<Tensor> = params
+            .iter()
+            .map(Tensor::grad)
+            .filter(Tensor::defined)
+            .collect();
+        for bucket in buckets(&grads) {
+            let mut flat = Tensor::cat(
+                &bucket.iter().map(|g| g.flatten(0, -1)).collect::<Vec<_>>(),
+                0,
+            );
+            self.all_reduce_sum(&mut flat)?;
+            let flat = flat / self.world as f64;
+            let mut at = 0;
+            tch::no_grad(|| {
+                for g in bucket {
+                    let n = g.numel() as i64;
+                    let mut g = g.shallow_clone();
+                    g.copy_(&flat.narrow(0, at, n).view_as(&g));
+                    at += n;
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Copies rank 0's values of `tensors` (a model's variables) to every rank, in one flat
+    /// buffer per dtype.
+    ///
+    /// # Errors
+    /// As [`ProcessGroup::broadcast`].
+    pub fn broadcast_from_main(&self, tensors: &[Tensor]) -> Result<()> {
+        let mut kinds: Vec<tch::Kind> = tensors.iter().map(Tensor::kind).collect();
+        kinds.dedup();
+        kinds.sort_by_key(|k| format!("{k:?}"));
+        kinds.dedup();
+        for kind in kinds {
+            let same: Vec<&Tensor> = tensors.iter().filter(|t| t.kind() == kind).collect();
+            let mut flat = Tensor::cat(
+                &same
+                    .iter()
+                    .map(|t| t.detach().flatten(0, -1))
+                    .collect::<Vec<_>>(),
+                0,
+            );
+            self.broadcast(&mut flat, 0)?;
+            let mut at = 0;
+            tch::no_grad(|| {
+                for t in same {
+                    let n = t.numel() as i64;
+                    t.shallow_clone().copy_(&flat.narrow(0, at, n).view_as(t));
+                    at += n;
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Consecutive groups of `tensors` of at most [`BUCKET_BYTES`] each (a larger tensor alone).
+fn buckets(tensors: &[Tensor]) -> Vec<&[Tensor]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0usize);
+    for (i, t) in tensors.iter().enumerate() {
+        let size = t.numel() * t.kind().elt_size_in_bytes();
+        if i > start && bytes + size > BUCKET_BYTES {
+            out.push(&tensors[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < tensors.len() {
+        out.push(&tensors[start..]);
+    }
+    out
+}
+
+/// This rank's part of an epoch's order, as PyTorch's `DistributedSampler`: the order is padded
+/// with its own first entries to a multiple of `world`, and rank `r` takes entries r, r + world,
+/// ..., so every image is seen once per epoch across the ranks and the shards are equal.
+pub fn shard(order: &[i64], rank: usize, world: usize) -> Vec<i64> {
+    let total = order.len().div_ceil(world) * world;
+    (rank..total)
+        .step_by(world)
+        .map(|i| order[i % order.len()])
+        .collect()
+}
+
+/// Indices `rank, rank + world, ...` below `n`: this rank's part of an evaluation, without
+/// padding, so the parts add up to the whole split exactly once.
+pub fn eval_shard(n: usize, rank: usize, world: usize) -> Vec<i64> {
+    (rank..n).step_by(world).map(|i| i as i64).collect()
+}
+
+thread_local! {
+    static GROUP: std::cell::OnceCell<Option<std::rc::Rc<ProcessGroup>>> =
+        const { std::cell::OnceCell::new() };
+}
+
+/// The process group of this process's launch, formed on first use and kept for the process's
+/// life (every training run of the process shares it); `None` for a single process.
+///
+/// # Errors
+/// As [`Launch::from_env`] and [`ProcessGroup::init`].
+pub fn global(timeout: Duration) -> Result<Option<std::rc::Rc<ProcessGroup>>> {
+    if let Some(g) = GROUP.with(|g| g.get().cloned()) {
+        return Ok(g);
+    }
+    let group = match Launch::from_env()? {
+        Some(launch) => Some(std::rc::Rc::new(ProcessGroup::init(&launch, timeout)?)),
+        None => None,
+    };
+    GROUP.with(|g| {
+        let _ = g.set(group.clone());
+    });
+    Ok(group)
+}
+
+/// Whether this process writes files and logs: a single process, or rank 0 of a launch.
+pub fn is_main() -> bool {
+    Launch::from_env()
+        .ok()
+        .flatten()
+        .is_none_or(|l| l.rank == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_cover_every_image_once_and_are_equal() {
+        let order: Vec<i64> = vec![4, 0, 3, 1, 2];
+        let a = shard(&order, 0, 2);
+        let b = shard(&order, 1, 2);
+        assert_eq!(a, [4, 3, 2]);
+        assert_eq!(b, [0, 1, 4]);
+        assert_eq!(eval_shard(5, 0, 2), [0, 2, 4]);
+        assert_eq!(eval_shard(5, 1, 2), [1, 3]);
+    }
+
+    #[test]
+    fn buckets_respect_the_cap() {
+        let small = Tensor::zeros([1000], (tch::Kind::Float, tch::Device::Cpu));
+        let big = Tensor::zeros(
+            [(BUCKET_BYTES / 4 + 1) as i64],
+            (tch::Kind::Float, tch::Device::Cpu),
+        );
+        let ts = [small.shallow_clone(), big, small.shallow_clone(), small];
+        let sizes: Vec<usize> = buckets(&ts).iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, [1, 1, 2]);
+    }
+}

@@ -145,7 +145,9 @@ pub fn run(
         }
     };
     summary.seconds = start.elapsed().as_secs_f64();
-    metrics::write_json(&out.join("summary.json"), &summary)?;
+    if crate::dist::is_main() {
+        metrics::write_json(&out.join("summary.json"), &summary)?;
+    }
     Ok(summary)
 }
 
@@ -209,7 +211,9 @@ fn head_then_unfreeze(
     let mut s = from_train(train::run(all, out, &opts.run)?, Strategy::HeadThenUnfreeze);
     s.epochs = total;
     s.seconds = start.elapsed().as_secs_f64();
-    metrics::write_json(&out.join("summary.json"), &s)?;
+    if crate::dist::is_main() {
+        metrics::write_json(&out.join("summary.json"), &s)?;
+    }
     Ok(s)
 }
 
@@ -270,6 +274,8 @@ fn linear_probe(cfg: &Config, out: &Path, start: Instant) -> Result<FinetuneSumm
         l2: Some(p.l2),
         l2_validation: p.l2_validation,
     };
-    metrics::write_json(&out.join("summary.json"), &s)?;
+    if crate::dist::is_main() {
+        metrics::write_json(&out.join("summary.json"), &s)?;
+    }
     Ok(s)
 }

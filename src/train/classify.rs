@@ -77,6 +77,10 @@ impl Objective for CrossEntropy {
         true
     }
 
+    fn evaluation_adds_up(&self) -> bool {
+        true
+    }
+
     fn eval_due(&self, epoch: usize, cfg: &Config) -> bool {
         let every = cfg.train.eval_every;
         epoch == cfg.train.epochs || (every > 0 && epoch.is_multiple_of(every))

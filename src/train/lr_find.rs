@@ -3,7 +3,7 @@
 //! the smoothed loss falls fastest.
 
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::metrics;
 use crate::train::{self, Trainer};
 use serde::{Deserialize, Serialize};
@@ -92,6 +92,13 @@ pub fn suggest(lrs: &[f64], smoothed: &[f64]) -> (f64, f64) {
 /// Runs the sweep for `cfg` (any recipe, pretrained weights and freezing included) and writes
 /// `out/lr-find.json` and `out/plots/lr-find.png`.
 pub fn run(cfg: Config, spec: &SweepSpec, out: &Path, progress: bool) -> Result<LrFind> {
+    if crate::dist::Launch::from_env()?.is_some() {
+        return Err(Error::Invalid(
+            "lr-find runs in one process: start it without torchrun or srun (its suggestion \
+             holds for the global batch of the recipe)"
+                .into(),
+        ));
+    }
     let mut trainer = Trainer::new(cfg, out, false)?;
     train::print_start(&trainer);
     let lrs = exponential_rates(spec);

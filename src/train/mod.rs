@@ -7,6 +7,7 @@ pub mod classify;
 pub mod evaluate;
 pub mod lr_find;
 pub mod objective;
+pub mod parallel;
 pub mod report;
 pub mod trained;
 
@@ -18,6 +19,7 @@ use crate::augment::Augmenter;
 use crate::config::{self, Config};
 use crate::data::loader::{self, DeviceSplit};
 use crate::data::{self, DataSpec, Dataset};
+use crate::dist::ProcessGroup;
 use crate::error::{Error, Result};
 use crate::metrics::{self, EpochMetrics};
 use crate::models::{self, Ctx, Model, features};
@@ -26,6 +28,7 @@ use crate::util::progress;
 use crate::util::{fmt_seconds, mix_seed};
 use crate::weights::{RunDir, checkpoint};
 use objective::{EvalInput, Evaluation, Objective, StepInput};
+use parallel::{add_up, check_data_parallel, dist_group, rank_device};
 use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -74,6 +77,10 @@ pub struct TrainSummary {
     pub model: String,
     pub dataset: String,
     pub device: String,
+    /// Processes that trained data-parallel (1: one process); `train.batch_size` is the batch
+    /// over all of them.
+    #[serde(default = "one")]
+    pub ranks: usize,
     pub parameters: i64,
     pub epochs: usize,
     pub train_images: usize,
@@ -230,6 +237,8 @@ pub struct Trainer {
     test: DeviceSplit,
     augmenter: Augmenter,
     objective: Box<dyn Objective>,
+    /// The process group of a data-parallel run (torchrun, Slurm), None in one process.
+    dist: Option<std::rc::Rc<ProcessGroup>>,
     pub history: Vec<EpochMetrics>,
     train_seconds: f64,
     pub last_eval: Option<Evaluation>,
@@ -288,6 +297,10 @@ impl Trainer {
         objective: Box<dyn Objective>,
     ) -> Result<Self> {
         check_weights_model(&cfg)?;
+        let mut cfg = cfg;
+        if let Some(g) = dist_group(&cfg)? {
+            cfg.train.device = rank_device(&cfg.train.device, g.local_rank);
+        }
         let (data, splits) = load_onto_device(&cfg)?;
         Self::with_data(cfg, data, splits, out, resume, objective)
     }
@@ -323,6 +336,10 @@ impl Trainer {
             augment_reason = Some(why);
         }
         objective.check_config(&cfg)?;
+        let dist = dist_group(&cfg)?;
+        if let Some(g) = &dist {
+            check_data_parallel(&cfg, g)?;
+        }
         let device = train.images.device();
         let classes = data.classes.len() as i64;
         check_classes(&cfg, &data)?;
@@ -369,10 +386,16 @@ impl Trainer {
             objective.upgrade_history(&mut history);
             train_seconds = ck.meta.train_seconds;
         }
+        if let Some(g) = &dist {
+            // DDP's start: every rank begins from rank 0's weights and statistics.
+            let vars: Vec<Tensor> = model.vs.variables().into_values().collect();
+            g.broadcast_from_main(&vars)?;
+        }
         let mut augmenter = Augmenter::new(cfg.augment.clone(), &data.mean, &data.std, device);
         augmenter.resize = cfg.transfer.resize;
         augmenter.seed = cfg.train.seed;
         Ok(Trainer {
+            dist,
             train,
             test,
             augmenter,
@@ -399,11 +422,28 @@ impl Trainer {
     }
 
     fn steps_per_epoch(&self) -> usize {
-        loader::training_steps_per_epoch(
-            self.train.len(),
-            self.cfg.train.batch_size,
-            self.drop_last(),
-        )
+        loader::training_steps_per_epoch(self.shard_len(), self.rank_batch(), self.drop_last())
+    }
+
+    /// Ranks of the run (1 in one process).
+    pub fn world(&self) -> usize {
+        self.dist.as_ref().map_or(1, |g| g.world)
+    }
+
+    /// Whether this process writes the run folder and logs (one process, or rank 0).
+    pub fn is_main(&self) -> bool {
+        self.dist.as_ref().is_none_or(|g| g.is_main())
+    }
+
+    /// Each rank's batch: the recipe's batch is the global one, as with DDP and a
+    /// `DistributedSampler` at batch_size / world, so its learning rate keeps its meaning.
+    fn rank_batch(&self) -> usize {
+        self.cfg.train.batch_size / self.world()
+    }
+
+    /// Images in this rank's part of an epoch (the epoch padded to a multiple of the ranks).
+    fn shard_len(&self) -> usize {
+        self.train.len().div_ceil(self.world())
     }
 
     fn use_autocast(&self) -> bool {
@@ -424,20 +464,31 @@ impl Trainer {
     ) -> Result<EpochRun> {
         self.freeze_whiten_bias(epoch);
         let t = &self.cfg.train;
-        let (bs, epochs, seed) = (t.batch_size, t.epochs, t.seed);
+        let (bs, epochs, seed) = (self.rank_batch(), t.epochs, t.seed);
         let spe = self.steps_per_epoch();
         let total = spe * epochs;
         let start = Instant::now();
-        let order = loader::epoch_order(self.train.len(), seed, epoch);
+        let mut order = loader::epoch_order(self.train.len(), seed, epoch);
+        let mut rng_seed = mix_seed(seed, 1_000_000 + epoch as u64);
+        if let Some(g) = &self.dist {
+            order = crate::dist::shard(&order, g.rank, g.world);
+            // Each rank augments its images with its own draws (rank 0 as one process would).
+            rng_seed = if g.rank == 0 {
+                rng_seed
+            } else {
+                mix_seed(rng_seed, g.rank as u64)
+            };
+        }
         let lens: Vec<usize> = loader::training_batches(&order, bs, self.drop_last())
             .iter()
             .map(|b| b.len())
             .collect();
-        let mut rng = StdRng::seed_from_u64(mix_seed(seed, 1_000_000 + epoch as u64));
+        let mut rng = StdRng::seed_from_u64(rng_seed);
         self.augmenter.epoch = epoch;
         self.objective
             .begin_epoch(&self.augmenter, &order, &mut rng, self.device);
         let order = Tensor::from_slice(&order).to_device(self.device);
+        let progress = progress && self.is_main();
         let bar = match sweep {
             Some(_) => indicatif::ProgressBar::hidden(),
             None => progress::steps_bar(
@@ -471,8 +522,9 @@ impl Trainer {
                 rng: &mut rng,
                 ctx: &ctx,
                 autocast: self.use_autocast(),
+                dist: self.dist.as_deref(),
             })?;
-            objective::optimise(&mut self.optim, &out.loss, lr);
+            objective::optimise(&mut self.optim, &out.loss, lr, self.dist.as_deref())?;
             if let Some(l) = &mut self.optim.lookahead {
                 l.after_step(self.optim.steps, total as i64);
                 if sweep.is_none() && epoch + 1 == epochs && i + 1 == lens.len() {
@@ -504,6 +556,12 @@ impl Trainer {
         bar.finish_and_clear();
         if let Device::Cuda(i) = self.device {
             tch::Cuda::synchronize(i as i64);
+        }
+        if let Some(g) = &self.dist {
+            // The epoch's numbers over every rank's images.
+            let total = g.sum_f64(&[sums[0], sums[1], sums[2], seen as f64])?;
+            sums = [total[0], total[1], total[2]];
+            seen = total[3] as usize;
         }
         let weight = sums[2].max(1e-300);
         Ok(EpochRun {
@@ -543,17 +601,32 @@ impl Trainer {
         diverged(&self.out, self.cfg.optim.lr, loss, step, epoch, lr)
     }
 
-    /// The objective's evaluation of the model as it is now.
-    pub fn evaluate(&self) -> Evaluation {
-        self.objective.evaluate(EvalInput {
+    /// The objective's evaluation of the model as it is now. In a data-parallel run each rank
+    /// evaluates its part of the test split and the counts are added up when the objective's
+    /// numbers are sums (classification), so the result equals one process's exactly.
+    ///
+    /// # Errors
+    /// A collective failed (another rank stopped).
+    pub fn evaluate(&self) -> Result<Evaluation> {
+        let input = |test| EvalInput {
             model: &self.model,
             augmenter: &self.augmenter,
             train: &self.train,
-            test: &self.test,
+            test,
             cfg: &self.cfg,
             classes: self.data.classes.len() as i64,
             autocast: self.use_autocast(),
-        })
+        };
+        match &self.dist {
+            Some(g) if self.objective.evaluation_adds_up() => {
+                let part = crate::dist::eval_shard(self.test.len(), g.rank, g.world);
+                let index = Tensor::from_slice(&part).to_device(self.device);
+                let (images, labels) = self.test.batch_at(&index);
+                let shard = DeviceSplit { images, labels };
+                add_up(self.objective.evaluate(input(&shard)), g)
+            }
+            _ => Ok(self.objective.evaluate(input(&self.test))),
+        }
     }
 
     /// The lr range test: one training step at each rate of `lrs` in turn (cycling through
@@ -625,11 +698,15 @@ impl Trainer {
     ///
     /// # Errors
     /// The loss diverged (the last checkpoint is kept), or the run folder cannot be written.
+    /// In a data-parallel run every rank trains and evaluates; rank 0 alone writes the run
+    /// folder and logs.
     pub fn fit(&mut self, opts: &RunOptions) -> Result<()> {
         let dir = RunDir::new(&self.out);
-        crate::util::create_dir(&dir.checkpoints())?;
-        clean_run_folder(&self.out);
-        crate::util::atomic_write_bytes(&dir.config(), self.cfg.to_toml().as_bytes())?;
+        if self.is_main() {
+            crate::util::create_dir(&dir.checkpoints())?;
+            clean_run_folder(&self.out);
+            crate::util::atomic_write_bytes(&dir.config(), self.cfg.to_toml().as_bytes())?;
+        }
         let start = self.history.len();
         let end = match opts.stop_after {
             Some(n) => (start + n).min(self.cfg.train.epochs),
@@ -639,10 +716,10 @@ impl Trainer {
             let run = self.train_epoch(epoch, opts.progress, None)?;
             self.train_seconds += run.seconds;
             let eval_start = Instant::now();
-            let eval = self
-                .objective
-                .eval_due(epoch + 1, &self.cfg)
-                .then(|| self.evaluate());
+            let eval = match self.objective.eval_due(epoch + 1, &self.cfg) {
+                true => Some(self.evaluate()?),
+                false => None,
+            };
             if eval.is_some() {
                 self.eval_seconds = eval_start.elapsed().as_secs_f64();
             }
@@ -661,21 +738,31 @@ impl Trainer {
                 train_seconds: self.train_seconds,
                 images_per_second: (run.images * views) as f64 / run.seconds.max(1e-9),
             };
-            eprintln!("{}", self.epoch_line(&m));
             self.history.push(m);
             if eval.is_some() {
                 self.last_eval = eval;
             }
-            metrics::write_jsonl(&dir.metrics(), &self.history)?;
-            if opts.no_checkpoints {
-                continue;
+            if self.is_main() {
+                self.record_epoch(&dir, opts)?;
             }
-            let ck = dir.checkpoint();
+        }
+        Ok(())
+    }
+
+    /// Logs the last epoch and writes metrics.jsonl and the checkpoint (rank 0's part of `fit`).
+    fn record_epoch(&self, dir: &RunDir, opts: &RunOptions) -> Result<()> {
+        let Some(m) = self.history.last() else {
+            return Ok(());
+        };
+        eprintln!("{}", self.epoch_line(m));
+        metrics::write_jsonl(&dir.metrics(), &self.history)?;
+        if !opts.no_checkpoints {
+            let meta = self.meta(m.epoch);
             checkpoint::save(
-                &ck,
+                &dir.checkpoint(),
                 &self.model,
                 &self.optim.state_tensors(),
-                &self.meta(epoch + 1),
+                &meta,
             )?;
         }
         Ok(())
@@ -713,7 +800,10 @@ impl Trainer {
     /// # Errors
     /// The objective is not a classifier (its evaluation has no top-1 accuracy).
     pub fn summary(&mut self, wall_seconds: f64) -> Result<TrainSummary> {
-        let eval = self.last_eval.take().unwrap_or_else(|| self.evaluate());
+        let eval = match self.last_eval.take() {
+            Some(e) => e,
+            None => self.evaluate()?,
+        };
         let Some(detail) = eval.detail.clone() else {
             return Err(Error::Invalid(format!(
                 "a {} run has no classification summary",
@@ -725,6 +815,7 @@ impl Trainer {
             model: self.model.spec.name.clone(),
             dataset: self.data.name.clone(),
             device: format!("{:?}", self.device),
+            ranks: self.world(),
             parameters: self.model.parameter_count(),
             epochs: self.history.len(),
             train_images: self.train.len(),
@@ -768,6 +859,10 @@ fn check_weights_model(cfg: &Config) -> Result<()> {
          recipe or --model): pass --model {theirs}",
         ck.path.display()
     )))
+}
+
+fn one() -> usize {
+    1
 }
 
 /// A head set to another number of classes than the data has, or fewer than 2 classes.
@@ -985,12 +1080,19 @@ pub fn effective_config(cfg: Config, out: &Path, opts: &RunOptions) -> Result<Co
 /// as [`Trainer::new`] and [`Trainer::fit`].
 pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<TrainSummary> {
     let wall = Instant::now();
-    let _lock = crate::util::RunLock::acquire(out)?;
+    // In a data-parallel run rank 0 alone holds the folder; the others only read from it.
+    let _lock = match crate::dist::is_main() {
+        true => Some(crate::util::RunLock::acquire(out)?),
+        false => None,
+    };
     let cfg = effective_config(cfg, out, opts)?;
     let mut trainer = Trainer::new(cfg, out, opts.resume)?;
     print_start(&trainer);
     trainer.fit(opts)?;
     let summary = trainer.summary(wall.elapsed().as_secs_f64())?;
+    if !trainer.is_main() {
+        return Ok(summary);
+    }
     metrics::write_json(&RunDir::new(out).summary(), &summary)?;
     if let Some(eval) = trainer.last_eval.as_ref().and_then(|e| e.detail.as_ref()) {
         metrics::write_json(&out.join("confusion.json"), &eval.confusion)?;
@@ -1010,6 +1112,9 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<TrainSummary> {
 /// The first lines of a run: data, model, device, what the reader noted, the recipe and any
 /// transfer set-up.
 pub fn print_start(t: &Trainer) {
+    if !t.is_main() {
+        return;
+    }
     let s = t.data.train.image_shape();
     eprintln!(
         "data: {} ({} train, {} test, {} classes, {}x{}x{})  model: {} ({} parameters)  device: {:?}",
@@ -1028,6 +1133,15 @@ pub fn print_start(t: &Trainer) {
         eprintln!("data: {note}");
     }
     print_recipe(t);
+    if let Some(g) = &t.dist {
+        eprintln!(
+            "data-parallel: {} ranks (Gloo, rendezvous through PyTorch's c10d), batch {} per \
+             rank = global batch {}; the learning rate applies to the global batch",
+            g.world,
+            t.rank_batch(),
+            t.cfg.train.batch_size
+        );
+    }
     let tr = &t.cfg.train;
     if loader::drops_single_image(t.train.len(), tr.batch_size, t.drop_last()) {
         eprintln!(

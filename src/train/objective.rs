@@ -8,6 +8,7 @@ use super::EvalResult;
 use crate::augment::Augmenter;
 use crate::config::Config;
 use crate::data::loader::DeviceSplit;
+use crate::dist::ProcessGroup;
 use crate::error::Result;
 use crate::models::{Ctx, Model};
 use rand::rngs::StdRng;
@@ -27,6 +28,8 @@ pub struct StepInput<'a> {
     pub ctx: &'a Ctx,
     /// bf16 autocast of the forward pass (CUDA with `train.bf16`).
     pub autocast: bool,
+    /// The process group of a data-parallel run (for objectives that compare across ranks).
+    pub dist: Option<&'a ProcessGroup>,
 }
 
 /// A batch's loss and its statistics, both on the device (nothing is read on the host).
@@ -119,12 +122,36 @@ pub trait Objective {
 
     /// Measures the model on the test split.
     fn evaluate(&self, input: EvalInput<'_>) -> Evaluation;
+
+    /// Whether a data-parallel run may give each rank a part of the test split and add up the
+    /// results (counts, confusion matrix): true for classification, whose numbers are sums.
+    fn evaluation_adds_up(&self) -> bool {
+        false
+    }
 }
 
-/// Zero-grad, backward, then the optimiser's update at rate `lr`: the one place a gradient is
-/// applied (data-parallel training reduces the gradients between backward and the update).
-pub fn optimise(optim: &mut crate::optim::Optimizer, loss: &Tensor, lr: f64) {
+/// Zero-grad, backward, the gradients averaged over the ranks of a data-parallel run (as DDP
+/// does after backward), then the optimiser's update at rate `lr`: the one place a gradient is
+/// applied.
+///
+/// # Errors
+/// A collective failed (another rank stopped).
+pub fn optimise(
+    optim: &mut crate::optim::Optimizer,
+    loss: &Tensor,
+    lr: f64,
+    dist: Option<&ProcessGroup>,
+) -> Result<()> {
     optim.zero_grad();
     loss.backward();
+    if let Some(g) = dist {
+        let params: Vec<Tensor> = optim
+            .params
+            .iter()
+            .map(|p| p.tensor.shallow_clone())
+            .collect();
+        g.average_gradients(&params)?;
+    }
     optim.step(lr);
+    Ok(())
 }

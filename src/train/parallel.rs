@@ -1,0 +1,98 @@
+//! What the engine does differently in a data-parallel run (PyTorch DDP's semantics): the
+//! process group, each rank's device, the settings that must agree with the launch, and the
+//! evaluation of each rank's part of the test split added up.
+
+use super::objective::Evaluation;
+use crate::config::{Config, DistBackend};
+use crate::dist::ProcessGroup;
+use crate::error::{Error, Result};
+use crate::metrics::Confusion;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// The launch's process group (formed on first use), or None in one process.
+///
+/// # Errors
+/// The launch environment is incomplete, or the rendezvous fails within `dist.timeout_s`.
+pub fn dist_group(cfg: &Config) -> Result<Option<Rc<ProcessGroup>>> {
+    Ok(crate::dist::global(Duration::from_secs(
+        cfg.dist.timeout_s,
+    ))?)
+}
+
+/// Each rank trains on its own GPU, `cuda:LOCAL_RANK`, when the config asks for a GPU.
+pub fn rank_device(device: &str, local_rank: usize) -> String {
+    let gpu = matches!(device, "cuda" | "gpu") || (device == "auto" && tch::Cuda::is_available());
+    match gpu {
+        true => format!("cuda:{local_rank}"),
+        false => device.to_string(),
+    }
+}
+
+/// Refuses what a data-parallel run cannot do as asked.
+///
+/// # Errors
+/// A global batch that does not split evenly over the ranks, the NCCL backend (not built into
+/// this binary yet), or synchronised BatchNorm (not available yet).
+pub fn check_data_parallel(cfg: &Config, g: &ProcessGroup) -> Result<()> {
+    let bs = cfg.train.batch_size;
+    if !bs.is_multiple_of(g.world) || bs / g.world < 2 {
+        return Err(Error::Invalid(format!(
+            "train.batch_size = {bs} is the global batch of a run on {} ranks: it must split \
+             into equal per-rank batches of at least 2 (for example {})",
+            g.world,
+            (bs / g.world).max(2) * g.world
+        )));
+    }
+    if cfg.dist.backend == DistBackend::Nccl {
+        return Err(Error::Invalid(
+            "dist.backend = nccl: this convkit is built with the Gloo backend only (it runs on \
+             CPU and CUDA tensors); use dist.backend = gloo or auto"
+                .into(),
+        ));
+    }
+    if cfg.train.sync_bn {
+        return Err(Error::Invalid(
+            "train.sync_bn: synchronised BatchNorm is not available yet; each rank keeps its own \
+             BatchNorm statistics (DDP's default) when it is false"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The evaluation of the whole test split from each rank's evaluation of its part: losses,
+/// top-5 hits and the confusion matrix added up, accuracy from the summed matrix (exactly one
+/// process's number).
+///
+/// # Errors
+/// A collective failed.
+pub fn add_up(part: Evaluation, g: &ProcessGroup) -> Result<Evaluation> {
+    let Some(d) = part.detail else {
+        return Ok(part);
+    };
+    let n = d.confusion.total() as f64;
+    let classes = d.confusion.counts.len();
+    let mut values = vec![d.loss * n, (d.top5 * n).round(), n];
+    values.extend(d.confusion.counts.iter().flatten().map(|&c| c as f64));
+    let total = g.sum_f64(&values)?;
+    let n = total[2].max(1.0);
+    let counts: Vec<Vec<i64>> = total[3..]
+        .chunks(classes)
+        .map(|row| row.iter().map(|&c| c.round() as i64).collect())
+        .collect();
+    let confusion = Confusion { counts };
+    let detail = crate::train::EvalResult {
+        loss: total[0] / n,
+        accuracy: confusion.accuracy(),
+        top5: total[1] / n,
+        confusion,
+    };
+    Ok(Evaluation {
+        loss: Some(detail.loss),
+        accuracy: Some(detail.accuracy),
+        top5: Some(detail.top5),
+        knn_accuracy: part.knn_accuracy,
+        detail: Some(detail),
+    })
+}
