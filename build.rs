@@ -29,7 +29,8 @@ fn build_c10d_shim(lib: &Path) {
     let gloo = std::env::var("CONVKIT_GLOO_INCLUDE")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from("csrc/gloo_decl"));
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .file("csrc/c10d_shim.cpp")
         .include(&include)
@@ -40,9 +41,42 @@ fn build_c10d_shim(lib: &Path) {
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         // ProcessGroupGloo.hpp declares the class only under this macro, as in the wheel's build.
         .define("USE_C10D_GLOO", None)
-        .warnings(false)
-        .compile("convkit_c10d");
+        .warnings(false);
+    println!("cargo::rustc-check-cfg=cfg(convkit_nccl)");
+    if let Some(dirs) = nccl_headers(lib) {
+        build
+            .file("csrc/c10d_nccl.cpp")
+            .define("USE_C10D_NCCL", None)
+            .define("USE_CUDA", None);
+        for d in dirs {
+            build.include(d);
+        }
+        println!("cargo:rustc-cfg=convkit_nccl");
+    }
+    build.compile("convkit_c10d");
     println!("cargo:rustc-link-search=native={}", lib.display());
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
+}
+
+/// The include directories ProcessGroupNCCL.hpp needs, when this libtorch has CUDA and the
+/// NVIDIA wheels beside it carry NCCL's and CUDA's headers (the CUDA runtime wheel's, plus
+/// nvidia-cuda-crt and nvidia-cuda-cccl, which scripts/setup.sh installs); None otherwise, and
+/// the binary has Gloo only.
+fn nccl_headers(lib: &Path) -> Option<Vec<PathBuf>> {
+    if !lib.join("libtorch_cuda.so").exists() {
+        return None;
+    }
+    let nvidia = lib.parent()?.parent()?.join("nvidia");
+    let nccl = nvidia.join("nccl/include");
+    let cuda = std::fs::read_dir(&nvidia)
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("include"))
+        .find(|d| d.join("cuda_runtime_api.h").exists() && d.join("crt/host_config.h").exists())?;
+    if !nccl.join("nccl.h").exists() {
+        return None;
+    }
+    let cccl = cuda.join("cccl");
+    Some(vec![cuda, cccl, nccl])
 }

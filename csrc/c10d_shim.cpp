@@ -41,6 +41,10 @@ int guarded(char* err, size_t len, F&& f) {
   return 1;
 }
 
+}  // namespace
+
+// The handles the C functions pass around (also built by c10d_nccl.cpp, same definitions).
+namespace convkit_shim {
 struct StoreHandle {
   c10::intrusive_ptr<c10d::Store> store;
 };
@@ -49,6 +53,11 @@ struct GroupHandle {
   c10::intrusive_ptr<c10d::Backend> backend;
   std::chrono::milliseconds timeout;
 };
+}  // namespace convkit_shim
+
+namespace {
+using convkit_shim::GroupHandle;
+using convkit_shim::StoreHandle;
 
 void wait(GroupHandle* g, const c10::intrusive_ptr<c10d::Work>& work) {
   work->wait(g->timeout);

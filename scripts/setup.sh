@@ -26,6 +26,16 @@ if ! "$py" -c "import PIL" 2>/dev/null; then
   "$py" -m pip install --quiet --disable-pip-version-check pillow
 fi
 
+# NCCL for data-parallel training on GPUs: ProcessGroupNCCL.hpp needs CUDA headers that the
+# CUDA runtime wheel lacks (crt/, cccl/); build.rs compiles the NCCL part when they are there.
+cuda="$("$py" -c 'import torch;print(torch.version.cuda or "")')"
+if [ -n "$cuda" ] && [ -z "$(find "$venv" -path '*nvidia*/include/crt/host_config.h' -print -quit 2>/dev/null)" ]; then
+  echo "setup: installing nvidia-cuda-crt and nvidia-cuda-cccl $cuda.* headers (for the NCCL backend)" >&2
+  "$py" -m pip install --quiet --disable-pip-version-check --no-deps \
+    "nvidia-cuda-crt==$cuda.*" "nvidia-cuda-cccl==$cuda.*" \
+    || echo "setup: no CUDA headers installed; convkit builds with the Gloo backend only" >&2
+fi
+
 torch_dir="$("$py" -c 'import torch,os;print(os.path.dirname(torch.__file__))')"
 abi="$("$py" -c 'import torch;print(int(torch._C._GLIBCXX_USE_CXX11_ABI))')"
 mkdir -p "$root/.cargo"

@@ -3,7 +3,7 @@
 //! would set), so every rank runs real rendezvous and collectives.
 mod common;
 
-use convkit::dist::{Launch, ProcessGroup};
+use convkit::dist::{Backend, Launch, ProcessGroup};
 use std::process::{Command, Output};
 use std::time::Duration;
 use tch::{Kind, Tensor};
@@ -53,7 +53,7 @@ fn in_child() -> bool {
 fn group() -> ProcessGroup {
     tch::set_num_threads(1);
     let launch = Launch::from_env().unwrap().expect("a launch environment");
-    ProcessGroup::init(&launch, Duration::from_secs(60)).unwrap()
+    ProcessGroup::init(&launch, Duration::from_secs(60), Backend::Gloo).unwrap()
 }
 
 fn assert_ranks_succeeded(outputs: &[Output]) {
@@ -109,7 +109,7 @@ fn a_rendezvous_nobody_joins_names_the_address_and_times_out() {
         source: "test",
     };
     let start = std::time::Instant::now();
-    let err = match ProcessGroup::init(&launch, Duration::from_secs(3)) {
+    let err = match ProcessGroup::init(&launch, Duration::from_secs(3), Backend::Gloo) {
         Ok(_) => panic!("a rendezvous without rank 0 cannot succeed"),
         Err(e) => e.to_string(),
     };

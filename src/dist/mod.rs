@@ -65,6 +65,16 @@ unsafe extern "C" {
         err_len: usize,
     ) -> *mut c_void;
     fn convkit_group_free(group: *mut c_void);
+    #[cfg(convkit_nccl)]
+    fn convkit_nccl_new(
+        store: *mut c_void,
+        prefix: *const c_char,
+        rank: i32,
+        world: i32,
+        timeout_ms: i64,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> *mut c_void;
     fn convkit_allreduce_sum(
         group: *mut c_void,
         tensor: *mut c_void,
@@ -90,6 +100,31 @@ unsafe extern "C" {
 
 const ERR_LEN: usize = 2048;
 
+type NewGroup = unsafe extern "C" fn(
+    *mut c_void,
+    *const c_char,
+    i32,
+    i32,
+    i64,
+    *mut c_char,
+    usize,
+) -> *mut c_void;
+
+#[cfg(convkit_nccl)]
+fn nccl_constructor() -> std::result::Result<NewGroup, String> {
+    Ok(convkit_nccl_new)
+}
+
+#[cfg(not(convkit_nccl))]
+fn nccl_constructor() -> std::result::Result<NewGroup, String> {
+    Err(
+        "this convkit was built without NCCL (its libtorch has no CUDA, or NCCL's and CUDA's \
+         headers were missing at build time: run scripts/setup.sh, then cargo build); use the \
+         Gloo backend (dist.backend = gloo)"
+            .into(),
+    )
+}
+
 fn message(buf: &[u8]) -> String {
     let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
     // c10d's messages carry a C++ backtrace after the first line.
@@ -100,13 +135,35 @@ fn message(buf: &[u8]) -> String {
         .to_string()
 }
 
-/// A process group of `world` ranks over Gloo (CPU tensors), this process being `rank`.
+/// The collective library under the process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Gloo: CPU tensors (and CUDA tensors through host copies).
+    Gloo,
+    /// NCCL: CUDA tensors, one GPU per rank.
+    Nccl,
+}
+
+impl Backend {
+    /// Whether this binary was built with NCCL (a CUDA libtorch with NCCL's headers beside it).
+    pub const NCCL_BUILT: bool = cfg!(convkit_nccl);
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Gloo => "Gloo",
+            Backend::Nccl => "NCCL",
+        }
+    }
+}
+
+/// A process group of `world` ranks, this process being `rank`.
 pub struct ProcessGroup {
     store: *mut c_void,
     group: *mut c_void,
     pub rank: usize,
     pub world: usize,
     pub local_rank: usize,
+    pub backend: Backend,
 }
 
 impl ProcessGroup {
@@ -115,7 +172,7 @@ impl ProcessGroup {
     ///
     /// # Errors
     /// The store cannot be reached or hosted within `timeout`, or the group cannot form.
-    pub fn init(launch: &Launch, timeout: Duration) -> Result<Self> {
+    pub fn init(launch: &Launch, timeout: Duration, backend: Backend) -> Result<Self> {
         let host = CString::new(launch.master_addr.as_str())
             .map_err(|_| DistError::Launch("MASTER_ADDR holds a NUL byte".into()))?;
         let ms = timeout.as_millis() as i64;
@@ -143,9 +200,13 @@ impl ProcessGroup {
             return Err(rendezvous(message(&err)));
         }
         let prefix = CString::new("convkit/0").expect("no NUL");
+        let new_group = match backend {
+            Backend::Gloo => convkit_gloo_new,
+            Backend::Nccl => nccl_constructor().map_err(DistError::Launch)?,
+        };
         // SAFETY: store is a live handle from convkit_store_new.
         let group = unsafe {
-            convkit_gloo_new(
+            new_group(
                 store,
                 prefix.as_ptr(),
                 launch.rank as i32,
@@ -166,6 +227,7 @@ impl ProcessGroup {
             rank: launch.rank,
             world: launch.world,
             local_rank: launch.local_rank,
+            backend,
         })
     }
 
@@ -394,12 +456,14 @@ thread_local! {
 ///
 /// # Errors
 /// As [`Launch::from_env`] and [`ProcessGroup::init`].
-pub fn global(timeout: Duration) -> Result<Option<std::rc::Rc<ProcessGroup>>> {
+pub fn global(timeout: Duration, backend: Backend) -> Result<Option<std::rc::Rc<ProcessGroup>>> {
     if let Some(g) = GROUP.with(|g| g.get().cloned()) {
         return Ok(g);
     }
     let group = match Launch::from_env()? {
-        Some(launch) => Some(std::rc::Rc::new(ProcessGroup::init(&launch, timeout)?)),
+        Some(launch) => Some(std::rc::Rc::new(ProcessGroup::init(
+            &launch, timeout, backend,
+        )?)),
         None => None,
     };
     GROUP.with(|g| {

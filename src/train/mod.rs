@@ -1135,9 +1135,10 @@ pub fn print_start(t: &Trainer) {
     print_recipe(t);
     if let Some(g) = &t.dist {
         eprintln!(
-            "data-parallel: {} ranks (Gloo, rendezvous through PyTorch's c10d), batch {} per \
+            "data-parallel: {} ranks ({}, rendezvous through PyTorch's c10d), batch {} per \
              rank = global batch {}; the learning rate applies to the global batch",
             g.world,
+            g.backend.name(),
             t.rank_batch(),
             t.cfg.train.batch_size
         );

@@ -4,7 +4,7 @@
 
 use super::objective::Evaluation;
 use crate::config::{Config, DistBackend};
-use crate::dist::ProcessGroup;
+use crate::dist::{Backend, ProcessGroup};
 use crate::error::{Error, Result};
 use crate::metrics::Confusion;
 use std::rc::Rc;
@@ -15,9 +15,22 @@ use std::time::Duration;
 /// # Errors
 /// The launch environment is incomplete, or the rendezvous fails within `dist.timeout_s`.
 pub fn dist_group(cfg: &Config) -> Result<Option<Rc<ProcessGroup>>> {
-    Ok(crate::dist::global(Duration::from_secs(
-        cfg.dist.timeout_s,
-    ))?)
+    let timeout = Duration::from_secs(cfg.dist.timeout_s);
+    Ok(crate::dist::global(timeout, backend(cfg))?)
+}
+
+/// `dist.backend`, with `auto` as PyTorch chooses: NCCL when the run uses a GPU and this binary
+/// has NCCL, else Gloo.
+pub fn backend(cfg: &Config) -> Backend {
+    let gpu = matches!(cfg.train.device.as_str(), "cuda" | "gpu")
+        || cfg.train.device.starts_with("cuda:")
+        || (cfg.train.device == "auto" && tch::Cuda::is_available());
+    match cfg.dist.backend {
+        DistBackend::Gloo => Backend::Gloo,
+        DistBackend::Nccl => Backend::Nccl,
+        DistBackend::Auto if gpu && Backend::NCCL_BUILT => Backend::Nccl,
+        DistBackend::Auto => Backend::Gloo,
+    }
 }
 
 /// Each rank trains on its own GPU, `cuda:LOCAL_RANK`, when the config asks for a GPU.
@@ -44,11 +57,9 @@ pub fn check_data_parallel(cfg: &Config, g: &ProcessGroup) -> Result<()> {
             (bs / g.world).max(2) * g.world
         )));
     }
-    if cfg.dist.backend == DistBackend::Nccl {
+    if g.backend == Backend::Nccl && !tch::Cuda::is_available() {
         return Err(Error::Invalid(
-            "dist.backend = nccl: this convkit is built with the Gloo backend only (it runs on \
-             CPU and CUDA tensors); use dist.backend = gloo or auto"
-                .into(),
+            "dist.backend = nccl needs a GPU per rank; on the CPU use dist.backend = gloo".into(),
         ));
     }
     if cfg.train.sync_bn {
