@@ -8,7 +8,8 @@
 #                          (default 5) after one untimed warm-up run (cuDNN autotuning, as
 #                          airbench does), then the PyTorch reference of the same recipe
 #                          (bench/airbench_reference.py) on the same card and data; last line
-#                          `gpu: acc=<mean> sd=<sd> seconds=<mean> runs=<N>`
+#                          `gpu: acc=<mean> sd=<sd> seconds=<mean> runs=<N>`; then a 1-rank
+#                          torchrun training with the NCCL backend (the data-parallel path)
 #
 # Seconds per run: whitening set-up + training + the final TTA evaluation, device-synchronised,
 # from data already decoded on the device. Environment: CONVKIT_GPU_ZIP (default
@@ -50,3 +51,13 @@ python3 bench/airbench_reference.py --data "$data" --runs "$runs" --warmup-runs 
   | tee "$out/reference-gpu.txt" || echo "gpu.sh: the PyTorch reference failed" >&2
 line="$(grep '^recipe:' "$out/convkit-gpu.txt")"
 echo "gpu: ${line#recipe: }"
+
+# Data-parallel launch path on the GPU (issue 15): one rank through torchrun with the NCCL
+# backend (auto picks it on CUDA when the binary was built with NCCL), 2 epochs of the airbench
+# recipe; the run's first lines name the backend. Multi-GPU scaling needs a machine with
+# several GPUs: the same command with --nproc-per-node N.
+if command -v torchrun >/dev/null; then
+  torchrun --no-python --nproc-per-node 1 "$carry/convkit" train --config cifar10-airbench \
+    --data "$data" --device cuda --epochs 2 --out "$out/ddp-nccl" 2>&1 | tee "$out/ddp-nccl.txt" |
+    grep -E "data-parallel|epoch|test accuracy" || echo "gpu.sh: the torchrun run failed" >&2
+fi

@@ -86,6 +86,35 @@ fn collectives_across_two_processes() {
             Vec::<i64>::try_from(gathered.flatten(0, -1)).unwrap(),
             [0, 7, 1, 7]
         );
+        // A model's variables come out of a hash map in another order in every process: the
+        // broadcast matches them by name.
+        let named = |names: [&str; 3]| -> Vec<(String, Tensor)> {
+            names
+                .iter()
+                .map(|n| {
+                    let size = if *n == "w" { 3 } else { 2 };
+                    let base = if *n == "w" { 10.0 } else { 1.0 };
+                    (
+                        n.to_string(),
+                        Tensor::full([size], base + r, (Kind::Float, tch::Device::Cpu)),
+                    )
+                })
+                .collect()
+        };
+        let vars = if g.rank == 0 {
+            named(["w", "b", "c"])
+        } else {
+            named(["c", "w", "b"])
+        };
+        g.broadcast_from_main(&vars).unwrap();
+        for (n, t) in &vars {
+            let want = if n == "w" { 10.0 } else { 1.0 };
+            assert!(
+                Vec::<f32>::try_from(t).unwrap().iter().all(|v| *v == want),
+                "{n} on rank {}: {t}",
+                g.rank
+            );
+        }
         g.barrier().unwrap();
         return;
     }

@@ -26,7 +26,7 @@ pub struct Launch {
 
 impl Launch {
     /// The launch described by the process environment; `None` for a single process (no
-    /// WORLD_SIZE or SLURM_NTASKS above 1).
+    /// WORLD_SIZE, WORLD_SIZE=1 without MASTER_ADDR, or SLURM_NTASKS of 1).
     ///
     /// # Errors
     /// A variable that does not parse, a rank outside the world, or a world of several ranks
@@ -51,7 +51,9 @@ impl Launch {
 
     fn torch_env(var: &impl Fn(&str) -> Option<String>) -> Result<Option<Self>> {
         let world: usize = number(var, "WORLD_SIZE")?;
-        if world <= 1 {
+        // One rank forms a group only when a launcher set it up (torchrun sets MASTER_ADDR):
+        // that runs the data-parallel path, collectives included, on a single GPU.
+        if world == 0 || (world == 1 && var("MASTER_ADDR").is_none()) {
             return Ok(None);
         }
         let rank = number(var, "RANK")?;

@@ -378,12 +378,15 @@ impl ProcessGroup {
         Ok(())
     }
 
-    /// Copies rank 0's values of `tensors` (a model's variables) to every rank, in one flat
-    /// buffer per dtype.
+    /// Copies rank 0's values of the named tensors (a model's variables, in any order: they
+    /// are matched by name) to every rank, in one flat buffer per dtype.
     ///
     /// # Errors
     /// As [`ProcessGroup::broadcast`].
-    pub fn broadcast_from_main(&self, tensors: &[Tensor]) -> Result<()> {
+    pub fn broadcast_from_main(&self, named: &[(String, Tensor)]) -> Result<()> {
+        let mut sorted: Vec<&(String, Tensor)> = named.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        let tensors: Vec<Tensor> = sorted.iter().map(|(_, t)| t.shallow_clone()).collect();
         let mut kinds: Vec<tch::Kind> = tensors.iter().map(Tensor::kind).collect();
         kinds.dedup();
         kinds.sort_by_key(|k| format!("{k:?}"));

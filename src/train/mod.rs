@@ -353,6 +353,12 @@ impl Trainer {
             transfer = Some(prepare_transfer(&cfg, &mut data, &mut model, resume)?);
         }
         structured_init(&cfg, &data, &train, &mut model, resume)?;
+        if let Some(g) = &dist {
+            // DDP's start: every rank begins from rank 0's weights and statistics, before the
+            // optimiser (lookahead keeps a copy of the starting weights) is built.
+            let vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+            g.broadcast_from_main(&vars)?;
+        }
         if cfg.train.channels_last {
             model.to_channels_last();
         }
@@ -385,11 +391,6 @@ impl Trainer {
             history = ck.meta.history.clone();
             objective.upgrade_history(&mut history);
             train_seconds = ck.meta.train_seconds;
-        }
-        if let Some(g) = &dist {
-            // DDP's start: every rank begins from rank 0's weights and statistics.
-            let vars: Vec<Tensor> = model.vs.variables().into_values().collect();
-            g.broadcast_from_main(&vars)?;
         }
         let mut augmenter = Augmenter::new(cfg.augment.clone(), &data.mean, &data.std, device);
         augmenter.resize = cfg.transfer.resize;
