@@ -1061,7 +1061,7 @@ pub fn effective_config(cfg: Config, out: &Path, opts: &RunOptions) -> Result<Co
     resumed
         .validate()
         .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-    if !opts.resume_settings.is_empty() {
+    if !opts.resume_settings.is_empty() && crate::dist::is_main() {
         eprintln!(
             "resuming with {} (to be recorded in {})",
             opts.resume_settings.join(", "),

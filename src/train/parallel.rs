@@ -64,8 +64,11 @@ pub fn check_data_parallel(cfg: &Config, g: &ProcessGroup) -> Result<()> {
     }
     if cfg.train.sync_bn {
         return Err(Error::Invalid(
-            "train.sync_bn: synchronised BatchNorm is not available yet; each rank keeps its own \
-             BatchNorm statistics (DDP's default) when it is false"
+            "train.sync_bn: synchronised BatchNorm needs the gradient of the batch statistics \
+             summed over the ranks during backward, which convkit cannot do through tch yet (a \
+             version with global statistics in the forward pass only trained worse than \
+             per-rank statistics: bench/RESULTS.md); with train.sync_bn = false each rank keeps \
+             its own BatchNorm statistics, as DDP does by default"
                 .into(),
         ));
     }
