@@ -29,6 +29,8 @@ fn build_c10d_shim(lib: &Path) {
     let gloo = std::env::var("CONVKIT_GLOO_INCLUDE")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from("csrc/gloo_decl"));
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     let mut build = cc::Build::new();
     build
         .cpp(true)
@@ -37,8 +39,13 @@ fn build_c10d_shim(lib: &Path) {
         .include(include.join("torch/csrc/api/include"))
         .include(gloo)
         .std("c++17")
-        // The wheel's C++ ABI (std::string layout) must match, or every call with a string breaks.
-        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        // The wheel's C++ ABI (std::string layout) must match, or every call with a string
+        // breaks: scripts/setup.sh records it (LIBTORCH_CXX11_ABI) from the installed torch.
+        .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
+        // Nothing of the shim (inline c10d code, any vtable a header defines) is exported, so
+        // it can never take the place of libtorch's own.
+        .flag("-fvisibility=hidden")
+        .flag("-fvisibility-inlines-hidden")
         // ProcessGroupGloo.hpp declares the class only under this macro, as in the wheel's build.
         .define("USE_C10D_GLOO", None)
         .warnings(false);
@@ -52,6 +59,7 @@ fn build_c10d_shim(lib: &Path) {
             build.include(d);
         }
         println!("cargo:rustc-cfg=convkit_nccl");
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
     }
     build.compile("convkit_c10d");
     println!("cargo:rustc-link-search=native={}", lib.display());

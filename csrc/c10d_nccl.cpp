@@ -4,6 +4,7 @@
 // for the headers the CUDA runtime wheel lacks); the collectives are the shim's, called through
 // c10d::Backend.
 
+#include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 
@@ -21,15 +22,18 @@ struct GroupHandle {
 };
 }  // namespace convkit_shim
 
+// `device`: this rank's GPU, made current first so NCCL's communicator lives there.
 extern "C" void* convkit_nccl_new(
     void* store,
     const char* prefix,
     int rank,
     int world,
     int64_t timeout_ms,
+    int device,
     char* err,
     size_t err_len) {
   try {
+    c10::cuda::set_device(static_cast<c10::DeviceIndex>(device));
     auto timeout = std::chrono::milliseconds(timeout_ms);
     auto prefixed = c10::make_intrusive<c10d::PrefixStore>(
         std::string(prefix),
@@ -42,6 +46,11 @@ extern "C" void* convkit_nccl_new(
   } catch (const std::exception& e) {
     if (err != nullptr && err_len > 0) {
       std::strncpy(err, e.what(), err_len - 1);
+      err[err_len - 1] = '\0';
+    }
+  } catch (...) {
+    if (err != nullptr && err_len > 0) {
+      std::strncpy(err, "unknown C++ exception in c10d (NCCL)", err_len - 1);
       err[err_len - 1] = '\0';
     }
   }

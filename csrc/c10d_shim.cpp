@@ -12,6 +12,7 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <string>
@@ -110,7 +111,24 @@ void* convkit_gloo_new(
     auto prefixed = c10::make_intrusive<c10d::PrefixStore>(
         std::string(prefix), static_cast<StoreHandle*>(store)->store);
     auto options = c10d::ProcessGroupGloo::Options::create(timeout);
-    options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    // As torch.distributed: GLOO_SOCKET_IFNAME names the network interface(s) to use, for
+    // machines whose hostname resolves to a loopback address.
+    const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
+    if (ifname != nullptr && *ifname != '\0') {
+      std::string names(ifname);
+      size_t start = 0;
+      while (start <= names.size()) {
+        size_t end = names.find(',', start);
+        if (end == std::string::npos) end = names.size();
+        if (end > start) {
+          options->devices.push_back(
+              c10d::ProcessGroupGloo::createDeviceForInterface(names.substr(start, end - start)));
+        }
+        start = end + 1;
+      }
+    } else {
+      options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    }
     auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(
         prefixed, rank, world, options);
     handle = new GroupHandle{backend, timeout};

@@ -136,6 +136,7 @@ fn a_rendezvous_nobody_joins_names_the_address_and_times_out() {
         master_port: port,
         agent_store: false,
         source: "test",
+        restart: 0,
     };
     let start = std::time::Instant::now();
     let err = match ProcessGroup::init(&launch, Duration::from_secs(3), Backend::Gloo) {

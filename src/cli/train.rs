@@ -216,6 +216,7 @@ pub struct EmbedArgs {
 
 pub fn embed(a: EmbedArgs) -> Result<()> {
     use crate::contrastive::embed;
+    crate::train::parallel::refuse_launch("convkit embed")?;
     let out = a
         .out
         .clone()

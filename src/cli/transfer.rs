@@ -140,6 +140,9 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
         return Ok(());
     }
     let s = finetune::run(cfg, strategy, &out, &opts)?;
+    if !crate::dist::is_main() {
+        return Ok(());
+    }
     println!(
         "{}: test accuracy {:.2}% ({} training images, {} epochs, {:.1} s){}; {}",
         s.strategy,

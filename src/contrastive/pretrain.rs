@@ -67,6 +67,8 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
         train_seconds: history.last().map_or(0.0, |m| m.train_seconds),
         wall_seconds: wall.elapsed().as_secs_f64(),
     };
+    // Every rank is done training; the report (with its embedding) is rank 0's alone.
+    trainer.barrier()?;
     if !main {
         return Ok(summary);
     }

@@ -1,7 +1,7 @@
 //! Who this process is in a data-parallel job, from the environment the launcher set: torchrun
 //! and plain launches (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT, as
-//! `torch.distributed`'s `env://` reads them) or Slurm's `srun` (SLURM_PROCID, SLURM_NTASKS,
-//! SLURM_LOCALID and the first host of SLURM_JOB_NODELIST).
+//! `torch.distributed`'s `env://` reads them) or Slurm's `srun` (SLURM_PROCID,
+//! SLURM_STEP_NUM_TASKS, SLURM_LOCALID and the first host of the step's node list).
 
 use super::{DistError, Result};
 
@@ -22,11 +22,13 @@ pub struct Launch {
     pub agent_store: bool,
     /// Which launcher's variables were read, for messages.
     pub source: &'static str,
+    /// torchrun's restart attempt (TORCHELASTIC_RESTART_COUNT), 0 otherwise.
+    pub restart: usize,
 }
 
 impl Launch {
     /// The launch described by the process environment; `None` for a single process (no
-    /// WORLD_SIZE, WORLD_SIZE=1 without MASTER_ADDR, or SLURM_NTASKS of 1).
+    /// WORLD_SIZE, WORLD_SIZE=1 without MASTER_ADDR, no srun step, or a step of one task).
     ///
     /// # Errors
     /// A variable that does not parse, a rank outside the world, or a world of several ranks
@@ -43,7 +45,9 @@ impl Launch {
         if var("WORLD_SIZE").is_some() {
             return Self::torch_env(&var);
         }
-        if var("SLURM_NTASKS").is_some() && var("SLURM_PROCID").is_some() {
+        // SLURM_STEP_NUM_TASKS is set by srun for the tasks of a step; an sbatch script itself
+        // also has SLURM_NTASKS and SLURM_PROCID=0, but no ranks to meet.
+        if var("SLURM_STEP_NUM_TASKS").is_some() && var("SLURM_PROCID").is_some() {
             return Self::slurm(&var);
         }
         Ok(None)
@@ -71,12 +75,15 @@ impl Launch {
             agent_store: var("TORCHELASTIC_USE_AGENT_STORE")
                 .is_some_and(|v| v.eq_ignore_ascii_case("true")),
             source: "torchrun / environment",
+            restart: var("TORCHELASTIC_RESTART_COUNT")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0),
         };
         launch.check()
     }
 
     fn slurm(var: &impl Fn(&str) -> Option<String>) -> Result<Option<Self>> {
-        let world: usize = number(var, "SLURM_NTASKS")?;
+        let world: usize = number(var, "SLURM_STEP_NUM_TASKS")?;
         if world <= 1 {
             return Ok(None);
         }
@@ -85,7 +92,8 @@ impl Launch {
         let master_addr = match var("MASTER_ADDR") {
             Some(a) => a,
             None => {
-                let list = var("SLURM_JOB_NODELIST")
+                let list = var("SLURM_STEP_NODELIST")
+                    .or_else(|| var("SLURM_JOB_NODELIST"))
                     .or_else(|| var("SLURM_NODELIST"))
                     .ok_or_else(|| {
                         DistError::Launch(
@@ -105,6 +113,7 @@ impl Launch {
             master_port: port(var)?,
             agent_store: false,
             source: "Slurm",
+            restart: 0,
         };
         launch.check()
     }
@@ -193,7 +202,7 @@ mod tests {
         assert_eq!((l.master_addr.as_str(), l.master_port), ("10.0.0.1", 29600));
         assert!(l.agent_store);
         let s = Launch::from_vars(env(&[
-            ("SLURM_NTASKS", "8"),
+            ("SLURM_STEP_NUM_TASKS", "8"),
             ("SLURM_PROCID", "5"),
             ("SLURM_LOCALID", "1"),
             ("SLURM_JOB_NODELIST", "gpu[07-08],cpu1"),
@@ -209,6 +218,9 @@ mod tests {
             Launch::from_vars(env(&[("WORLD_SIZE", "1")])).unwrap(),
             None
         );
+        // An sbatch script outside srun: no step, no ranks to wait for.
+        let batch = env(&[("SLURM_NTASKS", "8"), ("SLURM_PROCID", "0")]);
+        assert_eq!(Launch::from_vars(batch).unwrap(), None);
         assert_eq!(Launch::from_vars(env(&[])).unwrap(), None);
     }
 

@@ -20,8 +20,8 @@ pub enum DistError {
     /// The rendezvous at MASTER_ADDR:MASTER_PORT did not complete.
     #[error(
         "distributed rendezvous at {address} (rank {rank} of {world}) failed: {message}. Check \
-         that MASTER_ADDR/MASTER_PORT name the same reachable address for every rank and that \
-         every rank was started"
+         that MASTER_ADDR/MASTER_PORT name the same reachable address for every rank, that \
+         every rank was started, and whether rank 0 stopped before it (its own error says why)"
     )]
     Rendezvous {
         address: String,
@@ -72,6 +72,7 @@ unsafe extern "C" {
         rank: i32,
         world: i32,
         timeout_ms: i64,
+        device: i32,
         err: *mut c_char,
         err_len: usize,
     ) -> *mut c_void;
@@ -100,15 +101,32 @@ unsafe extern "C" {
 
 const ERR_LEN: usize = 2048;
 
+/// (store, prefix, rank, world, timeout ms, CUDA device, error buffer, its length).
 type NewGroup = unsafe extern "C" fn(
     *mut c_void,
     *const c_char,
     i32,
     i32,
     i64,
+    i32,
     *mut c_char,
     usize,
 ) -> *mut c_void;
+
+/// Gloo needs no device: the shim's constructor under NewGroup's signature.
+unsafe extern "C" fn gloo_group(
+    store: *mut c_void,
+    prefix: *const c_char,
+    rank: i32,
+    world: i32,
+    timeout_ms: i64,
+    _device: i32,
+    err: *mut c_char,
+    err_len: usize,
+) -> *mut c_void {
+    // SAFETY: the arguments are passed through unchanged from ProcessGroup::init.
+    unsafe { convkit_gloo_new(store, prefix, rank, world, timeout_ms, err, err_len) }
+}
 
 #[cfg(convkit_nccl)]
 fn nccl_constructor() -> std::result::Result<NewGroup, String> {
@@ -164,6 +182,8 @@ pub struct ProcessGroup {
     pub world: usize,
     pub local_rank: usize,
     pub backend: Backend,
+    /// Where this group's tensors live: the CPU for Gloo, this rank's GPU for NCCL.
+    pub device: tch::Device,
 }
 
 impl ProcessGroup {
@@ -199,10 +219,18 @@ impl ProcessGroup {
         if store.is_null() {
             return Err(rendezvous(message(&err)));
         }
-        let prefix = CString::new("convkit/0").expect("no NUL");
-        let new_group = match backend {
-            Backend::Gloo => convkit_gloo_new,
-            Backend::Nccl => nccl_constructor().map_err(DistError::Launch)?,
+        // A torchrun restart reuses the agent's store: each attempt meets under its own keys.
+        let prefix = CString::new(format!("convkit/{}", launch.restart)).expect("no NUL");
+        let (new_group, device) = match backend {
+            Backend::Gloo => (gloo_group as NewGroup, tch::Device::Cpu),
+            Backend::Nccl => (
+                nccl_constructor().map_err(DistError::Launch)?,
+                tch::Device::Cuda(local_gpu(launch.local_rank)),
+            ),
+        };
+        let gpu = match device {
+            tch::Device::Cuda(i) => i as i32,
+            _ => -1,
         };
         // SAFETY: store is a live handle from convkit_store_new.
         let group = unsafe {
@@ -212,6 +240,7 @@ impl ProcessGroup {
                 launch.rank as i32,
                 launch.world as i32,
                 ms,
+                gpu,
                 err.as_mut_ptr().cast(),
                 ERR_LEN,
             )
@@ -228,6 +257,7 @@ impl ProcessGroup {
             world: launch.world,
             local_rank: launch.local_rank,
             backend,
+            device,
         })
     }
 
@@ -321,9 +351,9 @@ impl ProcessGroup {
     /// # Errors
     /// As [`ProcessGroup::all_reduce_sum`].
     pub fn sum_f64(&self, values: &[f64]) -> Result<Vec<f64>> {
-        let mut t = Tensor::from_slice(values);
+        let mut t = Tensor::from_slice(values).to_device(self.device);
         self.all_reduce_sum(&mut t)?;
-        Ok(Vec::<f64>::try_from(&t).expect("a 1-D f64 tensor"))
+        Ok(Vec::<f64>::try_from(t.to_device(tch::Device::Cpu)).expect("a 1-D f64 tensor"))
     }
 
     /// Whether this process is rank 0, the one that writes files and logs.
@@ -473,6 +503,13 @@ pub fn global(timeout: Duration, backend: Backend) -> Result<Option<std::rc::Rc<
         let _ = g.set(group.clone());
     });
     Ok(group)
+}
+
+/// This rank's GPU: LOCAL_RANK, wrapped when each process sees fewer GPUs (Slurm's
+/// `--gpus-per-task 1` shows every task its one GPU as device 0).
+pub fn local_gpu(local_rank: usize) -> usize {
+    let visible = tch::Cuda::device_count().max(1) as usize;
+    local_rank % visible
 }
 
 /// Whether this process writes files and logs: a single process, or rank 0 of a launch.

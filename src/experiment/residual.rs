@@ -161,6 +161,7 @@ fn run_model(spec: &Spec, out: &Path, model: &str) -> Result<Row> {
 }
 
 pub fn run(spec: &Spec, out: &Path) -> Result<Summary> {
+    crate::train::parallel::refuse_launch("convkit experiment")?;
     let start = Instant::now();
     crate::util::create_dir(&out.join("plots"))?;
     let rows = spec

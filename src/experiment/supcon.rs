@@ -274,6 +274,7 @@ fn method_label(m: &str) -> String {
 }
 
 pub fn run(spec: &Spec, out: &Path) -> Result<Summary> {
+    crate::train::parallel::refuse_launch("convkit experiment")?;
     let start = Instant::now();
     if spec.seeds == 0 || spec.methods.is_empty() {
         return Err(crate::error::Error::Invalid(

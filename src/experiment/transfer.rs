@@ -181,6 +181,7 @@ fn transfer_run(spec: &Spec, out: &Path, strategy: Strategy, budget: usize) -> R
 
 /// Runs the experiment into `out`: `summary.json`, `report.html`, `plots/accuracy.png`.
 pub fn run(spec: &Spec, out: &Path) -> Result<Summary> {
+    crate::train::parallel::refuse_launch("convkit experiment")?;
     let start = Instant::now();
     crate::util::create_dir(&out.join("plots"))?;
     let pre = pretrain(spec, out)?;

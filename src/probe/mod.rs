@@ -117,6 +117,7 @@ pub fn cached_features(cfg: &Config, out: &Path) -> Result<[Tensor; 5]> {
 /// # Errors
 /// The data, model or weights cannot be loaded, or the features cannot be cached in `out`.
 pub fn linear_probe(cfg: &Config, out: &Path, lr: f64) -> Result<ProbeSummary> {
+    crate::train::parallel::refuse_launch("the linear probe")?;
     let start = Instant::now();
     crate::util::create_dir(out)?;
     let device = train::parse_device(&cfg.train.device)?;

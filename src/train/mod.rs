@@ -426,6 +426,17 @@ impl Trainer {
         loader::training_steps_per_epoch(self.shard_len(), self.rank_batch(), self.drop_last())
     }
 
+    /// Waits for every rank (no-op in one process).
+    ///
+    /// # Errors
+    /// Another rank stopped.
+    pub fn barrier(&self) -> Result<()> {
+        if let Some(g) = &self.dist {
+            g.barrier()?;
+        }
+        Ok(())
+    }
+
     /// Ranks of the run (1 in one process).
     pub fn world(&self) -> usize {
         self.dist.as_ref().map_or(1, |g| g.world)
@@ -559,6 +570,18 @@ impl Trainer {
             tch::Cuda::synchronize(i as i64);
         }
         if let Some(g) = &self.dist {
+            // DDP broadcasts rank 0's buffers before every forward pass, so the BatchNorm
+            // running statistics evaluated and saved are rank 0's: the same once per epoch.
+            let buffers: Vec<(String, Tensor)> = self
+                .model
+                .vs
+                .variables()
+                .into_iter()
+                .filter(|(n, _)| models::is_buffer(n))
+                .collect();
+            if !buffers.is_empty() {
+                g.broadcast_from_main(&buffers)?;
+            }
             // The epoch's numbers over every rank's images.
             let total = g.sum_f64(&[sums[0], sums[1], sums[2], seen as f64])?;
             sums = [total[0], total[1], total[2]];
@@ -1091,6 +1114,9 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<TrainSummary> {
     print_start(&trainer);
     trainer.fit(opts)?;
     let summary = trainer.summary(wall.elapsed().as_secs_f64())?;
+    // Rank 0 has written the last checkpoint, which what follows a run may read (the second
+    // phase of head-then-unfreeze); the report is rank 0's alone, so nobody waits for it.
+    trainer.barrier()?;
     if !trainer.is_main() {
         return Ok(summary);
     }

@@ -16,15 +16,28 @@ use std::time::Duration;
 /// The launch environment is incomplete, or the rendezvous fails within `dist.timeout_s`.
 pub fn dist_group(cfg: &Config) -> Result<Option<Rc<ProcessGroup>>> {
     let timeout = Duration::from_secs(cfg.dist.timeout_s);
-    Ok(crate::dist::global(timeout, backend(cfg))?)
+    let backend = backend(cfg);
+    if backend == Backend::Nccl && !wants_gpu(&cfg.train.device) {
+        return Err(Error::Invalid(format!(
+            "dist.backend = nccl needs a GPU per rank, but train.device is {}; on the CPU use \
+             dist.backend = gloo (or auto)",
+            cfg.train.device
+        )));
+    }
+    Ok(crate::dist::global(timeout, backend)?)
+}
+
+/// Whether a device setting asks for a GPU (`auto` when libtorch sees one).
+fn wants_gpu(device: &str) -> bool {
+    matches!(device, "cuda" | "gpu")
+        || device.starts_with("cuda:")
+        || (device == "auto" && tch::Cuda::is_available())
 }
 
 /// `dist.backend`, with `auto` as PyTorch chooses: NCCL when the run uses a GPU and this binary
 /// has NCCL, else Gloo.
 pub fn backend(cfg: &Config) -> Backend {
-    let gpu = matches!(cfg.train.device.as_str(), "cuda" | "gpu")
-        || cfg.train.device.starts_with("cuda:")
-        || (cfg.train.device == "auto" && tch::Cuda::is_available());
+    let gpu = wants_gpu(&cfg.train.device);
     match cfg.dist.backend {
         DistBackend::Gloo => Backend::Gloo,
         DistBackend::Nccl => Backend::Nccl,
@@ -33,11 +46,11 @@ pub fn backend(cfg: &Config) -> Backend {
     }
 }
 
-/// Each rank trains on its own GPU, `cuda:LOCAL_RANK`, when the config asks for a GPU.
+/// Each rank trains on its own GPU, `cuda:LOCAL_RANK` (wrapped to the GPUs it sees), whenever
+/// the config asks for a GPU, `cuda:N` included (a resumed run's config names rank 0's).
 pub fn rank_device(device: &str, local_rank: usize) -> String {
-    let gpu = matches!(device, "cuda" | "gpu") || (device == "auto" && tch::Cuda::is_available());
-    match gpu {
-        true => format!("cuda:{local_rank}"),
+    match wants_gpu(device) {
+        true => format!("cuda:{}", crate::dist::local_gpu(local_rank)),
         false => device.to_string(),
     }
 }
@@ -45,8 +58,8 @@ pub fn rank_device(device: &str, local_rank: usize) -> String {
 /// Refuses what a data-parallel run cannot do as asked.
 ///
 /// # Errors
-/// A global batch that does not split evenly over the ranks, the NCCL backend (not built into
-/// this binary yet), or synchronised BatchNorm (not available yet).
+/// A global batch that does not split evenly over the ranks, or synchronised BatchNorm (not
+/// available: see the message).
 pub fn check_data_parallel(cfg: &Config, g: &ProcessGroup) -> Result<()> {
     let bs = cfg.train.batch_size;
     if !bs.is_multiple_of(g.world) || bs / g.world < 2 {
@@ -56,11 +69,6 @@ pub fn check_data_parallel(cfg: &Config, g: &ProcessGroup) -> Result<()> {
             g.world,
             (bs / g.world).max(2) * g.world
         )));
-    }
-    if g.backend == Backend::Nccl && !tch::Cuda::is_available() {
-        return Err(Error::Invalid(
-            "dist.backend = nccl needs a GPU per rank; on the CPU use dist.backend = gloo".into(),
-        ));
     }
     if cfg.train.sync_bn {
         return Err(Error::Invalid(
@@ -109,4 +117,19 @@ pub fn add_up(part: Evaluation, g: &ProcessGroup) -> Result<Evaluation> {
         knn_accuracy: part.knn_accuracy,
         detail: Some(detail),
     })
+}
+
+/// Refuses a command that runs in one process when a launcher started several.
+///
+/// # Errors
+/// The environment describes a data-parallel launch.
+pub fn refuse_launch(what: &str) -> Result<()> {
+    match crate::dist::Launch::from_env()? {
+        Some(l) => Err(Error::Invalid(format!(
+            "{what} runs in one process, but {} started rank {} of {}: run it without \
+             torchrun or srun",
+            l.source, l.rank, l.world
+        ))),
+        None => Ok(()),
+    }
 }
