@@ -7,6 +7,7 @@
 // The same calls torch.distributed makes from Python (ProcessGroupGloo, TCPStore), so convkit
 // runs under torchrun and Slurm like any PyTorch program.
 
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
@@ -188,6 +189,57 @@ int convkit_barrier(void* group, char* err, size_t err_len) {
     auto g = static_cast<GroupHandle*>(group);
     wait(g, g->backend->barrier());
   });
+}
+
+}  // extern "C"
+
+namespace {
+
+// An all-reduce (sum) that autograd can differentiate: its backward all-reduces the incoming
+// gradient, as PyTorch's SyncBatchNorm does with the gradients of the batch statistics. Every
+// rank's backward must reach it, in the same order as the forward passes did.
+struct AllReduceSum : public torch::autograd::Function<AllReduceSum> {
+  static at::Tensor forward(
+      torch::autograd::AutogradContext* ctx,
+      const at::Tensor& input,
+      int64_t group) {
+    ctx->saved_data["group"] = group;
+    auto g = reinterpret_cast<GroupHandle*>(group);
+    auto out = input.detach().contiguous().clone();
+    std::vector<at::Tensor> tensors{out};
+    wait(g, g->backend->allreduce(tensors));
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(
+      torch::autograd::AutogradContext* ctx,
+      torch::autograd::variable_list grads) {
+    auto g = reinterpret_cast<GroupHandle*>(ctx->saved_data["group"].toInt());
+    auto grad = grads[0].contiguous().clone();
+    std::vector<at::Tensor> tensors{grad};
+    wait(g, g->backend->allreduce(tensors));
+    return {grad, at::Tensor()};
+  }
+};
+
+}  // namespace
+
+extern "C" {
+
+// Sums `tensor` across ranks into a new tensor (returned as a heap at::Tensor* for tch to own),
+// differentiably: gradients flowing back are summed across ranks too. NULL on error.
+void* convkit_allreduce_sum_autograd(
+    void* group,
+    void* tensor,
+    char* err,
+    size_t err_len) {
+  at::Tensor* result = nullptr;
+  guarded(err, err_len, [&] {
+    auto& input = *static_cast<at::Tensor*>(tensor);
+    auto out = AllReduceSum::apply(input, reinterpret_cast<int64_t>(group));
+    result = new at::Tensor(out);
+  });
+  return result;
 }
 
 }  // extern "C"

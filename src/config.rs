@@ -273,8 +273,9 @@ pub struct TrainSettings {
     pub threads: usize,
     /// Evaluate on the test set every N epochs (and always after the last); 0: last only.
     pub eval_every: usize,
-    /// Data-parallel runs: BatchNorm statistics over the global batch (PyTorch's SyncBatchNorm)
-    /// instead of each rank's own (DDP's default).
+    /// Data-parallel runs: BatchNorm statistics over the global batch (PyTorch's SyncBatchNorm:
+    /// the sums all-reduced in the forward pass and their gradients in the backward pass)
+    /// instead of each rank's own (DDP's default). No effect in one process.
     pub sync_bn: bool,
 }
 

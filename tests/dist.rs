@@ -406,7 +406,7 @@ fn torchrun_launches_a_data_parallel_training_run() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(o.status.success(), "{log}");
-    assert!(log.contains("data-parallel: 2 ranks"), "{log}");
+    assert!(log.contains("data-parallel: 2 rank(s)"), "{log}");
     assert_eq!(
         log.matches("epoch   2/2").count(),
         1,
@@ -418,4 +418,74 @@ fn torchrun_launches_a_data_parallel_training_run() {
     assert_eq!(summary["test_images"], 200);
     let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 2);
+}
+
+/// 10 SGD steps of a BatchNorm network (`cnn`) on 32 deterministic images, or on this rank's
+/// half of them with synchronised BatchNorm; returns every variable (running statistics
+/// included), flattened in name order.
+fn train_cnn(part: Option<&std::rc::Rc<ProcessGroup>>) -> Vec<f32> {
+    use convkit::models::{Ctx, ModelSpec, build, layers::BnSync};
+    tch::manual_seed(5);
+    let model = build(&ModelSpec::new("cnn", 10), tch::Device::Cpu).unwrap();
+    let mut optim = optimiser(&model.vs);
+    let sync = part.map(|g| {
+        let g = std::rc::Rc::clone(g);
+        std::rc::Rc::new(BnSync {
+            reduce: Box::new(move |t| {
+                g.all_reduce_sum_differentiable(t)
+                    .map_err(|e| e.to_string())
+            }),
+            error: Default::default(),
+        })
+    });
+    // Ten steps: the statistics are float32 sums taken in another order than libtorch's
+    // BatchNorm kernel takes them, and SGD amplifies that rounding a little every step.
+    for step in 0..10 {
+        tch::manual_seed(200 + step);
+        let x = Tensor::randn([32, 3, 16, 16], (Kind::Float, tch::Device::Cpu));
+        let y = Tensor::randint(10, [32], (Kind::Int64, tch::Device::Cpu));
+        let (x, y) = match part {
+            Some(g) => (
+                x.narrow(0, 16 * g.rank as i64, 16),
+                y.narrow(0, 16 * g.rank as i64, 16),
+            ),
+            None => (x, y),
+        };
+        let ctx = Ctx::train().with_bn_sync(sync.clone());
+        let loss = model.forward(&x, &ctx).cross_entropy_for_logits(&y);
+        convkit::train::objective::optimise(&mut optim, &loss, 0.1, part.map(|g| g.as_ref()))
+            .unwrap();
+    }
+    let mut vars: Vec<_> = model.vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars.iter()
+        .flat_map(|(_, t)| Vec::<f32>::try_from(t.flatten(0, -1).to_kind(Kind::Float)).unwrap())
+        .collect()
+}
+
+/// Synchronised BatchNorm: 2 ranks x 16 images train a BatchNorm network exactly as one process
+/// on all 32 (statistics of the global batch forward, their gradients summed backward), and
+/// the ranks stay identical.
+#[test]
+fn synchronised_batchnorm_trains_like_one_process() {
+    if in_child() {
+        let g = std::rc::Rc::new(group());
+        let parallel = train_cnn(Some(&g));
+        let single = train_cnn(None);
+        let worst = parallel
+            .iter()
+            .zip(&single)
+            .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "largest relative difference {worst}");
+        let mine = Tensor::from_slice(&parallel).reshape([1, -1]);
+        let both = g.all_gather(&mine).unwrap();
+        assert!(both.get(0).equal(&both.get(1)), "the ranks differ");
+        return;
+    }
+    assert_ranks_succeeded(&spawn_ranks(
+        "synchronised_batchnorm_trains_like_one_process",
+        2,
+        &[],
+    ));
 }

@@ -137,6 +137,7 @@ fn model_input(run: &TrainedRun, path: &Path) -> Result<(Tensor, Tensor)> {
 }
 
 pub fn inspect(a: InspectArgs) -> Result<()> {
+    crate::train::parallel::refuse_launch("convkit inspect")?;
     match a.command {
         InspectCommand::Filters { checkpoint, out } => filters(&checkpoint, out),
         InspectCommand::Activations {

@@ -40,6 +40,7 @@ struct EvalSummary {
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
+    crate::train::parallel::refuse_launch("convkit eval")?;
     let device = train::parse_device(&a.device)?;
     let ck = TrainedRun::open(&a.run)?;
     let model = ck.model(device)?;
@@ -149,6 +150,7 @@ struct Prediction {
 }
 
 pub fn predict(a: PredictArgs) -> Result<()> {
+    crate::train::parallel::refuse_launch("convkit predict")?;
     let device = train::parse_device(&a.device)?;
     let ck = TrainedRun::open(&a.checkpoint)?;
     let model = ck.model(device)?;

@@ -17,6 +17,10 @@ pub struct PretrainSummary {
     pub method: String,
     pub model: String,
     pub dataset: String,
+    /// Processes that trained data-parallel (1: one process); `train.batch_size` is the batch
+    /// over all of them.
+    #[serde(default = "one")]
+    pub ranks: usize,
     pub epochs: usize,
     pub train_images: usize,
     pub final_loss: f64,
@@ -38,6 +42,7 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
         true => Some(crate::util::RunLock::acquire(out)?),
         false => None,
     };
+    let opts = &train::elastic_restart(opts, out);
     let cfg = train::effective_config(cfg, out, opts)?;
     let objective = Box::new(Contrastive::new(&cfg)?);
     let mut trainer = Trainer::with_objective(cfg, out, opts.resume, objective)?;
@@ -60,6 +65,7 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
         method: c.method.to_string(),
         model: trainer.model.spec.name.clone(),
         dataset: trainer.data.name.clone(),
+        ranks: trainer.world(),
         epochs: history.len(),
         train_images: trainer.splits().0.len(),
         final_loss: history.last().map_or(f64::NAN, |m| m.train_loss),
@@ -90,6 +96,10 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<PretrainSummary
         out.display()
     );
     Ok(summary)
+}
+
+fn one() -> usize {
+    1
 }
 
 fn write_plots(out: &Path, history: &[EpochMetrics], method: &str) -> std::io::Result<()> {

@@ -97,6 +97,12 @@ unsafe extern "C" {
         err_len: usize,
     ) -> i32;
     fn convkit_barrier(group: *mut c_void, err: *mut c_char, err_len: usize) -> i32;
+    fn convkit_allreduce_sum_autograd(
+        group: *mut c_void,
+        tensor: *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> *mut c_void;
 }
 
 const ERR_LEN: usize = 2048;
@@ -150,6 +156,7 @@ fn message(buf: &[u8]) -> String {
         .lines()
         .next()
         .unwrap_or("")
+        .trim_end_matches('.')
         .to_string()
 }
 
@@ -333,6 +340,34 @@ impl ProcessGroup {
         };
         self.check("all-gather", code, &err)?;
         Ok(output)
+    }
+
+    /// The sum of `tensor` over the ranks as a new tensor that autograd differentiates: in
+    /// backward the gradient reaching it is summed over the ranks too (what PyTorch's
+    /// SyncBatchNorm does for its statistics). Every rank must run the same forward and
+    /// backward passes through it.
+    ///
+    /// # Errors
+    /// Another rank stopped or the timeout passed (in the forward pass; a failure in backward
+    /// surfaces as the backward pass's error).
+    pub fn all_reduce_sum_differentiable(&self, tensor: &Tensor) -> Result<Tensor> {
+        let mut err = vec![0u8; ERR_LEN];
+        let mut input = tensor.shallow_clone();
+        // SAFETY: the input pointer is a live at::Tensor*; the shim returns a new heap
+        // at::Tensor* (or NULL), whose ownership passes to tch.
+        let out = unsafe {
+            convkit_allreduce_sum_autograd(
+                self.group,
+                input.as_mut_ptr().cast(),
+                err.as_mut_ptr().cast(),
+                ERR_LEN,
+            )
+        };
+        if out.is_null() {
+            self.check("all-reduce", 1, &err)?;
+        }
+        // SAFETY: out is a fresh at::Tensor* owned by nobody else.
+        Ok(unsafe { Tensor::from_ptr(out.cast()) })
     }
 
     /// Waits until every rank arrives.

@@ -3,8 +3,8 @@
 //! captured (for inspection tools). The names are the state-dict keys' prefixes.
 
 use std::cell::RefCell;
-use tch::Tensor;
 use tch::nn::{self, Module, ModuleT};
+use tch::{Kind, Tensor};
 
 /// One traced layer.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -29,6 +29,8 @@ pub struct Ctx {
     pub train: bool,
     /// BatchNorm layers that run in eval mode even when training (frozen, `train_bn = false`).
     pub bn_eval: std::rc::Rc<[String]>,
+    /// Synchronised BatchNorm of a data-parallel run: statistics over every rank's batch.
+    pub bn_sync: Option<std::rc::Rc<BnSync>>,
     trace: Option<RefCell<Vec<LayerInfo>>>,
     stages: Option<RefCell<Vec<(String, Tensor)>>>,
 }
@@ -50,6 +52,11 @@ impl Ctx {
             bn_eval,
             ..Default::default()
         }
+    }
+    /// The same context with synchronised BatchNorm (data-parallel training, `train.sync_bn`).
+    pub fn with_bn_sync(mut self, sync: Option<std::rc::Rc<BnSync>>) -> Self {
+        self.bn_sync = sync;
+        self
     }
     pub fn tracing() -> Self {
         Ctx {
@@ -193,6 +200,9 @@ impl Conv {
 pub struct Bn {
     pub name: String,
     pub inner: nn::BatchNorm,
+    /// PyTorch's convention: the weight of a new batch statistic in the running one.
+    momentum: f64,
+    eps: f64,
 }
 
 impl Bn {
@@ -211,11 +221,16 @@ impl Bn {
         Bn {
             name: p.path(name),
             inner: nn::batch_norm2d(p / name, c, cfg),
+            momentum,
+            eps,
         }
     }
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
         let train = ctx.train && !ctx.bn_eval.contains(&self.name);
-        let y = self.inner.forward_t(x, train);
+        let y = match (&ctx.bn_sync, train) {
+            (Some(sync), true) => self.forward_synced(x, sync),
+            _ => self.inner.forward_t(x, train),
+        };
         ctx.record(|| LayerInfo {
             name: self.name.clone(),
             kind: "batchnorm",
@@ -226,6 +241,69 @@ impl Bn {
             window: None,
         });
         y
+    }
+}
+
+/// Sums a tensor over the ranks, differentiably, or says why it could not.
+pub type Reduce = dyn Fn(&Tensor) -> Result<Tensor, String>;
+
+/// A differentiable sum over the ranks of a data-parallel run (its backward sums gradients over
+/// the ranks too), supplied by the engine: models know nothing of processes. A failed reduction
+/// is kept in `error` for the engine to report after the step, since a layer's forward cannot
+/// fail.
+pub struct BnSync {
+    pub reduce: Box<Reduce>,
+    pub error: RefCell<Option<String>>,
+}
+
+impl std::fmt::Debug for BnSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BnSync")
+    }
+}
+
+impl Bn {
+    /// PyTorch's SyncBatchNorm: per-channel sum, sum of squares and count summed over the
+    /// ranks, the global mean and variance normalising this rank's `x` `[N, C, H, W]`, the
+    /// running statistics updated from them (unbiased variance), and in backward the gradients
+    /// of the sums summed over the ranks, so each rank's gradient is its exact share of the
+    /// global batch's.
+    fn forward_synced(&self, x: &Tensor, sync: &BnSync) -> Tensor {
+        let c = x.size()[1];
+        let dims = [0i64, 2, 3];
+        let xf = x.to_kind(Kind::Float);
+        let s1 = xf.sum_dim_intlist(dims.as_slice(), false, Kind::Float);
+        let s2 = (&xf * &xf).sum_dim_intlist(dims.as_slice(), false, Kind::Float);
+        let count = s1.ones_like().narrow(0, 0, 1) * (x.numel() as i64 / c) as f64;
+        let local = Tensor::cat(&[&s1, &s2, &count], 0);
+        let global = match (sync.reduce)(&local) {
+            Ok(g) => g,
+            Err(e) => {
+                sync.error.borrow_mut().get_or_insert(e);
+                local
+            }
+        };
+        let n = global.narrow(0, 2 * c, 1).detach();
+        let mean = global.narrow(0, 0, c) / &n;
+        let var = (global.narrow(0, c, c) / &n - &mean * &mean).clamp_min(0.0);
+        let bn = &self.inner;
+        tch::no_grad(|| {
+            let m = self.momentum;
+            let unbiased = var.detach() * (&n / (&n - 1.0).clamp_min(1.0));
+            let mut rm = bn.running_mean.shallow_clone();
+            let mut rv = bn.running_var.shallow_clone();
+            rm.copy_(&(&rm * (1.0 - m) + mean.detach() * m));
+            rv.copy_(&(&rv * (1.0 - m) + unbiased * m));
+        });
+        let shape = [1, c, 1, 1];
+        let mut y = (xf - mean.view(shape)) / (var + self.eps).sqrt().view(shape);
+        if let Some(w) = &bn.ws {
+            y *= w.view(shape);
+        }
+        if let Some(b) = &bn.bs {
+            y += b.view(shape);
+        }
+        y.to_kind(x.kind())
     }
 }
 

@@ -426,6 +426,18 @@ impl Trainer {
         loader::training_steps_per_epoch(self.shard_len(), self.rank_batch(), self.drop_last())
     }
 
+    /// The global-batch BatchNorm of a data-parallel run with `train.sync_bn`.
+    fn bn_sync(&self) -> Option<std::rc::Rc<crate::models::layers::BnSync>> {
+        let g = self.dist.clone().filter(|_| self.cfg.train.sync_bn)?;
+        Some(std::rc::Rc::new(crate::models::layers::BnSync {
+            reduce: Box::new(move |t| {
+                g.all_reduce_sum_differentiable(t)
+                    .map_err(|e| e.to_string())
+            }),
+            error: Default::default(),
+        }))
+    }
+
     /// Waits for every rank (no-op in one process).
     ///
     /// # Errors
@@ -516,7 +528,8 @@ impl Trainer {
         let (mut sums, mut seen) = ([0.0f64; 3], 0usize);
         let mut pending = Tensor::zeros([3], (Kind::Double, self.device));
         let mut lr = self.cfg.optim.lr;
-        let ctx = Ctx::train_with_bn_eval(self.bn_eval.clone());
+        let sync = self.bn_sync();
+        let ctx = Ctx::train_with_bn_eval(self.bn_eval.clone()).with_bn_sync(sync.clone());
         for (i, &len) in lens.iter().enumerate() {
             let step = epoch * spe + i;
             lr = match &sweep {
@@ -537,6 +550,9 @@ impl Trainer {
                 dist: self.dist.as_deref(),
             })?;
             objective::optimise(&mut self.optim, &out.loss, lr, self.dist.as_deref())?;
+            if let Some(e) = sync.as_ref().and_then(|s| s.error.take()) {
+                return Err(Error::Invalid(format!("synchronised BatchNorm: {e}")));
+            }
             if let Some(l) = &mut self.optim.lookahead {
                 l.after_step(self.optim.steps, total as i64);
                 if sweep.is_none() && epoch + 1 == epochs && i + 1 == lens.len() {
@@ -1109,6 +1125,7 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<TrainSummary> {
         true => Some(crate::util::RunLock::acquire(out)?),
         false => None,
     };
+    let opts = &elastic_restart(opts, out);
     let cfg = effective_config(cfg, out, opts)?;
     let mut trainer = Trainer::new(cfg, out, opts.resume)?;
     print_start(&trainer);
@@ -1134,6 +1151,26 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<TrainSummary> {
     }
     print_summary(&summary, out);
     Ok(summary)
+}
+
+/// Under torchrun's `--max-restarts`, a restarted attempt continues the run from its last
+/// checkpoint instead of starting it over (what elastic training expects of a program).
+pub fn elastic_restart(opts: &RunOptions, out: &Path) -> RunOptions {
+    let restart = crate::dist::Launch::from_env()
+        .ok()
+        .flatten()
+        .is_some_and(|l| l.restart > 0);
+    let mut opts = opts.clone();
+    if restart && !opts.resume && RunDir::new(out).checkpoint().exists() {
+        if crate::dist::is_main() {
+            eprintln!(
+                "torchrun restart: continuing {} from its last checkpoint",
+                out.display()
+            );
+        }
+        opts.resume = true;
+    }
+    opts
 }
 
 /// The first lines of a run: data, model, device, what the reader noted, the recipe and any
@@ -1162,12 +1199,18 @@ pub fn print_start(t: &Trainer) {
     print_recipe(t);
     if let Some(g) = &t.dist {
         eprintln!(
-            "data-parallel: {} ranks ({}, rendezvous through PyTorch's c10d), batch {} per \
-             rank = global batch {}; the learning rate applies to the global batch",
+            "data-parallel: {} rank(s) ({}, rendezvous through PyTorch's c10d), batch {} per \
+             rank = global batch {}; the learning rate applies to the global batch; BatchNorm \
+             statistics {}",
             g.world,
             g.backend.name(),
             t.rank_batch(),
-            t.cfg.train.batch_size
+            t.cfg.train.batch_size,
+            if t.cfg.train.sync_bn {
+                "over the global batch (train.sync_bn)"
+            } else {
+                "per rank (DDP's default; train.sync_bn = true for the global batch)"
+            }
         );
     }
     let tr = &t.cfg.train;

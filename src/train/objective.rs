@@ -143,7 +143,9 @@ pub fn optimise(
     dist: Option<&ProcessGroup>,
 ) -> Result<()> {
     optim.zero_grad();
-    loss.backward();
+    // A collective inside backward (synchronised BatchNorm) reports a dead rank as an error.
+    loss.f_backward()
+        .map_err(|e| crate::error::Error::Invalid(format!("backward pass: {e}")))?;
     if let Some(g) = dist {
         let params: Vec<Tensor> = optim
             .params

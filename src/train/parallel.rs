@@ -58,8 +58,7 @@ pub fn rank_device(device: &str, local_rank: usize) -> String {
 /// Refuses what a data-parallel run cannot do as asked.
 ///
 /// # Errors
-/// A global batch that does not split evenly over the ranks, or synchronised BatchNorm (not
-/// available: see the message).
+/// A global batch that does not split evenly over the ranks.
 pub fn check_data_parallel(cfg: &Config, g: &ProcessGroup) -> Result<()> {
     let bs = cfg.train.batch_size;
     if !bs.is_multiple_of(g.world) || bs / g.world < 2 {
@@ -69,16 +68,6 @@ pub fn check_data_parallel(cfg: &Config, g: &ProcessGroup) -> Result<()> {
             g.world,
             (bs / g.world).max(2) * g.world
         )));
-    }
-    if cfg.train.sync_bn {
-        return Err(Error::Invalid(
-            "train.sync_bn: synchronised BatchNorm needs the gradient of the batch statistics \
-             summed over the ranks during backward, which convkit cannot do through tch yet (a \
-             version with global statistics in the forward pass only trained worse than \
-             per-rank statistics: bench/RESULTS.md); with train.sync_bn = false each rank keeps \
-             its own BatchNorm statistics, as DDP does by default"
-                .into(),
-        ));
     }
     Ok(())
 }
