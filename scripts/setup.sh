@@ -26,6 +26,12 @@ if ! "$py" -c "import PIL" 2>/dev/null; then
   "$py" -m pip install --quiet --disable-pip-version-check pillow
 fi
 
+# torchvision 0.26.0 (the release that pairs with torch 2.11.0): the tests build its models to
+# check convkit's against them (tests/fixtures/make_zoo.py).
+if ! "$py" -c "import torchvision,sys; sys.exit(0 if torchvision.__version__.startswith('0.26.0') else 1)" 2>/dev/null; then
+  echo "setup: installing torchvision==0.26.0 from PyPI into .venv (for the tests' fixtures)" >&2
+  "$py" -m pip install --quiet --disable-pip-version-check --no-deps "torchvision==0.26.0"
+fi
 # NCCL for data-parallel training on GPUs: ProcessGroupNCCL.hpp needs CUDA headers that the
 # CUDA runtime wheel lacks (crt/, cccl/); build.rs compiles the NCCL part when they are there.
 cuda="$("$py" -c 'import torch;print(torch.version.cuda or "")')"

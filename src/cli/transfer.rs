@@ -14,7 +14,7 @@ use std::path::PathBuf;
 #[derive(Args, Debug, Default)]
 pub struct TransferArgs {
     /// Pretrained weights: a .pth, .safetensors or convkit checkpoint file, or a torchvision
-    /// name (resnet18, resnet34, resnet50, resnet50-v2)
+    /// name (see `convkit weights list`: resnet18 ... wide_resnet50_2, -v2 for torchvision's V2 weights)
     #[arg(long)]
     weights: Option<String>,
     /// Key path of the state dict inside the weights file, '/'-separated (e.g. state_dict,
@@ -246,7 +246,7 @@ pub fn weights(a: WeightsArgs) -> Result<()> {
         }
         WeightsCommand::List => {
             for (name, file, what) in weights::TORCHVISION {
-                println!("{name:<12} {file:<24} {what}");
+                println!("{name:<20} {file:<32} {what}");
             }
             println!("cache: {}", weights::weights_dir().display());
         }

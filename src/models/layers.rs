@@ -122,6 +122,23 @@ impl Conv {
         Self::with_init(p, name, channels, (kernel, stride, padding), bias, init)
     }
 
+    /// A grouped convolution (ResNeXt's cardinality): `groups` divides both channel counts;
+    /// torchvision's initialisation.
+    pub fn grouped(
+        p: &nn::Path,
+        name: &str,
+        channels: (i64, i64),
+        geometry: (i64, i64, i64),
+        groups: i64,
+    ) -> Self {
+        let init = nn::Init::Kaiming {
+            dist: nn::init::NormalOrUniform::Normal,
+            fan: nn::init::FanInOut::FanOut,
+            non_linearity: nn::init::NonLinearity::ReLU,
+        };
+        Self::with_groups(p, name, channels, geometry, (false, groups), init)
+    }
+
     /// PyTorch's own `nn.Conv2d` initialisation (Kaiming uniform with a = sqrt(5): weights and
     /// bias uniform in +-1/sqrt(fan_in)), which airbench keeps. Behind BatchNorm only the
     /// weights' direction matters, but their size sets the effective step: torchvision's init
@@ -151,15 +168,27 @@ impl Conv {
     fn with_init(
         p: &nn::Path,
         name: &str,
+        channels: (i64, i64),
+        geometry: (i64, i64, i64),
+        bias: bool,
+        ws_init: nn::Init,
+    ) -> Self {
+        Self::with_groups(p, name, channels, geometry, (bias, 1), ws_init)
+    }
+
+    fn with_groups(
+        p: &nn::Path,
+        name: &str,
         (cin, cout): (i64, i64),
         (kernel, stride, padding): (i64, i64, i64),
-        bias: bool,
+        (bias, groups): (bool, i64),
         ws_init: nn::Init,
     ) -> Self {
         let cfg = nn::ConvConfig {
             stride,
             padding,
             bias,
+            groups,
             ws_init,
             ..Default::default()
         };

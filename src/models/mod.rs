@@ -188,7 +188,7 @@ fn stem(spec: &ModelSpec) -> Stem {
 }
 
 /// Every model convkit builds by name, in `convkit list` order.
-pub const REGISTRY: [Entry; 10] = [
+pub const REGISTRY: [Entry; 14] = [
     Entry {
         name: "cnn",
         description: "plain conv-BN-ReLU-maxpool stack (widths configurable, default 32,64,128)",
@@ -238,6 +238,75 @@ pub const REGISTRY: [Entry; 10] = [
             Box::new(resnet::torchvision(
                 p,
                 50,
+                s.in_channels,
+                s.classes,
+                stem(s),
+            ))
+        },
+    },
+    Entry {
+        name: "resnet101",
+        description: "torchvision ResNet-101 (44.5M parameters at 1000 classes)",
+        input_size: 224,
+        normalisation: InputStats::Imagenet,
+        build: |p, s| {
+            Box::new(resnet::torchvision(
+                p,
+                101,
+                s.in_channels,
+                s.classes,
+                stem(s),
+            ))
+        },
+    },
+    Entry {
+        name: "resnet152",
+        description: "torchvision ResNet-152 (60.2M parameters at 1000 classes)",
+        input_size: 224,
+        normalisation: InputStats::Imagenet,
+        build: |p, s| {
+            Box::new(resnet::torchvision(
+                p,
+                152,
+                s.in_channels,
+                s.classes,
+                stem(s),
+            ))
+        },
+    },
+    Entry {
+        name: "resnext50_32x4d",
+        description: "torchvision ResNeXt-50 32x4d: grouped 3x3 convolutions (25.0M parameters)",
+        input_size: 224,
+        normalisation: InputStats::Imagenet,
+        build: |p, s| {
+            let arch = resnet::Arch {
+                groups: 32,
+                base_width: 4,
+                ..resnet::Arch::depth(50)
+            };
+            Box::new(resnet::torchvision_arch(
+                p,
+                arch,
+                s.in_channels,
+                s.classes,
+                stem(s),
+            ))
+        },
+    },
+    Entry {
+        name: "wide_resnet50_2",
+        description: "torchvision Wide ResNet-50-2: bottlenecks twice as wide (68.9M parameters)",
+        input_size: 224,
+        normalisation: InputStats::Imagenet,
+        build: |p, s| {
+            let arch = resnet::Arch {
+                base_width: 128,
+                ..resnet::Arch::depth(50)
+            };
+            Box::new(resnet::torchvision_arch(
+                p,
+                arch,
                 s.in_channels,
                 s.classes,
                 stem(s),

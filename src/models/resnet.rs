@@ -110,19 +110,28 @@ fn basic_block(p: &nn::Path, cin: i64, cout: i64, stride: i64, shortcut: Shortcu
 }
 
 /// torchvision's Bottleneck (ResNet v1.5: the stride sits on the 3x3 convolution).
-fn bottleneck(p: &nn::Path, cin: i64, planes: i64, stride: i64) -> Block {
+/// torchvision's Bottleneck (v1.5: the stride on the 3x3): the 3x3 convolution is `width =
+/// planes * base_width / 64 * groups` wide and grouped (ResNeXt), the output `planes * 4`.
+fn bottleneck(
+    p: &nn::Path,
+    cin: i64,
+    planes: i64,
+    stride: i64,
+    (groups, base_width): (i64, i64),
+) -> Block {
     let cout = planes * 4;
+    let width = planes * base_width / 64 * groups;
     let shortcut = if stride != 1 || cin != cout {
         projection(p, cin, cout, stride)
     } else {
         Shortcut::Identity
     };
     Block::Bottleneck {
-        conv1: Conv::new(p, "conv1", (cin, planes), 1, 1, 0, false),
-        bn1: Bn::new(p, "bn1", planes),
-        conv2: Conv::new(p, "conv2", (planes, planes), 3, stride, 1, false),
-        bn2: Bn::new(p, "bn2", planes),
-        conv3: Conv::new(p, "conv3", (planes, cout), 1, 1, 0, false),
+        conv1: Conv::new(p, "conv1", (cin, width), 1, 1, 0, false),
+        bn1: Bn::new(p, "bn1", width),
+        conv2: Conv::grouped(p, "conv2", (width, width), (3, stride, 1), groups),
+        bn2: Bn::new(p, "bn2", width),
+        conv3: Conv::new(p, "conv3", (width, cout), 1, 1, 0, false),
         bn3: Bn::new(p, "bn3", cout),
         shortcut,
     }
@@ -165,13 +174,44 @@ impl Network for ResNet {
     }
 }
 
+/// A torchvision ResNet's shape: blocks per stage, bottleneck blocks or basic ones, and the
+/// bottleneck's groups and base width (ResNeXt, Wide ResNet).
+#[derive(Debug, Clone, Copy)]
+pub struct Arch {
+    pub counts: [usize; 4],
+    pub bottleneck: bool,
+    pub groups: i64,
+    pub base_width: i64,
+}
+
+impl Arch {
+    /// resnet18/34/50/101/152 by depth (torchvision's table).
+    pub fn depth(depth: usize) -> Self {
+        let (counts, bottleneck) = match depth {
+            18 => ([2, 2, 2, 2], false),
+            34 => ([3, 4, 6, 3], false),
+            101 => ([3, 4, 23, 3], true),
+            152 => ([3, 8, 36, 3], true),
+            _ => ([3, 4, 6, 3], true),
+        };
+        Arch {
+            counts,
+            bottleneck,
+            groups: 1,
+            base_width: 64,
+        }
+    }
+}
+
 /// torchvision's resnet18/34 (basic blocks) and resnet50 (bottlenecks).
 pub fn torchvision(p: &nn::Path, depth: usize, in_ch: i64, classes: i64, stem: Stem) -> ResNet {
-    let (counts, bottle): ([usize; 4], bool) = match depth {
-        18 => ([2, 2, 2, 2], false),
-        34 => ([3, 4, 6, 3], false),
-        _ => ([3, 4, 6, 3], true),
-    };
+    torchvision_arch(p, Arch::depth(depth), in_ch, classes, stem)
+}
+
+/// Any torchvision ResNet: resnet18 to resnet152, resnext50_32x4d (groups 32, width 4),
+/// wide_resnet50_2 (base width 128), with torchvision's state-dict keys.
+pub fn torchvision_arch(p: &nn::Path, arch: Arch, in_ch: i64, classes: i64, stem: Stem) -> ResNet {
+    let (counts, bottle) = (arch.counts, arch.bottleneck);
     let (conv1, stem_pool) = match stem {
         Stem::Imagenet => (Conv::new(p, "conv1", (in_ch, 64), 7, 2, 3, false), true),
         Stem::Cifar => (Conv::new(p, "conv1", (in_ch, 64), 3, 1, 1, false), false),
@@ -186,7 +226,7 @@ pub fn torchvision(p: &nn::Path, depth: usize, in_ch: i64, classes: i64, stem: S
             let bp = &lp / b;
             let stride = if b == 0 && i > 0 { 2 } else { 1 };
             let block = if bottle {
-                bottleneck(&bp, cin, planes, stride)
+                bottleneck(&bp, cin, planes, stride, (arch.groups, arch.base_width))
             } else {
                 let shortcut = if stride != 1 || cin != planes {
                     projection(&bp, cin, planes, stride)

@@ -364,7 +364,7 @@ pub fn load_into(
 
 /// torchvision's official ImageNet weights. The hex digits in each name are the start of the
 /// file's SHA-256, which torchvision itself checks.
-pub const TORCHVISION: [(&str, &str, &str); 4] = [
+pub const TORCHVISION: [(&str, &str, &str); 12] = [
     ("resnet18", "resnet18-f37072fd.pth", "ImageNet top-1 69.76%"),
     ("resnet34", "resnet34-b627a593.pth", "ImageNet top-1 73.31%"),
     (
@@ -376,6 +376,46 @@ pub const TORCHVISION: [(&str, &str, &str); 4] = [
         "resnet50-v2",
         "resnet50-11ad3fa6.pth",
         "ImageNet top-1 80.86% (V2)",
+    ),
+    (
+        "resnet101",
+        "resnet101-63fe2227.pth",
+        "ImageNet top-1 77.37% (V1)",
+    ),
+    (
+        "resnet101-v2",
+        "resnet101-cd907fc2.pth",
+        "ImageNet top-1 81.89% (V2)",
+    ),
+    (
+        "resnet152",
+        "resnet152-394f9c45.pth",
+        "ImageNet top-1 78.31% (V1)",
+    ),
+    (
+        "resnet152-v2",
+        "resnet152-f82ba261.pth",
+        "ImageNet top-1 82.28% (V2)",
+    ),
+    (
+        "resnext50_32x4d",
+        "resnext50_32x4d-7cdf4587.pth",
+        "ImageNet top-1 77.62% (V1)",
+    ),
+    (
+        "resnext50_32x4d-v2",
+        "resnext50_32x4d-1a0047aa.pth",
+        "ImageNet top-1 81.20% (V2)",
+    ),
+    (
+        "wide_resnet50_2",
+        "wide_resnet50_2-95faca4d.pth",
+        "ImageNet top-1 78.47% (V1)",
+    ),
+    (
+        "wide_resnet50_2-v2",
+        "wide_resnet50_2-9ba9bcbe.pth",
+        "ImageNet top-1 81.60% (V2)",
     ),
 ];
 
