@@ -7,6 +7,7 @@ pub mod init;
 pub mod layers;
 pub mod resnet;
 pub mod summary;
+pub mod zoo;
 
 pub use layers::{Ctx, LayerInfo};
 
@@ -188,7 +189,7 @@ fn stem(spec: &ModelSpec) -> Stem {
 }
 
 /// Every model convkit builds by name, in `convkit list` order.
-pub const REGISTRY: [Entry; 14] = [
+pub const REGISTRY: [Entry; 16] = [
     Entry {
         name: "cnn",
         description: "plain conv-BN-ReLU-maxpool stack (widths configurable, default 32,64,128)",
@@ -312,6 +313,20 @@ pub const REGISTRY: [Entry; 14] = [
                 stem(s),
             ))
         },
+    },
+    Entry {
+        name: "vgg16_bn",
+        description: "torchvision VGG-16 with BatchNorm (138.4M parameters at 1000 classes)",
+        input_size: 224,
+        normalisation: InputStats::Imagenet,
+        build: |p, s| Box::new(zoo::vgg16_bn(p, s.in_channels, s.classes)),
+    },
+    Entry {
+        name: "mobilenet_v2",
+        description: "torchvision MobileNetV2: inverted residuals, depthwise convolutions (3.5M)",
+        input_size: 224,
+        normalisation: InputStats::Imagenet,
+        build: |p, s| Box::new(zoo::mobilenet_v2(p, s.in_channels, s.classes)),
     },
     Entry {
         name: "resnet20",

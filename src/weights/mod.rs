@@ -364,7 +364,7 @@ pub fn load_into(
 
 /// torchvision's official ImageNet weights. The hex digits in each name are the start of the
 /// file's SHA-256, which torchvision itself checks.
-pub const TORCHVISION: [(&str, &str, &str); 12] = [
+pub const TORCHVISION: [(&str, &str, &str); 15] = [
     ("resnet18", "resnet18-f37072fd.pth", "ImageNet top-1 69.76%"),
     ("resnet34", "resnet34-b627a593.pth", "ImageNet top-1 73.31%"),
     (
@@ -411,6 +411,21 @@ pub const TORCHVISION: [(&str, &str, &str); 12] = [
         "wide_resnet50_2",
         "wide_resnet50_2-95faca4d.pth",
         "ImageNet top-1 78.47% (V1)",
+    ),
+    (
+        "vgg16_bn",
+        "vgg16_bn-6c64b313.pth",
+        "ImageNet top-1 73.36% (V1)",
+    ),
+    (
+        "mobilenet_v2",
+        "mobilenet_v2-b0353104.pth",
+        "ImageNet top-1 71.88% (V1)",
+    ),
+    (
+        "mobilenet_v2-v2",
+        "mobilenet_v2-7ebf99e0.pth",
+        "ImageNet top-1 72.15% (V2)",
     ),
     (
         "wide_resnet50_2-v2",

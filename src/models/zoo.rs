@@ -1,0 +1,246 @@
+//! torchvision's other classification families, with torchvision's state-dict keys: VGG-16
+//! with BatchNorm (Simonyan & Zisserman 2015) and MobileNetV2 (Sandler et al. 2018: inverted
+//! residuals, depthwise convolutions, ReLU6).
+
+use super::layers::{Bn, Conv, Ctx, Fc, global_avg_pool, max_pool};
+use super::{Network, Part};
+use tch::{Tensor, nn};
+
+/// torchvision's `vgg16_bn`: 13 conv-BN-ReLU layers in 5 stages ending in max-pools, an
+/// adaptive average pool to 7x7, then `classifier` = Linear(25088, 4096), ReLU, Dropout,
+/// Linear(4096, 4096), ReLU, Dropout, Linear(4096, classes). `features` returns the 4096-d
+/// output of the second linear layer, which the last one (the replaceable head) reads.
+#[derive(Debug)]
+pub struct Vgg {
+    stages: Vec<Vec<(Conv, Bn)>>,
+    /// Index in torchvision's `features` of each stage's max-pool.
+    pools: Vec<usize>,
+    fc1: Fc,
+    fc2: Fc,
+    head: Fc,
+}
+
+const VGG16: [&[i64]; 5] = [
+    &[64, 64],
+    &[128, 128],
+    &[256, 256, 256],
+    &[512, 512, 512],
+    &[512, 512, 512],
+];
+
+pub fn vgg16_bn(p: &nn::Path, in_ch: i64, classes: i64) -> Vgg {
+    let f = p / "features";
+    let (mut index, mut cin) = (0usize, in_ch);
+    let mut stages = Vec::new();
+    let mut pools = Vec::new();
+    for widths in VGG16 {
+        let mut stage = Vec::new();
+        for &w in widths {
+            let conv = Conv::new(&f, &index.to_string(), (cin, w), 3, 1, 1, true);
+            let bn = Bn::new(&f, &(index + 1).to_string(), w);
+            stage.push((conv, bn));
+            (index, cin) = (index + 3, w);
+        }
+        pools.push(index);
+        index += 1;
+        stages.push(stage);
+    }
+    let c = p / "classifier";
+    Vgg {
+        stages,
+        pools,
+        fc1: Fc::new(&c, "0", 512 * 7 * 7, 4096, true),
+        fc2: Fc::new(&c, "3", 4096, 4096, true),
+        head: Fc::new(&c, "6", 4096, classes, true),
+    }
+}
+
+impl Network for Vgg {
+    fn features(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        let mut x = x.shallow_clone();
+        for (i, (stage, pool)) in self.stages.iter().zip(&self.pools).enumerate() {
+            for (conv, bn) in stage {
+                x = bn.forward(&conv.forward(&x, ctx), ctx).relu();
+            }
+            x = max_pool(&x, 2, 2, 0, &format!("features.{pool}"), ctx);
+            ctx.stage(&format!("stage{}", i + 1), &x);
+        }
+        let x = x.adaptive_avg_pool2d([7, 7]).flatten(1, -1);
+        let x = self.fc1.forward(&x, ctx).relu().dropout(0.5, ctx.train);
+        self.fc2.forward(&x, ctx).relu().dropout(0.5, ctx.train)
+    }
+    fn classifier(&self) -> &Fc {
+        &self.head
+    }
+    /// Five convolution stages (`features.*` up to each max-pool) and the whole classifier as
+    /// the head, as fastai splits VGG.
+    fn parts(&self) -> Vec<Part> {
+        let mut from = 0;
+        let mut parts: Vec<Part> = self
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(i, &pool)| {
+                let prefixes: Vec<String> =
+                    (from..=pool).map(|k| format!("features.{k}")).collect();
+                from = pool + 1;
+                Part {
+                    name: format!("stage{}", i + 1),
+                    prefixes,
+                }
+            })
+            .collect();
+        parts.push(Part::new("head", &["classifier"]));
+        parts
+    }
+}
+
+/// Conv, BatchNorm and ReLU6 under torchvision's `Conv2dNormActivation` names (`.0`, `.1`).
+#[derive(Debug)]
+struct ConvBnRelu6(Conv, Bn);
+
+impl ConvBnRelu6 {
+    fn new(p: &nn::Path, (cin, cout): (i64, i64), kernel: i64, stride: i64, groups: i64) -> Self {
+        let conv = Conv::grouped(
+            p,
+            "0",
+            (cin, cout),
+            (kernel, stride, (kernel - 1) / 2),
+            groups,
+        );
+        ConvBnRelu6(conv, Bn::new(p, "1", cout))
+    }
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        self.1.forward(&self.0.forward(x, ctx), ctx).clamp(0.0, 6.0)
+    }
+}
+
+/// MobileNetV2's inverted residual: 1x1 expansion (unless the ratio is 1), 3x3 depthwise,
+/// 1x1 linear projection; the input added back when stride 1 keeps the shape.
+#[derive(Debug)]
+struct InvertedResidual {
+    expand: Option<ConvBnRelu6>,
+    depthwise: ConvBnRelu6,
+    project: (Conv, Bn),
+    residual: bool,
+}
+
+impl InvertedResidual {
+    fn new(p: &nn::Path, cin: i64, cout: i64, stride: i64, ratio: i64) -> Self {
+        let c = p / "conv";
+        let hidden = cin * ratio;
+        let mut at = 0;
+        let expand = (ratio != 1).then(|| {
+            at += 1;
+            ConvBnRelu6::new(&(&c / "0"), (cin, hidden), 1, 1, 1)
+        });
+        let depthwise = ConvBnRelu6::new(&(&c / at), (hidden, hidden), 3, stride, hidden);
+        let project = (
+            Conv::new(&c, &(at + 1).to_string(), (hidden, cout), 1, 1, 0, false),
+            Bn::new(&c, &(at + 2).to_string(), cout),
+        );
+        InvertedResidual {
+            expand,
+            depthwise,
+            project,
+            residual: stride == 1 && cin == cout,
+        }
+    }
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        let y = match &self.expand {
+            Some(e) => e.forward(x, ctx),
+            None => x.shallow_clone(),
+        };
+        let y = self.depthwise.forward(&y, ctx);
+        let y = self
+            .project
+            .1
+            .forward(&self.project.0.forward(&y, ctx), ctx);
+        if self.residual { y + x } else { y }
+    }
+}
+
+/// torchvision's `mobilenet_v2` (width 1.0): a stride-2 stem, 17 inverted residuals in 7 rows
+/// of (expansion, channels, blocks, stride), a 1x1 convolution to 1280, global average pool,
+/// dropout 0.2 and the linear head `classifier.1`.
+#[derive(Debug)]
+pub struct MobileNetV2 {
+    stem: ConvBnRelu6,
+    /// The blocks of each row of the table (torchvision numbers them features.1 to .17).
+    rows: Vec<Vec<InvertedResidual>>,
+    last: ConvBnRelu6,
+    head: Fc,
+}
+
+const MOBILENET_V2: [(i64, i64, usize, i64); 7] = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+];
+
+pub fn mobilenet_v2(p: &nn::Path, in_ch: i64, classes: i64) -> MobileNetV2 {
+    let f = p / "features";
+    let stem = ConvBnRelu6::new(&(&f / "0"), (in_ch, 32), 3, 2, 1);
+    let (mut index, mut cin) = (1usize, 32);
+    let mut rows = Vec::new();
+    for (t, c, n, s) in MOBILENET_V2 {
+        let mut row = Vec::new();
+        for b in 0..n {
+            let stride = if b == 0 { s } else { 1 };
+            row.push(InvertedResidual::new(&(&f / index), cin, c, stride, t));
+            (index, cin) = (index + 1, c);
+        }
+        rows.push(row);
+    }
+    let last = ConvBnRelu6::new(&(&f / index), (cin, 1280), 1, 1, 1);
+    MobileNetV2 {
+        stem,
+        rows,
+        last,
+        head: Fc::new(&(p / "classifier"), "1", 1280, classes, true),
+    }
+}
+
+impl Network for MobileNetV2 {
+    fn features(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        let mut x = self.stem.forward(x, ctx);
+        ctx.stage("stem", &x);
+        for (i, row) in self.rows.iter().enumerate() {
+            for block in row {
+                x = block.forward(&x, ctx);
+            }
+            ctx.stage(&format!("stage{}", i + 1), &x);
+        }
+        x = self.last.forward(&x, ctx);
+        ctx.stage("conv_last", &x);
+        global_avg_pool(&x, ctx).dropout(0.2, ctx.train)
+    }
+    fn classifier(&self) -> &Fc {
+        &self.head
+    }
+    /// The stem, one stage per row of the table, the final 1x1 convolution, the head.
+    fn parts(&self) -> Vec<Part> {
+        let mut parts = vec![Part::new("stem", &["features.0"])];
+        let mut index = 1;
+        for (i, row) in self.rows.iter().enumerate() {
+            let prefixes = (index..index + row.len())
+                .map(|k| format!("features.{k}"))
+                .collect();
+            index += row.len();
+            parts.push(Part {
+                name: format!("stage{}", i + 1),
+                prefixes,
+            });
+        }
+        parts.push(Part {
+            name: "conv_last".into(),
+            prefixes: vec![format!("features.{index}")],
+        });
+        parts.push(Part::new("head", &["classifier"]));
+        parts
+    }
+}
