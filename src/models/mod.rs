@@ -189,7 +189,7 @@ fn stem(spec: &ModelSpec) -> Stem {
 }
 
 /// Every model convkit builds by name, in `convkit list` order.
-pub const REGISTRY: [Entry; 16] = [
+pub const REGISTRY: [Entry; 17] = [
     Entry {
         name: "cnn",
         description: "plain conv-BN-ReLU-maxpool stack (widths configurable, default 32,64,128)",
@@ -320,6 +320,13 @@ pub const REGISTRY: [Entry; 16] = [
         input_size: 224,
         normalisation: InputStats::Imagenet,
         build: |p, s| Box::new(zoo::vgg16_bn(p, s.in_channels, s.classes)),
+    },
+    Entry {
+        name: "densenet121",
+        description: "torchvision DenseNet-121: dense blocks of concatenated features (8.0M)",
+        input_size: 224,
+        normalisation: InputStats::Imagenet,
+        build: |p, s| Box::new(zoo::densenet121(p, s.in_channels, s.classes)),
     },
     Entry {
         name: "mobilenet_v2",

@@ -288,10 +288,12 @@ pub fn load_into(
 ) -> Result<LoadReport> {
     let vars = model.vs.variables();
     let head = format!("{}.", model.net.classifier().name);
-    let weights: Vec<&(String, Tensor)> = weights
+    let renamed: Vec<(String, Tensor)> = weights
         .iter()
         .filter(|(n, _)| !n.ends_with("num_batches_tracked"))
+        .map(|(n, t)| (current_name(n), t.shallow_clone()))
         .collect();
+    let weights: Vec<&(String, Tensor)> = renamed.iter().collect();
     let mut report = LoadReport::default();
     // Variables a training objective added (SupCon's projection head) are the objective's own,
     // freshly initialised: no weights file has them.
@@ -362,9 +364,30 @@ pub fn load_into(
     Ok(report)
 }
 
+/// A state-dict key as torchvision's current models name it. torchvision's DenseNet weights
+/// files keep the names of its first release (`denselayer1.norm.1.weight` for today's
+/// `denselayer1.norm1.weight`), which torchvision renames on loading; so does convkit.
+pub fn current_name(name: &str) -> String {
+    let parts: Vec<&str> = name.split('.').collect();
+    let legacy = parts.windows(3).position(|w| {
+        w[0].starts_with("denselayer")
+            && matches!(w[1], "norm" | "relu" | "conv")
+            && matches!(w[2], "1" | "2")
+    });
+    match legacy {
+        Some(i) => {
+            let mut out: Vec<String> = parts[..=i].iter().map(|s| s.to_string()).collect();
+            out.push(format!("{}{}", parts[i + 1], parts[i + 2]));
+            out.extend(parts[i + 3..].iter().map(|s| s.to_string()));
+            out.join(".")
+        }
+        None => name.to_string(),
+    }
+}
+
 /// torchvision's official ImageNet weights. The hex digits in each name are the start of the
 /// file's SHA-256, which torchvision itself checks.
-pub const TORCHVISION: [(&str, &str, &str); 15] = [
+pub const TORCHVISION: [(&str, &str, &str); 16] = [
     ("resnet18", "resnet18-f37072fd.pth", "ImageNet top-1 69.76%"),
     ("resnet34", "resnet34-b627a593.pth", "ImageNet top-1 73.31%"),
     (
@@ -416,6 +439,11 @@ pub const TORCHVISION: [(&str, &str, &str); 15] = [
         "vgg16_bn",
         "vgg16_bn-6c64b313.pth",
         "ImageNet top-1 73.36% (V1)",
+    ),
+    (
+        "densenet121",
+        "densenet121-a639ec97.pth",
+        "ImageNet top-1 74.43% (V1)",
     ),
     (
         "mobilenet_v2",
@@ -492,4 +520,24 @@ pub fn resolve(arg: &str, progress: bool) -> Result<PathBuf> {
         return fetch(arg, progress);
     }
     Err(bad(p, "no such file (nor a known weights name)"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn densenet_files_keep_their_first_names() {
+        use super::current_name;
+        assert_eq!(
+            current_name("features.denseblock1.denselayer1.norm.1.weight"),
+            "features.denseblock1.denselayer1.norm1.weight"
+        );
+        assert_eq!(
+            current_name("features.denseblock4.denselayer16.conv.2.weight"),
+            "features.denseblock4.denselayer16.conv2.weight"
+        );
+        assert_eq!(
+            current_name("layer1.0.conv1.weight"),
+            "layer1.0.conv1.weight"
+        );
+    }
 }
