@@ -189,7 +189,7 @@ fn stem(spec: &ModelSpec) -> Stem {
 }
 
 /// Every model convkit builds by name, in `convkit list` order.
-pub const REGISTRY: [Entry; 17] = [
+pub const REGISTRY: [Entry; 19] = [
     Entry {
         name: "cnn",
         description: "plain conv-BN-ReLU-maxpool stack (widths configurable, default 32,64,128)",
@@ -334,6 +334,20 @@ pub const REGISTRY: [Entry; 17] = [
         input_size: 224,
         normalisation: InputStats::Imagenet,
         build: |p, s| Box::new(zoo::mobilenet_v2(p, s.in_channels, s.classes)),
+    },
+    Entry {
+        name: "mobilenet_v3_small",
+        description: "torchvision MobileNetV3-Small: squeeze-and-excitation, hard-swish (2.5M)",
+        input_size: 224,
+        normalisation: InputStats::Imagenet,
+        build: |p, s| Box::new(zoo::mobilenet_v3(p, s.in_channels, s.classes, false)),
+    },
+    Entry {
+        name: "mobilenet_v3_large",
+        description: "torchvision MobileNetV3-Large: squeeze-and-excitation, hard-swish (5.5M)",
+        input_size: 224,
+        normalisation: InputStats::Imagenet,
+        build: |p, s| Box::new(zoo::mobilenet_v3(p, s.in_channels, s.classes, true)),
     },
     Entry {
         name: "resnet20",

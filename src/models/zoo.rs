@@ -1,6 +1,7 @@
 //! torchvision's other classification families, with torchvision's state-dict keys: VGG-16
 //! with BatchNorm (Simonyan & Zisserman 2015), MobileNetV2 (Sandler et al. 2018: inverted
-//! residuals, depthwise convolutions, ReLU6) and DenseNet-121 (Huang et al. 2017).
+//! residuals, depthwise convolutions, ReLU6), DenseNet-121 (Huang et al. 2017) and MobileNetV3
+//! (Howard et al. 2019: squeeze-and-excitation, hard-swish).
 
 use super::layers::{Bn, Conv, Ctx, Fc, global_avg_pool, max_pool};
 use super::{Network, Part};
@@ -369,6 +370,222 @@ impl Network for DenseNet {
                 prefixes: vec![format!("features.denseblock{i}"), after],
             });
         }
+        parts.push(Part::new("head", &["classifier"]));
+        parts
+    }
+}
+
+/// MobileNetV3's activation of a block: ReLU or hard-swish.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Act {
+    Relu,
+    HardSwish,
+    None,
+}
+
+impl Act {
+    fn apply(self, x: Tensor) -> Tensor {
+        match self {
+            Act::Relu => x.relu(),
+            Act::HardSwish => x.hardswish(),
+            Act::None => x,
+        }
+    }
+}
+
+/// Conv, BatchNorm (eps 0.001, momentum 0.01, as MobileNetV3) and an activation, under
+/// torchvision's `Conv2dNormActivation` names.
+#[derive(Debug)]
+struct ConvBnAct(Conv, Bn, Act);
+
+impl ConvBnAct {
+    fn new(
+        p: &nn::Path,
+        (cin, cout): (i64, i64),
+        (k, stride, groups): (i64, i64, i64),
+        act: Act,
+    ) -> Self {
+        let conv = Conv::grouped(p, "0", (cin, cout), (k, stride, (k - 1) / 2), groups);
+        ConvBnAct(conv, Bn::with(p, "1", cout, 0.01, 0.001), act)
+    }
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        self.2.apply(self.1.forward(&self.0.forward(x, ctx), ctx))
+    }
+}
+
+/// Squeeze-and-excitation (Hu et al. 2018) as MobileNetV3 uses it: global average, 1x1 conv
+/// down, ReLU, 1x1 conv up, hard-sigmoid, the channels rescaled.
+#[derive(Debug)]
+struct SqueezeExcitation {
+    fc1: Conv,
+    fc2: Conv,
+}
+
+impl SqueezeExcitation {
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        let s = x.mean_dim([2i64, 3].as_slice(), true, x.kind());
+        let s = self
+            .fc2
+            .forward(&self.fc1.forward(&s, ctx).relu(), ctx)
+            .hardsigmoid();
+        x * s
+    }
+}
+
+/// torchvision's `_make_divisible(v, 8)`: the nearest multiple of 8, at least 8, never more
+/// than 10% below `v`.
+fn make_divisible(v: f64) -> i64 {
+    let mut out = (8.0f64).max(((v + 4.0) / 8.0).floor() * 8.0);
+    if out < 0.9 * v {
+        out += 8.0;
+    }
+    out as i64
+}
+
+#[derive(Debug)]
+struct V3Block {
+    expand: Option<ConvBnAct>,
+    depthwise: ConvBnAct,
+    se: Option<SqueezeExcitation>,
+    project: ConvBnAct,
+    residual: bool,
+}
+
+impl V3Block {
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        let mut y = match &self.expand {
+            Some(e) => e.forward(x, ctx),
+            None => x.shallow_clone(),
+        };
+        y = self.depthwise.forward(&y, ctx);
+        if let Some(se) = &self.se {
+            y = se.forward(&y, ctx);
+        }
+        y = self.project.forward(&y, ctx);
+        if self.residual { y + x } else { y }
+    }
+}
+
+/// One row of MobileNetV3's table: input, kernel, expanded and output channels, squeeze-and-
+/// excitation, hard-swish (else ReLU), stride.
+type V3Row = (i64, i64, i64, i64, bool, bool, i64);
+
+const V3_SMALL: [V3Row; 11] = [
+    (16, 3, 16, 16, true, false, 2),
+    (16, 3, 72, 24, false, false, 2),
+    (24, 3, 88, 24, false, false, 1),
+    (24, 5, 96, 40, true, true, 2),
+    (40, 5, 240, 40, true, true, 1),
+    (40, 5, 240, 40, true, true, 1),
+    (40, 5, 120, 48, true, true, 1),
+    (48, 5, 144, 48, true, true, 1),
+    (48, 5, 288, 96, true, true, 2),
+    (96, 5, 576, 96, true, true, 1),
+    (96, 5, 576, 96, true, true, 1),
+];
+
+const V3_LARGE: [V3Row; 15] = [
+    (16, 3, 16, 16, false, false, 1),
+    (16, 3, 64, 24, false, false, 2),
+    (24, 3, 72, 24, false, false, 1),
+    (24, 5, 72, 40, true, false, 2),
+    (40, 5, 120, 40, true, false, 1),
+    (40, 5, 120, 40, true, false, 1),
+    (40, 3, 240, 80, false, true, 2),
+    (80, 3, 200, 80, false, true, 1),
+    (80, 3, 184, 80, false, true, 1),
+    (80, 3, 184, 80, false, true, 1),
+    (80, 3, 480, 112, true, true, 1),
+    (112, 3, 672, 112, true, true, 1),
+    (112, 5, 672, 160, true, true, 2),
+    (160, 5, 960, 160, true, true, 1),
+    (160, 5, 960, 160, true, true, 1),
+];
+
+/// torchvision's `mobilenet_v3_small` / `mobilenet_v3_large` (Howard et al. 2019): a
+/// hard-swish stem, the table's blocks (depthwise, squeeze-and-excitation, hard-swish), a 1x1
+/// convolution to 6x the last width, global average pool, then `classifier` = Linear,
+/// hard-swish, dropout 0.2 and the linear head `classifier.3`.
+#[derive(Debug)]
+pub struct MobileNetV3 {
+    stem: ConvBnAct,
+    blocks: Vec<V3Block>,
+    last: ConvBnAct,
+    fc: Fc,
+    head: Fc,
+}
+
+pub fn mobilenet_v3(p: &nn::Path, in_ch: i64, classes: i64, large: bool) -> MobileNetV3 {
+    let f = p / "features";
+    let stem = ConvBnAct::new(&(&f / "0"), (in_ch, 16), (3, 2, 1), Act::HardSwish);
+    let rows: &[V3Row] = if large { &V3_LARGE } else { &V3_SMALL };
+    let mut blocks = Vec::new();
+    for (i, &(cin, k, exp, cout, se, hs, stride)) in rows.iter().enumerate() {
+        let b = &f / (i + 1) / "block";
+        let act = if hs { Act::HardSwish } else { Act::Relu };
+        let mut at = 0;
+        let expand = (exp != cin).then(|| {
+            at += 1;
+            ConvBnAct::new(&(&b / "0"), (cin, exp), (1, 1, 1), act)
+        });
+        let depthwise = ConvBnAct::new(&(&b / at), (exp, exp), (k, stride, exp), act);
+        let se = se.then(|| {
+            at += 1;
+            let s = &b / at;
+            let squeeze = make_divisible(exp as f64 / 4.0);
+            SqueezeExcitation {
+                fc1: Conv::new(&s, "fc1", (exp, squeeze), 1, 1, 0, true),
+                fc2: Conv::new(&s, "fc2", (squeeze, exp), 1, 1, 0, true),
+            }
+        });
+        let project = ConvBnAct::new(&(&b / (at + 1)), (exp, cout), (1, 1, 1), Act::None);
+        blocks.push(V3Block {
+            expand,
+            depthwise,
+            se,
+            project,
+            residual: stride == 1 && cin == cout,
+        });
+    }
+    let last_in = rows[rows.len() - 1].3;
+    let n = rows.len() + 1;
+    let last = ConvBnAct::new(&(&f / n), (last_in, 6 * last_in), (1, 1, 1), Act::HardSwish);
+    let hidden = if large { 1280 } else { 1024 };
+    let c = p / "classifier";
+    MobileNetV3 {
+        stem,
+        blocks,
+        last,
+        fc: Fc::new(&c, "0", 6 * last_in, hidden, true),
+        head: Fc::new(&c, "3", hidden, classes, true),
+    }
+}
+
+impl Network for MobileNetV3 {
+    fn features(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        let mut x = self.stem.forward(x, ctx);
+        ctx.stage("stem", &x);
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x, ctx);
+            ctx.stage(&format!("features.{}", i + 1), &x);
+        }
+        x = self.last.forward(&x, ctx);
+        ctx.stage("conv_last", &x);
+        let x = global_avg_pool(&x, ctx);
+        self.fc.forward(&x, ctx).hardswish().dropout(0.2, ctx.train)
+    }
+    fn classifier(&self) -> &Fc {
+        &self.head
+    }
+    /// The stem, each block (`features.1`, ...), the last convolution, and the classifier's
+    /// two linear layers as the head.
+    fn parts(&self) -> Vec<Part> {
+        let mut parts = vec![Part::new("stem", &["features.0"])];
+        parts.extend((1..=self.blocks.len()).map(|i| Part::stage(format!("features.{i}"))));
+        parts.push(Part {
+            name: "conv_last".into(),
+            prefixes: vec![format!("features.{}", self.blocks.len() + 1)],
+        });
         parts.push(Part::new("head", &["classifier"]));
         parts
     }

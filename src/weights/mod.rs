@@ -387,7 +387,7 @@ pub fn current_name(name: &str) -> String {
 
 /// torchvision's official ImageNet weights. The hex digits in each name are the start of the
 /// file's SHA-256, which torchvision itself checks.
-pub const TORCHVISION: [(&str, &str, &str); 16] = [
+pub const TORCHVISION: [(&str, &str, &str); 19] = [
     ("resnet18", "resnet18-f37072fd.pth", "ImageNet top-1 69.76%"),
     ("resnet34", "resnet34-b627a593.pth", "ImageNet top-1 73.31%"),
     (
@@ -444,6 +444,21 @@ pub const TORCHVISION: [(&str, &str, &str); 16] = [
         "densenet121",
         "densenet121-a639ec97.pth",
         "ImageNet top-1 74.43% (V1)",
+    ),
+    (
+        "mobilenet_v3_small",
+        "mobilenet_v3_small-047dcff4.pth",
+        "ImageNet top-1 67.67% (V1)",
+    ),
+    (
+        "mobilenet_v3_large",
+        "mobilenet_v3_large-8738ca79.pth",
+        "ImageNet top-1 74.04% (V1)",
+    ),
+    (
+        "mobilenet_v3_large-v2",
+        "mobilenet_v3_large-5c1a4163.pth",
+        "ImageNet top-1 75.27% (V2)",
     ),
     (
         "mobilenet_v2",
