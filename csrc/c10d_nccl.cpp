@@ -4,6 +4,8 @@
 // for the headers the CUDA runtime wheel lacks); the collectives are the shim's, called through
 // c10d::Backend.
 
+#include "c10d_handles.h"
+
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
@@ -11,16 +13,6 @@
 #include <chrono>
 #include <cstring>
 #include <string>
-
-namespace convkit_shim {
-struct StoreHandle {
-  c10::intrusive_ptr<c10d::Store> store;
-};
-struct GroupHandle {
-  c10::intrusive_ptr<c10d::Backend> backend;
-  std::chrono::milliseconds timeout;
-};
-}  // namespace convkit_shim
 
 // `device`: this rank's GPU, made current first so NCCL's communicator lives there.
 extern "C" void* convkit_nccl_new(

@@ -7,6 +7,8 @@
 // The same calls torch.distributed makes from Python (ProcessGroupGloo, TCPStore), so convkit
 // runs under torchrun and Slurm like any PyTorch program.
 
+#include "c10d_handles.h"
+
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -44,18 +46,6 @@ int guarded(char* err, size_t len, F&& f) {
 }
 
 }  // namespace
-
-// The handles the C functions pass around (also built by c10d_nccl.cpp, same definitions).
-namespace convkit_shim {
-struct StoreHandle {
-  c10::intrusive_ptr<c10d::Store> store;
-};
-
-struct GroupHandle {
-  c10::intrusive_ptr<c10d::Backend> backend;
-  std::chrono::milliseconds timeout;
-};
-}  // namespace convkit_shim
 
 namespace {
 using convkit_shim::GroupHandle;

@@ -24,14 +24,6 @@ fn fixtures() -> &'static Path {
     })
 }
 
-fn entry(tensors: &[(String, Tensor)], name: &str) -> Tensor {
-    tensors
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, t)| t.shallow_clone())
-        .unwrap()
-}
-
 fn strict() -> LoadOptions {
     LoadOptions {
         strict: true,
@@ -58,8 +50,8 @@ fn parity(name: &str, file: &str) {
     let report = weights::load_into(&dir.join(file), &w, &mut model, strict()).unwrap();
     assert!(report.is_clean());
     let io = weights::read(&dir.join(format!("{name}-io.pth"))).unwrap();
-    let logits = tch::no_grad(|| model.forward(&entry(&io, "input"), &Ctx::eval()));
-    let expected = entry(&io, "logits");
+    let logits = tch::no_grad(|| model.forward(&common::entry(&io, "input"), &Ctx::eval()));
+    let expected = common::entry(&io, "logits");
     assert_eq!(logits.size(), vec![2, 1000]);
     let err = relative_error(&logits, &expected);
     assert!(err < 1e-4, "{name} from {file}: relative error {err}");
@@ -86,16 +78,16 @@ fn pth_reader_keeps_dtypes_shapes_and_values() {
     let w = weights::read(&dir.join("resnet18.pth")).unwrap();
     // 62 weights/BN tensors + 20 num_batches_tracked, as torchvision's resnet18 state dict.
     assert_eq!(w.len(), 122);
-    let nbt = entry(&w, "bn1.num_batches_tracked");
+    let nbt = common::entry(&w, "bn1.num_batches_tracked");
     assert_eq!(nbt.kind(), tch::Kind::Int64);
     assert_eq!(nbt.int64_value(&[]), 7);
     assert_eq!(
-        entry(&w, "layer2.0.downsample.0.weight").size(),
+        common::entry(&w, "layer2.0.downsample.0.weight").size(),
         vec![128, 64, 1, 1]
     );
     let st = weights::read(&dir.join("resnet18.safetensors")).unwrap();
-    let a = entry(&w, "layer4.1.conv2.weight");
-    assert!(a.equal(&entry(&st, "layer4.1.conv2.weight")));
+    let a = common::entry(&w, "layer4.1.conv2.weight");
+    assert!(a.equal(&common::entry(&st, "layer4.1.conv2.weight")));
     let info = weights::inspect(&dir.join("resnet18.pth")).unwrap();
     let fc = info.iter().find(|i| i.name == "fc.weight").unwrap();
     assert_eq!(
@@ -169,7 +161,7 @@ fn a_new_head_replaces_the_classifier_and_keeps_the_body() {
     let r = weights::load_into(&path, &w, &mut model, opts).unwrap();
     assert_eq!(r.replaced_head.len(), 2, "{:?}", r.replaced_head);
     let vars = model.vs.variables();
-    assert!(vars["conv1.weight"].equal(&entry(&w, "conv1.weight")));
+    assert!(vars["conv1.weight"].equal(&common::entry(&w, "conv1.weight")));
     assert_eq!(vars["fc.weight"].size(), vec![4, 512]);
     // Without replace_head the same file is an error that names the head.
     let mut model = imagenet_model("resnet18", 4);

@@ -9,7 +9,7 @@ use convkit::models::{self, Ctx, ModelSpec};
 use convkit::weights::{self, LoadOptions};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use tch::{Device, Tensor};
+use tch::Device;
 
 /// The torchvision models convkit builds beyond the ResNet-18/34/50 of tests/weights.rs.
 const ZOO: [&str; 4] = [
@@ -31,14 +31,6 @@ fn fixtures() -> &'static Path {
         common::python(&args);
         dir
     })
-}
-
-fn entry(tensors: &[(String, Tensor)], name: &str) -> Tensor {
-    tensors
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, t)| t.shallow_clone())
-        .unwrap()
 }
 
 #[test]
@@ -66,8 +58,8 @@ fn every_zoo_model_matches_torchvision() {
         let report = weights::load_into(&file, &w, &mut model, strict).unwrap();
         assert!(report.is_clean(), "{name}: {}", report.problems());
         let io = weights::read(&dir.join(format!("{name}-io.pth"))).unwrap();
-        let logits = tch::no_grad(|| model.forward(&entry(&io, "input"), &Ctx::eval()));
-        let expected = entry(&io, "logits");
+        let logits = tch::no_grad(|| model.forward(&common::entry(&io, "input"), &Ctx::eval()));
+        let expected = common::entry(&io, "logits");
         let err = (&logits - &expected).abs().max().double_value(&[])
             / expected.abs().max().double_value(&[]);
         assert!(

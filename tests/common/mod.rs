@@ -50,3 +50,12 @@ pub fn fixture(name: &str) -> std::ffi::OsString {
         .join(name)
         .into_os_string()
 }
+
+/// The tensor named `name` among named tensors (a state dict or a fixture file's contents).
+pub fn entry(tensors: &[(String, tch::Tensor)], name: &str) -> tch::Tensor {
+    tensors
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, t)| t.shallow_clone())
+        .unwrap_or_else(|| panic!("no tensor named {name}"))
+}
