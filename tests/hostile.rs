@@ -750,3 +750,30 @@ fn more_bad_settings_and_data_are_named() {
     .to_string();
     assert!(err.contains("a classifier needs at least 2"), "{err}");
 }
+
+/// Settings whose values are a fixed set are checked when the config is read: a misspelt one
+/// names the setting and lists the allowed values, and the data-parallel timeout is bounded.
+#[test]
+fn misspelt_choices_and_a_zero_timeout_are_refused_by_name() {
+    let err = |setting: &str| {
+        config::load(None, &[setting.to_string()])
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err("optim.name=\"sgdd\"");
+    assert!(e.contains("optim.name") && e.contains("adamw"), "{e}");
+    let e = err("schedule.anneal=\"cosin\"");
+    assert!(e.contains("schedule.anneal") && e.contains("linear"), "{e}");
+    let e = err("data.format=\"imagez\"");
+    assert!(e.contains("data.format") && e.contains("folder"), "{e}");
+    let e = err("transfer.normalise=\"foo\"");
+    assert!(
+        e.contains("transfer.normalise") && e.contains("imagenet"),
+        "{e}"
+    );
+    let e = err("dist.backend=\"mpi\"");
+    assert!(e.contains("dist.backend") && e.contains("gloo"), "{e}");
+    let e = err("dist.timeout_s=0");
+    assert!(e.contains("dist.timeout_s = 0"), "{e}");
+    assert!(e.contains("command line"), "the origin is named: {e}");
+}
