@@ -12,11 +12,16 @@ use std::sync::OnceLock;
 use tch::Device;
 
 /// The torchvision models convkit builds beyond the ResNet-18/34/50 of tests/weights.rs.
-const ZOO: [&str; 4] = [
+const ZOO: [&str; 9] = [
     "resnet101",
     "resnet152",
     "resnext50_32x4d",
     "wide_resnet50_2",
+    "vgg16_bn",
+    "mobilenet_v2",
+    "densenet121",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
 ];
 
 fn fixtures() -> &'static Path {
