@@ -176,7 +176,8 @@ impl Conv {
         Self::with_groups(p, name, channels, geometry, (bias, 1), ws_init)
     }
 
-    fn with_groups(
+    /// Any convolution: bias, groups and the weights' initialisation given (biases start at 0).
+    pub fn with_groups(
         p: &nn::Path,
         name: &str,
         (cin, cout): (i64, i64),
@@ -356,6 +357,20 @@ impl Fc {
             scale: 1.0,
         }
     }
+    /// A linear layer whose weights start from `ws_init` and whose bias starts at 0, as
+    /// EfficientNet, RegNet and ConvNeXt initialise theirs.
+    pub fn with_init(p: &nn::Path, name: &str, din: i64, dout: i64, ws_init: nn::Init) -> Self {
+        let cfg = nn::LinearConfig {
+            ws_init,
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias: true,
+        };
+        Fc {
+            name: p.path(name),
+            inner: nn::linear(p / name, din, dout, cfg),
+            scale: 1.0,
+        }
+    }
     pub fn in_features(&self) -> i64 {
         self.inner.ws.size()[1]
     }
@@ -371,7 +386,9 @@ impl Fc {
                 kind: "linear",
                 output: y.size(),
                 params: w[0] * w[1] + self.inner.bs.as_ref().map_or(0, |b| b.numel() as i64),
-                flops: 2 * w[0] * w[1],
+                // Per example: a layer applied at every position (ConvNeXt's pointwise
+                // linear layers on [B, H, W, C]) costs that many times more.
+                flops: 2 * w[1] * numel(&y.size()[1..]),
                 dense_params: None,
                 window: None,
             }

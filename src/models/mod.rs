@@ -1,6 +1,7 @@
 //! Models built by name from a registry. Every model is a feature extractor (`features`, a
 //! pooled `[B, D]` vector) plus a linear classifier, so heads can be replaced and bodies reused.
 
+pub mod blocks;
 pub mod cnn;
 pub mod features;
 pub mod init;
@@ -14,6 +15,8 @@ pub use layers::{Ctx, LayerInfo};
 use layers::Fc;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor, nn};
+use zoo::convnext::Variant as ConvNeXt;
+use zoo::efficientnet::Variant as EfficientNet;
 
 /// A network: features, then a classifier.
 pub trait Network: std::fmt::Debug {
@@ -189,7 +192,7 @@ fn stem(spec: &ModelSpec) -> Stem {
 }
 
 /// Every model convkit builds by name, in `convkit list` order.
-pub const REGISTRY: [Entry; 19] = [
+pub const REGISTRY: [Entry; 25] = [
     Entry {
         name: "cnn",
         description: "plain conv-BN-ReLU-maxpool stack (widths configurable, default 32,64,128)",
@@ -348,6 +351,69 @@ pub const REGISTRY: [Entry; 19] = [
         input_size: 224,
         normalisation: InputStats::Imagenet,
         build: |p, s| Box::new(zoo::mobilenet_v3(p, s.in_channels, s.classes, true)),
+    },
+    Entry {
+        name: "efficientnet_b0",
+        description: "torchvision EfficientNet-B0: MBConv, SiLU, squeeze-and-excitation (5.3M)",
+        input_size: 224,
+        normalisation: InputStats::Imagenet,
+        build: |p, s| {
+            Box::new(zoo::efficientnet(
+                p,
+                s.in_channels,
+                s.classes,
+                EfficientNet::B0,
+            ))
+        },
+    },
+    Entry {
+        name: "efficientnet_b3",
+        description: "torchvision EfficientNet-B3: B0 1.2x wider, 1.4x deeper, 300 px (12.2M)",
+        input_size: 300,
+        normalisation: InputStats::Imagenet,
+        build: |p, s| {
+            Box::new(zoo::efficientnet(
+                p,
+                s.in_channels,
+                s.classes,
+                EfficientNet::B3,
+            ))
+        },
+    },
+    Entry {
+        name: "efficientnet_v2_s",
+        description: "torchvision EfficientNetV2-S: Fused-MBConv early stages, 384 px (21.5M)",
+        input_size: 384,
+        normalisation: InputStats::Imagenet,
+        build: |p, s| {
+            Box::new(zoo::efficientnet(
+                p,
+                s.in_channels,
+                s.classes,
+                EfficientNet::V2S,
+            ))
+        },
+    },
+    Entry {
+        name: "regnet_y_800mf",
+        description: "torchvision RegNetY-800MF: grouped bottlenecks with squeeze-and-excitation (6.4M)",
+        input_size: 224,
+        normalisation: InputStats::Imagenet,
+        build: |p, s| Box::new(zoo::regnet_y_800mf(p, s.in_channels, s.classes)),
+    },
+    Entry {
+        name: "convnext_tiny",
+        description: "torchvision ConvNeXt-T: 7x7 depthwise, LayerNorm, GELU MLPs, layer scale (28.6M)",
+        input_size: 224,
+        normalisation: InputStats::Imagenet,
+        build: |p, s| Box::new(zoo::convnext(p, s.in_channels, s.classes, ConvNeXt::Tiny)),
+    },
+    Entry {
+        name: "convnext_small",
+        description: "torchvision ConvNeXt-S: ConvNeXt-T with 27 blocks in stage 3 (50.2M)",
+        input_size: 224,
+        normalisation: InputStats::Imagenet,
+        build: |p, s| Box::new(zoo::convnext(p, s.in_channels, s.classes, ConvNeXt::Small)),
     },
     Entry {
         name: "resnet20",

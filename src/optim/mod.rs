@@ -16,8 +16,8 @@ pub struct OptimConfig {
     pub lr: f64,
     pub momentum: f64,
     pub nesterov: bool,
-    /// SGD: L2 added to the gradient (PyTorch's form); AdamW: decoupled. Not applied to 1-D
-    /// parameters (BatchNorm, biases) unless `decay_1d`.
+    /// SGD: L2 added to the gradient (PyTorch's form); AdamW: decoupled. Not applied to
+    /// per-channel parameters (BatchNorm, biases, layer scale) unless `decay_1d`.
     pub weight_decay: f64,
     /// SGD/LARS: `weight_decay` is the shrink of every weight per step at the schedule's full
     /// rate, the same whatever the base rate and each parameter's rate scale (airbench's
@@ -91,6 +91,13 @@ impl Default for OptimConfig {
             lookahead_decay: 0.95,
         }
     }
+}
+
+/// Whether a tensor is one number per channel: 1-D (BatchNorm, LayerNorm, biases) or shaped
+/// `[C, 1, 1]` to broadcast over an image (ConvNeXt's layer scale, which timm keeps 1-D as
+/// `gamma`); these are not decayed unless asked.
+fn is_per_channel(t: &Tensor) -> bool {
+    t.size().iter().skip(1).all(|&d| d == 1)
 }
 
 /// One optimised tensor.
@@ -186,7 +193,7 @@ impl Optimizer {
         let params = sorted_variables(vs, Tensor::requires_grad)
             .into_iter()
             .map(|(name, tensor)| Param {
-                decay: config.decay_1d || tensor.dim() > 1,
+                decay: config.decay_1d || !is_per_channel(&tensor),
                 state: (0..slots).map(|_| tensor.zeros_like()).collect(),
                 name,
                 tensor,
@@ -369,4 +376,19 @@ fn adamw(p: &mut Param, grad: &Tensor, lr: f64, wd: f64, c: &OptimConfig, t: i64
     let bc2 = 1.0 - c.beta2.powi(t as i32);
     let denom = (&p.state[1] / bc2).sqrt() + c.eps;
     let _ = p.tensor.g_add_(&(&p.state[0] / denom * (-lr / bc1)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_per_channel;
+    use tch::{Kind, Tensor};
+
+    #[test]
+    fn layer_scale_is_per_channel_like_biases_but_weights_are_not() {
+        let t = |shape: &[i64]| Tensor::zeros(shape, (Kind::Float, tch::Device::Cpu));
+        assert!(is_per_channel(&t(&[96])));
+        assert!(is_per_channel(&t(&[96, 1, 1])));
+        assert!(!is_per_channel(&t(&[96, 1, 7, 7])));
+        assert!(!is_per_channel(&t(&[10, 512])));
+    }
 }
