@@ -236,3 +236,65 @@ fn command_line_inspect_lists_tensors_and_refuses_a_malicious_pickle() {
     );
     assert!(!dir.join("pwned").exists(), "the pickle's code ran");
 }
+
+/// convkit's table of torchvision weight sets is torchvision 0.26.0's enums, member for member:
+/// files, parameter counts, published accuracy, preprocessing and DEFAULTs.
+#[test]
+fn pretrained_table_is_torchvisions_weight_enums() {
+    use convkit::weights::torchvision::{IMAGENET_MEAN, IMAGENET_STD, PRETRAINED};
+    let mut models: Vec<&str> = PRETRAINED.iter().map(|p| p.model).collect();
+    models.dedup();
+    let out =
+        std::process::Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"))
+            .arg(common::fixture("dump_weights.py"))
+            .args(&models)
+            .output()
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(theirs.len(), PRETRAINED.len(), "every enum member, no more");
+    for (t, ours) in theirs.iter().zip(&PRETRAINED) {
+        let what = ours.torchvision;
+        assert_eq!(t["torchvision"], what);
+        assert_eq!(t["model"], ours.model, "{what}");
+        assert_eq!(t["file"], ours.file, "{what}");
+        assert_eq!(t["parameters"], ours.parameters, "{what}");
+        assert_eq!(t["top1"].as_f64(), Some(ours.top1), "{what}");
+        assert_eq!(t["top5"].as_f64(), Some(ours.top5), "{what}");
+        assert_eq!(t["resize"], ours.preprocess.resize, "{what}");
+        assert_eq!(t["crop"], ours.preprocess.crop, "{what}");
+        let interpolation = serde_json::to_value(ours.preprocess.interpolation).unwrap();
+        assert_eq!(t["interpolation"], interpolation, "{what}");
+        assert_eq!(t["mean"], serde_json::json!(IMAGENET_MEAN), "{what}");
+        assert_eq!(t["std"], serde_json::json!(IMAGENET_STD), "{what}");
+        assert_eq!(t["default"], ours.default, "{what}");
+        let m = imagenet_model(ours.model, 3);
+        assert_eq!(m.net.classifier().name, ours.classifier, "{what}");
+    }
+}
+
+#[test]
+fn weights_are_found_by_convkit_or_torchvision_name() {
+    use convkit::weights::torchvision::find;
+    assert_eq!(find("resnet50-v2").unwrap().file, "resnet50-11ad3fa6.pth");
+    let by_enum = find("ResNet50_Weights.IMAGENET1K_V1").unwrap();
+    assert_eq!(by_enum.name, "resnet50");
+    assert_eq!(
+        find("ResNet50_Weights.DEFAULT").unwrap().name,
+        "resnet50-v2"
+    );
+    assert_eq!(
+        find("EfficientNet_B3_Weights.DEFAULT")
+            .unwrap()
+            .preprocess
+            .crop,
+        300
+    );
+    assert!(find("ResNet50_Weights.IMAGENET1K_V3").is_none());
+    let r = weights::remote("efficientnet_b0").unwrap();
+    assert!(matches!(r.checksum, Checksum::Sha256Prefix(ref h) if h == "7f5810bc"));
+}

@@ -245,11 +245,45 @@ pub fn weights(a: WeightsArgs) -> Result<()> {
             );
         }
         WeightsCommand::List => {
-            for (name, file, what) in weights::TORCHVISION {
-                println!("{name:<20} {file:<32} {what}");
-            }
-            println!("cache: {}", weights::weights_dir().display());
+            print_pretrained();
         }
     }
     Ok(())
+}
+
+/// `convkit weights list`: torchvision's weight sets with their size, published accuracy and
+/// the evaluation preprocessing that belongs to each.
+fn print_pretrained() {
+    use crate::models::summary::thousands;
+    println!(
+        "{:<22} {:>11} {:>6} {:>6}  {:<21} {:<13} torchvision",
+        "name", "parameters", "top-1", "top-5", "eval preprocessing", "classifier"
+    );
+    for p in &weights::torchvision::PRETRAINED {
+        let pre = format!(
+            "{} -> {} {:?}",
+            p.preprocess.resize, p.preprocess.crop, p.preprocess.interpolation
+        )
+        .to_lowercase();
+        let default = if p.default { " (DEFAULT)" } else { "" };
+        println!(
+            "{:<22} {:>11} {:>6.2} {:>6.2}  {:<21} {:<13} {}{default}",
+            p.name,
+            thousands(p.parameters),
+            p.top1,
+            p.top5,
+            pre,
+            p.classifier,
+            p.torchvision
+        );
+    }
+    println!(
+        "ImageNet-1K accuracy as torchvision publishes it; preprocessing: shorter side resized, \
+         centre crop, ImageNet mean/std."
+    );
+    println!(
+        "Use a name (or the torchvision name) with --weights or `convkit weights download`; \
+         cache: {}",
+        weights::weights_dir().display()
+    );
 }

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod choose;
 pub mod pth;
 pub mod run_dir;
+pub mod torchvision;
 
 pub use run_dir::RunDir;
 
@@ -35,10 +36,7 @@ fn bad(path: &Path, problem: impl Into<String>) -> WeightsError {
 
 pub type Result<T> = std::result::Result<T, WeightsError>;
 
-/// ImageNet normalisation and input size, which belong to torchvision's and timm's weights.
-pub const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
-pub const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
-pub const IMAGENET_SIZE: i64 = 224;
+pub use torchvision::{IMAGENET_MEAN, IMAGENET_STD};
 
 /// What a weights file is, from its first bytes (never from its name alone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -385,109 +383,13 @@ pub fn current_name(name: &str) -> String {
     }
 }
 
-/// torchvision's official ImageNet weights. The hex digits in each name are the start of the
-/// file's SHA-256, which torchvision itself checks.
-pub const TORCHVISION: [(&str, &str, &str); 19] = [
-    ("resnet18", "resnet18-f37072fd.pth", "ImageNet top-1 69.76%"),
-    ("resnet34", "resnet34-b627a593.pth", "ImageNet top-1 73.31%"),
-    (
-        "resnet50",
-        "resnet50-0676ba61.pth",
-        "ImageNet top-1 76.13% (V1)",
-    ),
-    (
-        "resnet50-v2",
-        "resnet50-11ad3fa6.pth",
-        "ImageNet top-1 80.86% (V2)",
-    ),
-    (
-        "resnet101",
-        "resnet101-63fe2227.pth",
-        "ImageNet top-1 77.37% (V1)",
-    ),
-    (
-        "resnet101-v2",
-        "resnet101-cd907fc2.pth",
-        "ImageNet top-1 81.89% (V2)",
-    ),
-    (
-        "resnet152",
-        "resnet152-394f9c45.pth",
-        "ImageNet top-1 78.31% (V1)",
-    ),
-    (
-        "resnet152-v2",
-        "resnet152-f82ba261.pth",
-        "ImageNet top-1 82.28% (V2)",
-    ),
-    (
-        "resnext50_32x4d",
-        "resnext50_32x4d-7cdf4587.pth",
-        "ImageNet top-1 77.62% (V1)",
-    ),
-    (
-        "resnext50_32x4d-v2",
-        "resnext50_32x4d-1a0047aa.pth",
-        "ImageNet top-1 81.20% (V2)",
-    ),
-    (
-        "wide_resnet50_2",
-        "wide_resnet50_2-95faca4d.pth",
-        "ImageNet top-1 78.47% (V1)",
-    ),
-    (
-        "vgg16_bn",
-        "vgg16_bn-6c64b313.pth",
-        "ImageNet top-1 73.36% (V1)",
-    ),
-    (
-        "densenet121",
-        "densenet121-a639ec97.pth",
-        "ImageNet top-1 74.43% (V1)",
-    ),
-    (
-        "mobilenet_v3_small",
-        "mobilenet_v3_small-047dcff4.pth",
-        "ImageNet top-1 67.67% (V1)",
-    ),
-    (
-        "mobilenet_v3_large",
-        "mobilenet_v3_large-8738ca79.pth",
-        "ImageNet top-1 74.04% (V1)",
-    ),
-    (
-        "mobilenet_v3_large-v2",
-        "mobilenet_v3_large-5c1a4163.pth",
-        "ImageNet top-1 75.27% (V2)",
-    ),
-    (
-        "mobilenet_v2",
-        "mobilenet_v2-b0353104.pth",
-        "ImageNet top-1 71.88% (V1)",
-    ),
-    (
-        "mobilenet_v2-v2",
-        "mobilenet_v2-7ebf99e0.pth",
-        "ImageNet top-1 72.15% (V2)",
-    ),
-    (
-        "wide_resnet50_2-v2",
-        "wide_resnet50_2-9ba9bcbe.pth",
-        "ImageNet top-1 81.60% (V2)",
-    ),
-];
-
+/// Where a named torchvision weight set downloads from, and its checksum.
 pub fn remote(name: &str) -> Option<Remote> {
-    let (_, file, _) = TORCHVISION.iter().find(|(n, _, _)| *n == name)?;
-    let hash = file
-        .trim_end_matches(".pth")
-        .rsplit('-')
-        .next()?
-        .to_string();
+    let p = torchvision::find(name)?;
     Some(Remote {
-        url: format!("https://download.pytorch.org/models/{file}"),
-        file_name: file.to_string(),
-        checksum: Checksum::Sha256Prefix(hash),
+        url: p.url(),
+        file_name: p.file.to_string(),
+        checksum: Checksum::Sha256Prefix(p.sha256_prefix().to_string()),
     })
 }
 
@@ -508,7 +410,7 @@ fn torch_hub_file(file: &str) -> Option<PathBuf> {
 /// The verified local file of a named torchvision weight set, downloading it if needed.
 pub fn fetch(name: &str, progress: bool) -> Result<PathBuf> {
     let r = remote(name).ok_or_else(|| {
-        let known: Vec<&str> = TORCHVISION.iter().map(|(n, _, _)| *n).collect();
+        let known: Vec<&str> = torchvision::PRETRAINED.iter().map(|p| p.name).collect();
         bad(
             Path::new(name),
             format!("no such pretrained weights; known: {}", known.join(", ")),
