@@ -6,13 +6,16 @@
 #   features  ResNet-18 body feature extraction, 112 px              (target: >= 0.95x img/s)
 #   pretrain  SupCon pre-training steps, ResNet-20, batch 128, two augmented views
 #                                                                    (target: >= 0.95x img/s)
+#   zoo       feature extraction at 224 px, batch 16, of mobilenet_v3_large, efficientnet_b0
+#             and convnext_tiny against torchvision's own models (last linear layer removed),
+#             channels-last in both                          (target: >= 0.95x img/s each)
 #   train     Net8 training, batch 128 (printed last as `ratio: X`)
 #   airbench  time to 80% test accuracy, cifar10-airbench-cpu recipe against
 #             bench/airbench_reference.py (airbench94 in PyTorch, same widths, batch, epochs),
 #             on $CIFAR10_JPEG (default ../shared/data/cifar10-jpeg)  (target: time <= 0.9x)
 #             About 10 minutes a round; not in the default sections.
 #   bench/compare-cpu.sh [ROUNDS] [SECTIONS]   (default 5 rounds, sections supcon,features,
-#   pretrain,train; e.g. `bench/compare-cpu.sh 1 airbench`)
+#   pretrain,train; e.g. `bench/compare-cpu.sh 1 airbench`, `bench/compare-cpu.sh 3 zoo`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-5}"
@@ -51,6 +54,14 @@ if wanted features; then
   compare features "$args" "$args"
   echo "median feature extraction (ResNet-18 body, 112 px, batch 32): convkit $mo img/s, pytorch $mt img/s"
   echo "features ratio (convkit / pytorch, target >= 0.95): $(ratio "$mo" "$mt")"
+fi
+if wanted zoo; then
+  for m in mobilenet_v3_large efficientnet_b0 convnext_tiny; do
+    args="--features --model $m --size 224 --infer-batch 16 --steps 4 --warmup 2"
+    compare features "$args" "$args"
+    echo "median feature extraction ($m, 224 px, batch 16): convkit $mo img/s, pytorch $mt img/s"
+    echo "$m features ratio (convkit / pytorch, target >= 0.95): $(ratio "$mo" "$mt")"
+  done
 fi
 if wanted pretrain; then
   compare pretrain "--pretrain --model resnet20 --batch 128 --steps 8 --warmup 2" \

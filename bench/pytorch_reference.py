@@ -192,8 +192,34 @@ def pretrain(a):
     print(f"pretrain: {rate:.1f} img/s (resnet20, batch {a.batch} x 2 views, {torch.get_num_threads()} threads)")
 
 
+def torchvision_body(name):
+    """torchvision's own model with its last linear layer replaced by the identity: what
+    convkit's `Network::features` computes (everything the replaceable head reads)."""
+    import torchvision
+    model = getattr(torchvision.models, name)()
+    if hasattr(model, "fc"):
+        model.fc = torch.nn.Identity()
+    else:
+        model.classifier[-1] = torch.nn.Identity()
+    return model
+
+
 def features(a):
-    """Pooled body features of a torchvision-layout ResNet (the parity fixture's modules)."""
+    """Pooled body features: torchvision's model for the zoo's names, else a torchvision-layout
+    ResNet (the parity fixture's modules)."""
+    if a.model not in ("resnet18", "resnet50"):
+        model = torchvision_body(a.model).eval()
+        fmt = torch.contiguous_format if a.nchw else torch.channels_last
+        model = model.to(memory_format=fmt)
+        x = torch.randn(a.infer_batch, 3, a.size, a.size).contiguous(memory_format=fmt)
+
+        def forward():
+            with torch.no_grad():
+                model(x)
+
+        rate = a.infer_batch * a.steps / timed(forward, a.warmup, a.steps)
+        print(f"features: {rate:.1f} img/s ({a.model} at {a.size}x{a.size}, batch {a.infer_batch}, {torch.get_num_threads()} threads)")
+        return
     import os
     import sys
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures"))

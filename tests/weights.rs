@@ -298,3 +298,28 @@ fn weights_are_found_by_convkit_or_torchvision_name() {
     let r = weights::remote("efficientnet_b0").unwrap();
     assert!(matches!(r.checksum, Checksum::Sha256Prefix(ref h) if h == "7f5810bc"));
 }
+
+/// timm names its ResNets as torchvision does, but not its other families: such a file is
+/// refused with a message saying so, not a bare list of unknown names.
+#[test]
+fn timm_names_of_other_families_are_refused_with_the_reason() {
+    let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("timm-efficientnet_b0.safetensors");
+    let t = |shape: &[i64]| Tensor::zeros(shape, (tch::Kind::Float, Device::Cpu));
+    let timm = [
+        ("conv_stem.weight", t(&[32, 3, 3, 3])),
+        ("bn1.weight", t(&[32])),
+        ("blocks.0.0.conv_dw.weight", t(&[32, 1, 3, 3])),
+        ("conv_head.weight", t(&[1280, 320, 1, 1])),
+        ("classifier.weight", t(&[1000, 1280])),
+    ];
+    Tensor::write_safetensors(&timm, &file).unwrap();
+    let mut model = imagenet_model("efficientnet_b0", 1000);
+    let w = weights::read(&file).unwrap();
+    let err = weights::load_into(&file, &w, &mut model, strict())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("timm's names") && err.contains("efficientnet_b0"),
+        "{err}"
+    );
+}

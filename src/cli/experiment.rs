@@ -106,8 +106,13 @@ pub struct ExperimentArgs {
 pub struct TransferArgs {
     #[command(flatten)]
     common: CommonArgs,
+    /// Any registry model (`convkit list`)
     #[arg(long, default_value = "resnet20")]
     model: String,
+    /// Side the images are decoded to (32: CIFAR as stored); ImageNet-style models shrink
+    /// their input 32x, so give them 64 or more
+    #[arg(long, default_value_t = 32)]
+    image_size: u32,
     #[arg(long, default_value_t = 6)]
     pretrain_epochs: usize,
     /// Epoch budget of every transfer strategy
@@ -171,6 +176,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<()> {
             let spec = transfer::Spec {
                 run: t.common.common(),
                 model: t.model,
+                image_size: t.image_size,
                 pretrain_epochs: t.pretrain_epochs,
                 epochs: t.epochs,
                 budgets: t.budgets.clone(),

@@ -13,8 +13,9 @@ use std::path::PathBuf;
 
 #[derive(Args, Debug, Default)]
 pub struct TransferArgs {
-    /// Pretrained weights: a .pth, .safetensors or convkit checkpoint file, or a torchvision
-    /// name (see `convkit weights list`: resnet18 ... wide_resnet50_2, -v2 for torchvision's V2 weights)
+    /// Pretrained weights: a .pth, .safetensors or convkit checkpoint file, or torchvision
+    /// weights by name (`convkit weights list`: the model's name, -v2 for IMAGENET1K_V2, or
+    /// torchvision's own such as ResNet50_Weights.DEFAULT)
     #[arg(long)]
     weights: Option<String>,
     /// Key path of the state dict inside the weights file, '/'-separated (e.g. state_dict,

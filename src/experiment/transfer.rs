@@ -29,6 +29,8 @@ pub struct Spec {
     /// progress bars.
     pub run: super::Common,
     pub model: String,
+    /// Side the CIFAR images are decoded to, in pixels (32: as stored).
+    pub image_size: u32,
     pub pretrain_epochs: usize,
     /// The epoch budget of every transfer strategy.
     pub epochs: usize,
@@ -42,6 +44,7 @@ impl Default for Spec {
         Spec {
             run: Default::default(),
             model: "resnet20".into(),
+            image_size: 32,
             pretrain_epochs: 6,
             epochs: 30,
             budgets: vec![25, 100, 400],
@@ -78,11 +81,18 @@ pub struct Pretrain {
 pub struct Summary {
     pub data: String,
     pub model: String,
+    /// Side of the decoded images (summaries written before this field: 32).
+    #[serde(default = "cifar_side")]
+    pub image_size: u32,
     pub pretrain: Pretrain,
     pub target_classes: Vec<String>,
     pub epochs: usize,
     pub rows: Vec<Row>,
     pub seconds: f64,
+}
+
+fn cifar_side() -> u32 {
+    32
 }
 
 fn names(v: &[&str]) -> Vec<String> {
@@ -96,6 +106,7 @@ fn pretrain_config(spec: &Spec) -> Result<Config> {
     cfg.data.train_limit = None;
     cfg.data.classes = Some(names(&ANIMALS));
     cfg.model.name = spec.model.clone();
+    cfg.data.image_size = Some(spec.image_size);
     cfg.train.epochs = spec.pretrain_epochs;
     cfg.train.eval_every = 0;
     cfg.train.seed = spec.seed;
@@ -109,6 +120,7 @@ fn transfer_config(spec: &Spec, weights: &Path, budget: usize) -> Result<Config>
     cfg.data.classes = Some(names(&VEHICLES));
     cfg.data.train_per_class = Some(budget);
     cfg.model.name = spec.model.clone();
+    cfg.data.image_size = Some(spec.image_size);
     cfg.train.epochs = spec.epochs;
     cfg.train.batch_size = 32;
     cfg.train.drop_last = false;
@@ -194,6 +206,7 @@ pub fn run(spec: &Spec, out: &Path) -> Result<Summary> {
     let summary = Summary {
         data: spec.run.data.clone(),
         model: spec.model.clone(),
+        image_size: spec.image_size,
         pretrain: pre,
         target_classes: names(&VEHICLES),
         epochs: spec.epochs,
@@ -258,11 +271,12 @@ fn report(spec: &Spec, out: &Path, s: &Summary) -> Result<()> {
     )
     .map_err(|e| crate::error::Error::Invalid(e.to_string()))?;
     let intro = format!(
-        "{} pre-trained on the CIFAR-10 animal classes ({} images, {} epochs, {:.2}% on the animal \
-         test images), then adapted to the vehicle classes ({}) with few labels; accuracy on all \
+        "{} pre-trained on the CIFAR-10 animal classes ({} images at {} px, {} epochs, {:.2}% on \
+         the animal test images), then adapted to the vehicle classes ({}) with few labels; accuracy on all \
          vehicle test images. Every strategy: the same recipe (finetune) and {} epochs.",
         s.model,
         s.pretrain.train_images,
+        s.image_size,
         s.pretrain.epochs,
         100.0 * s.pretrain.test_accuracy,
         VEHICLES.join(", "),

@@ -235,6 +235,10 @@ pub struct LoadReport {
     /// Where in the file the tensors came from (see [`Choice::describe`]), when searched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chosen: Option<String>,
+    /// What the names suggest when they do not fit (a timm file for a family whose timm names
+    /// convkit does not map).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 impl LoadReport {
@@ -262,8 +266,37 @@ impl LoadReport {
                 items[..items.len().min(4)].join(", ")
             ));
         }
+        out.extend(self.hint.clone());
         out.join("; ")
     }
+}
+
+/// Name prefixes only timm's models use: EfficientNet/MobileNet/RegNet (`conv_stem`, `blocks`,
+/// `conv_head`, `s1`), ConvNeXt (`stem.0`, `stages`, `head.fc`) and VGG/DenseNet (`pre_logits`).
+const TIMM_PREFIXES: [&str; 8] = [
+    "conv_stem.",
+    "conv_head.",
+    "blocks.",
+    "stages.",
+    "stem.0.",
+    "head.fc.",
+    "pre_logits.",
+    "s1.",
+];
+
+/// A hint when `unexpected` names are timm's: timm names ResNets as torchvision does (they load
+/// as they are), but names its other families its own way, which convkit does not map yet.
+fn timm_hint(unexpected: &[String], model: &str) -> Option<String> {
+    let timm = unexpected
+        .iter()
+        .any(|n| TIMM_PREFIXES.iter().any(|p| n.starts_with(p)));
+    timm.then(|| {
+        format!(
+            "these look like timm's names: convkit reads torchvision's, which timm's ResNet \
+             family shares, but does not map timm's {model} names yet; use torchvision's \
+             weights (`convkit weights list`)"
+        )
+    })
 }
 
 /// How to treat a state dict that does not fit exactly.
@@ -333,6 +366,7 @@ pub fn load_into(
     report.missing.sort();
     report.unexpected.sort();
     report.wrong_shape.sort();
+    report.hint = timm_hint(&report.unexpected, &model.spec.name);
     if opts.strict && !report.is_clean() {
         return Err(bad(
             path,
