@@ -57,7 +57,7 @@ if wanted features; then
 fi
 if wanted zoo; then
   for m in mobilenet_v3_large efficientnet_b0 convnext_tiny; do
-    args="--features --model $m --size 224 --infer-batch 16 --steps 4 --warmup 2"
+    args="--features --model $m --size 224 --infer-batch 16 --steps 8 --warmup 3"
     compare features "$args" "$args"
     echo "median feature extraction ($m, 224 px, batch 16): convkit $mo img/s, pytorch $mt img/s"
     echo "$m features ratio (convkit / pytorch, target >= 0.95): $(ratio "$mo" "$mt")"

@@ -25,14 +25,25 @@ pub struct SummaryArgs {
     stem: Option<Stem>,
 }
 
+/// The largest side `convkit summary` traces (a 4096 x 4096 image through a ResNet-50 needs
+/// about 20 GB of activations at once).
+const MAX_SIDE: i64 = 2048;
+
 fn parse_input(s: &str) -> Result<[i64; 3]> {
     let v: Vec<i64> = s
         .split('x')
         .map(|p| p.trim().parse::<i64>())
         .collect::<Result<_, _>>()?;
     match v.as_slice() {
-        [c, h, w] if *c > 0 && *h > 0 && *w > 0 => Ok([*c, *h, *w]),
-        _ => bail!("--input '{s}': expected CxHxW, for example 3x32x32"),
+        [c, h, w]
+            if (1..=64).contains(c) && (1..=MAX_SIDE).contains(h) && (1..=MAX_SIDE).contains(w) =>
+        {
+            Ok([*c, *h, *w])
+        }
+        _ => bail!(
+            "--input '{s}': expected CxHxW with 1 to 64 channels and sides of 1 to {MAX_SIDE} \
+             pixels, for example 3x32x32"
+        ),
     }
 }
 
@@ -48,6 +59,7 @@ pub fn summary(a: SummaryArgs) -> Result<()> {
     };
     spec.in_channels = input[0];
     let model = models::build(&spec, tch::Device::Cpu)?;
+    model.check_input_shape(input[1], input[2])?;
     print!("{}", summary::summarise(&model, input).render(&a.model));
     Ok(())
 }

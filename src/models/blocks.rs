@@ -25,6 +25,7 @@ pub enum Act {
 }
 
 impl Act {
+    /// The activation of `x`, elementwise.
     pub fn apply(self, x: Tensor) -> Tensor {
         match self {
             Act::Relu => x.relu(),
@@ -76,6 +77,7 @@ impl Geometry {
         stride: 1,
         groups: 1,
     };
+    /// A `kernel` x `kernel` convolution with `stride` over `groups` channel groups.
     pub fn new(kernel: i64, stride: i64, groups: i64) -> Self {
         Geometry {
             kernel,
@@ -95,6 +97,7 @@ pub struct ConvBnAct {
 }
 
 impl ConvBnAct {
+    /// `cin` -> `cout` channels under `p` (`p.0`, `p.1`).
     pub fn new(p: &nn::Path, (cin, cout): (i64, i64), g: Geometry, bn: BnCfg, act: Act) -> Self {
         let padding = (g.kernel - 1) / 2;
         let conv = Conv::grouped(p, "0", (cin, cout), (g.kernel, g.stride, padding), g.groups);
@@ -104,6 +107,7 @@ impl ConvBnAct {
             act,
         }
     }
+    /// `[B, cin, H, W]` -> `[B, cout, H / stride, W / stride]`.
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
         let y = self.bn.forward(&self.conv.forward(x, ctx), ctx);
         self.act.apply(y)
@@ -122,6 +126,7 @@ pub struct SqueezeExcitation {
 }
 
 impl SqueezeExcitation {
+    /// Rescales `channels` channels through a `squeeze`-wide bottleneck (`p.fc1`, `p.fc2`).
     pub fn new(p: &nn::Path, channels: i64, squeeze: i64, act: Act, gate: Act) -> Self {
         SqueezeExcitation {
             fc1: Conv::new(p, "fc1", (channels, squeeze), 1, 1, 0, true),
@@ -150,7 +155,11 @@ pub fn make_divisible(v: f64) -> i64 {
 /// Stochastic depth in "row" mode (torchvision's `stochastic_depth`): in training, each
 /// example's residual branch `x` `[B, ...]` is dropped with probability `p` and the kept ones
 /// are scaled by 1 / (1 - p); in evaluation (or with `p` = 0) `x` itself.
+///
+/// # Panics
+/// `p` outside [0, 1]: the families set it from constants, never from input.
 pub fn stochastic_depth(x: Tensor, p: f64, ctx: &Ctx) -> Tensor {
+    assert!((0.0..=1.0).contains(&p), "stochastic depth probability {p}");
     if !ctx.train || p == 0.0 {
         return x;
     }
@@ -160,7 +169,8 @@ pub fn stochastic_depth(x: Tensor, p: f64, ctx: &Ctx) -> Tensor {
     let mut keep = Tensor::empty(shape.as_slice(), (x.kind(), x.device()));
     let keep = keep.bernoulli_float_(survival);
     if survival > 0.0 {
-        x * keep / survival
+        // Scaling the [B, 1, 1, 1] mask, not the branch: one pass over the activations.
+        x * (keep / survival)
     } else {
         x * keep
     }
@@ -211,11 +221,20 @@ impl LayerNorm {
             kind: "layernorm",
             output: y.size(),
             params: 2 * c,
-            flops: 5 * y.numel() as i64,
+            flops: 5 * y.size()[1..].iter().product::<i64>(),
             dense_params: None,
             window: None,
         });
         y
+    }
+}
+
+/// Normal initialisation with mean 0 and standard deviation `std` (torchvision's linear layers
+/// in VGG, MobileNet and RegNet: 0.01).
+pub fn normal(std: f64) -> nn::Init {
+    nn::Init::Randn {
+        mean: 0.0,
+        stdev: std,
     }
 }
 

@@ -358,7 +358,7 @@ impl Fc {
         }
     }
     /// A linear layer whose weights start from `ws_init` and whose bias starts at 0, as
-    /// EfficientNet, RegNet and ConvNeXt initialise theirs.
+    /// torchvision initialises VGG, MobileNet, EfficientNet, RegNet and ConvNeXt.
     pub fn with_init(p: &nn::Path, name: &str, din: i64, dout: i64, ws_init: nn::Init) -> Self {
         let cfg = nn::LinearConfig {
             ws_init,

@@ -15,8 +15,8 @@ pub use layers::{Ctx, LayerInfo};
 use layers::Fc;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor, nn};
-use zoo::convnext::Variant as ConvNeXt;
-use zoo::efficientnet::Variant as EfficientNet;
+use zoo::convnext::Variant as ConvNeXtVariant;
+use zoo::efficientnet::Variant as EfficientNetVariant;
 
 /// A network: features, then a classifier.
 pub trait Network: std::fmt::Debug {
@@ -362,7 +362,7 @@ pub const REGISTRY: [Entry; 25] = [
                 p,
                 s.in_channels,
                 s.classes,
-                EfficientNet::B0,
+                EfficientNetVariant::B0,
             ))
         },
     },
@@ -376,7 +376,7 @@ pub const REGISTRY: [Entry; 25] = [
                 p,
                 s.in_channels,
                 s.classes,
-                EfficientNet::B3,
+                EfficientNetVariant::B3,
             ))
         },
     },
@@ -390,7 +390,7 @@ pub const REGISTRY: [Entry; 25] = [
                 p,
                 s.in_channels,
                 s.classes,
-                EfficientNet::V2S,
+                EfficientNetVariant::V2S,
             ))
         },
     },
@@ -406,14 +406,28 @@ pub const REGISTRY: [Entry; 25] = [
         description: "torchvision ConvNeXt-T: 7x7 depthwise, LayerNorm, GELU MLPs, layer scale (28.6M)",
         input_size: 224,
         normalisation: InputStats::Imagenet,
-        build: |p, s| Box::new(zoo::convnext(p, s.in_channels, s.classes, ConvNeXt::Tiny)),
+        build: |p, s| {
+            Box::new(zoo::convnext(
+                p,
+                s.in_channels,
+                s.classes,
+                ConvNeXtVariant::Tiny,
+            ))
+        },
     },
     Entry {
         name: "convnext_small",
         description: "torchvision ConvNeXt-S: ConvNeXt-T with 27 blocks in stage 3 (50.2M)",
         input_size: 224,
         normalisation: InputStats::Imagenet,
-        build: |p, s| Box::new(zoo::convnext(p, s.in_channels, s.classes, ConvNeXt::Small)),
+        build: |p, s| {
+            Box::new(zoo::convnext(
+                p,
+                s.in_channels,
+                s.classes,
+                ConvNeXtVariant::Small,
+            ))
+        },
     },
     Entry {
         name: "resnet20",
@@ -520,11 +534,19 @@ impl Model {
     /// # Errors
     /// The network cannot process images of that size.
     pub fn check_input_size(&self, size: i64) -> Result<(), ModelError> {
-        if size >= SURELY_LARGE_ENOUGH {
+        self.check_input_shape(size, size)
+    }
+
+    /// [`Model::check_input_size`] for `h` x `w` images.
+    ///
+    /// # Errors
+    /// The network cannot process images of that size.
+    pub fn check_input_shape(&self, h: i64, w: i64) -> Result<(), ModelError> {
+        if h.min(w) >= SURELY_LARGE_ENOUGH {
             return Ok(());
         }
         let x = Tensor::zeros(
-            [1, self.spec.in_channels, size, size],
+            [1, self.spec.in_channels, h, w],
             (tch::Kind::Float, self.device()),
         );
         // tch reports a libtorch error as a panic; it is caught here, quietly, and becomes
@@ -541,7 +563,7 @@ impl Model {
         }
         Err(ModelError::Invalid(
             self.spec.name.clone(),
-            format!("images of {size}x{size} pixels are too small for this network"),
+            format!("images of {h}x{w} pixels are too small for this network"),
         ))
     }
     pub fn device(&self) -> Device {

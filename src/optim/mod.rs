@@ -95,9 +95,11 @@ impl Default for OptimConfig {
 
 /// Whether a tensor is one number per channel: 1-D (BatchNorm, LayerNorm, biases) or shaped
 /// `[C, 1, 1]` to broadcast over an image (ConvNeXt's layer scale, which timm keeps 1-D as
-/// `gamma`); these are not decayed unless asked.
+/// `gamma` and so does not decay, while torchvision's reference recipe does); these are not
+/// decayed unless asked.
 fn is_per_channel(t: &Tensor) -> bool {
-    t.size().iter().skip(1).all(|&d| d == 1)
+    let s = t.size();
+    s.len() <= 1 || (s.len() == 3 && s[1..] == [1, 1])
 }
 
 /// One optimised tensor.
@@ -390,5 +392,8 @@ mod tests {
         assert!(is_per_channel(&t(&[96, 1, 1])));
         assert!(!is_per_channel(&t(&[96, 1, 7, 7])));
         assert!(!is_per_channel(&t(&[10, 512])));
+        // A 1x1 convolution of one input channel per group is a weight.
+        assert!(!is_per_channel(&t(&[96, 1, 1, 1])));
+        assert!(!is_per_channel(&t(&[10, 1])));
     }
 }

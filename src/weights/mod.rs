@@ -272,13 +272,12 @@ impl LoadReport {
 }
 
 /// Name prefixes only timm's models use: EfficientNet/MobileNet/RegNet (`conv_stem`, `blocks`,
-/// `conv_head`, `s1`), ConvNeXt (`stem.0`, `stages`, `head.fc`) and VGG/DenseNet (`pre_logits`).
-const TIMM_PREFIXES: [&str; 8] = [
+/// `conv_head`, `s1`), ConvNeXt (`stages`, `head.fc`; its `stem.0` is also torchvision RegNet's) and VGG/DenseNet (`pre_logits`).
+const TIMM_PREFIXES: [&str; 7] = [
     "conv_stem.",
     "conv_head.",
     "blocks.",
     "stages.",
-    "stem.0.",
     "head.fc.",
     "pre_logits.",
     "s1.",

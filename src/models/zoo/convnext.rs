@@ -2,9 +2,9 @@
 //! convolutions, LayerNorm, inverted-bottleneck MLPs with GELU, layer scale and stochastic
 //! depth, with torchvision's state-dict keys.
 
-use super::super::blocks::{Act, LayerNorm, layer_scale, stochastic_depth};
-use super::super::layers::{Conv, Ctx, Fc, global_avg_pool};
-use super::super::{Network, Part};
+use crate::models::blocks::{Act, LayerNorm, layer_scale, stochastic_depth};
+use crate::models::layers::{Conv, Ctx, Fc, global_avg_pool};
+use crate::models::{Network, Part};
 use tch::{Tensor, nn};
 
 /// The ConvNeXts convkit builds, as torchvision names them.
@@ -87,6 +87,7 @@ pub struct ConvNeXt {
     head: Fc,
 }
 
+/// Builds the ConvNeXt `v` for `in_ch`-channel images and `classes` classes.
 pub fn convnext(p: &nn::Path, in_ch: i64, classes: i64, v: Variant) -> ConvNeXt {
     let (depths, final_drop) = settings(v);
     let f = p / "features";

@@ -2,11 +2,11 @@
 //! depth scaled together) and EfficientNetV2 (Tan & Le 2021: Fused-MBConv in the early stages),
 //! with torchvision's state-dict keys and stochastic depth.
 
-use super::super::blocks::{
+use crate::models::blocks::{
     Act, BnCfg, ConvBnAct, Geometry, SqueezeExcitation, make_divisible, stochastic_depth,
 };
-use super::super::layers::{Ctx, Fc, global_avg_pool};
-use super::super::{Network, Part};
+use crate::models::layers::{Ctx, Fc, global_avg_pool};
+use crate::models::{Network, Part};
 use tch::{Tensor, nn};
 
 /// The EfficientNets convkit builds, as torchvision names them.
@@ -69,6 +69,12 @@ const V2_S: [Row; 6] = [
     mb(6.0, 3, 2, 160, 256, 15),
 ];
 
+/// EfficientNetV2's BatchNorm: PyTorch's momentum, TensorFlow's epsilon.
+const V2_BN: BnCfg = BnCfg {
+    momentum: 0.1,
+    eps: 1e-3,
+};
+
 /// torchvision's settings of a variant: table (already scaled), last width, classifier dropout
 /// and BatchNorm.
 struct Settings {
@@ -96,13 +102,7 @@ fn settings(v: Variant) -> Settings {
     let (rows, last, dropout, bn) = match v {
         Variant::B0 => (scaled(1.0, 1.0), None, 0.2, BnCfg::PYTORCH),
         Variant::B3 => (scaled(1.2, 1.4), None, 0.3, BnCfg::PYTORCH),
-        Variant::V2S => {
-            let bn = BnCfg {
-                momentum: 0.1,
-                eps: 1e-3,
-            };
-            (V2_S.to_vec(), Some(1280), 0.2, bn)
-        }
+        Variant::V2S => (V2_S.to_vec(), Some(1280), 0.2, V2_BN),
     };
     let last = last.unwrap_or(4 * rows[rows.len() - 1].cout);
     Settings {
@@ -134,48 +134,11 @@ struct Block {
 impl Block {
     fn new(p: &nn::Path, r: &Row, bn: BnCfg, drop: f64) -> Self {
         let b = p / "block";
-        let hidden = make_divisible(r.cin as f64 * r.expand);
-        let mut layers = Vec::new();
-        let mut conv = |cin, cout, g: Geometry, act| {
-            let at = layers.len();
-            layers.push(Layer::Conv(ConvBnAct::new(
-                &(&b / at),
-                (cin, cout),
-                g,
-                bn,
-                act,
-            )));
-        };
-        let k = Geometry::new(r.kernel, r.stride, 1);
-        if r.fused && hidden == r.cin {
-            conv(r.cin, r.cout, k, Act::Silu);
-        } else if r.fused {
-            conv(r.cin, hidden, k, Act::Silu);
-            conv(hidden, r.cout, Geometry::POINTWISE, Act::None);
+        let layers = if r.fused {
+            fused_mbconv_layers(&b, r, bn)
         } else {
-            if hidden != r.cin {
-                conv(r.cin, hidden, Geometry::POINTWISE, Act::Silu);
-            }
-            let depthwise = Geometry::new(r.kernel, r.stride, hidden);
-            conv(hidden, hidden, depthwise, Act::Silu);
-            let se = &b / layers.len();
-            let squeeze = (r.cin / 4).max(1);
-            layers.push(Layer::Se(SqueezeExcitation::new(
-                &se,
-                hidden,
-                squeeze,
-                Act::Silu,
-                Act::Sigmoid,
-            )));
-            let at = layers.len();
-            layers.push(Layer::Conv(ConvBnAct::new(
-                &(&b / at),
-                (hidden, r.cout),
-                Geometry::POINTWISE,
-                bn,
-                Act::None,
-            )));
-        }
+            mbconv_layers(&b, r, bn)
+        };
         Block {
             layers,
             residual: r.stride == 1 && r.cin == r.cout,
@@ -199,6 +162,69 @@ impl Block {
     }
 }
 
+/// The expanded width of a block: the input's times the ratio, to a multiple of 8.
+fn expanded(r: &Row) -> i64 {
+    make_divisible(r.cin as f64 * r.expand)
+}
+
+/// A conv-BN-activation as the `at`-th layer of a block's `block` sequence.
+fn conv_layer(b: &nn::Path, at: usize, ch: (i64, i64), g: Geometry, bn: BnCfg, act: Act) -> Layer {
+    Layer::Conv(ConvBnAct::new(&(b / at), ch, g, bn, act))
+}
+
+/// MBConv: 1x1 expansion (unless the ratio is 1), depthwise k x k with the stride,
+/// squeeze-and-excitation to a quarter of the block's input width, linear 1x1 projection.
+fn mbconv_layers(b: &nn::Path, r: &Row, bn: BnCfg) -> Vec<Layer> {
+    let hidden = expanded(r);
+    let mut layers = Vec::new();
+    if hidden != r.cin {
+        layers.push(conv_layer(
+            b,
+            0,
+            (r.cin, hidden),
+            Geometry::POINTWISE,
+            bn,
+            Act::Silu,
+        ));
+    }
+    let depthwise = Geometry::new(r.kernel, r.stride, hidden);
+    let at = layers.len();
+    layers.push(conv_layer(
+        b,
+        at,
+        (hidden, hidden),
+        depthwise,
+        bn,
+        Act::Silu,
+    ));
+    let squeeze = (r.cin / 4).max(1);
+    let se = SqueezeExcitation::new(&(b / (at + 1)), hidden, squeeze, Act::Silu, Act::Sigmoid);
+    layers.push(Layer::Se(se));
+    layers.push(conv_layer(
+        b,
+        at + 2,
+        (hidden, r.cout),
+        Geometry::POINTWISE,
+        bn,
+        Act::None,
+    ));
+    layers
+}
+
+/// Fused-MBConv: k x k expansion with the stride and a linear 1x1 projection, or at ratio 1
+/// one k x k convolution with SiLU.
+fn fused_mbconv_layers(b: &nn::Path, r: &Row, bn: BnCfg) -> Vec<Layer> {
+    let hidden = expanded(r);
+    let k = Geometry::new(r.kernel, r.stride, 1);
+    if hidden == r.cin {
+        return vec![conv_layer(b, 0, (r.cin, r.cout), k, bn, Act::Silu)];
+    }
+    vec![
+        conv_layer(b, 0, (r.cin, hidden), k, bn, Act::Silu),
+        conv_layer(b, 1, (hidden, r.cout), Geometry::POINTWISE, bn, Act::None),
+    ]
+}
+
 /// torchvision's `efficientnet_b0`, `efficientnet_b3` and `efficientnet_v2_s`: a stride-2
 /// SiLU stem (`features.0`), one stage per table row (`features.1`, ...), a 1x1 SiLU
 /// convolution, global average pool, then `classifier` = dropout and the linear head
@@ -212,9 +238,20 @@ pub struct EfficientNet {
     head: Fc,
 }
 
+/// EfficientNet's linear initialisation (torchvision's, after the TensorFlow original):
+/// uniform in +-1/sqrt(outputs).
+fn linear_init(outputs: i64) -> nn::Init {
+    let bound = 1.0 / (outputs as f64).sqrt();
+    nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
+}
+
 /// torchvision's default final stochastic-depth probability.
 const STOCHASTIC_DEPTH: f64 = 0.2;
 
+/// Builds the EfficientNet `v` for `in_ch`-channel images and `classes` classes.
 pub fn efficientnet(p: &nn::Path, in_ch: i64, classes: i64, v: Variant) -> EfficientNet {
     let s = settings(v);
     let f = p / "features";
@@ -256,7 +293,13 @@ pub fn efficientnet(p: &nn::Path, in_ch: i64, classes: i64, v: Variant) -> Effic
         stages,
         last,
         dropout: s.dropout,
-        head: Fc::new(&(p / "classifier"), "1", s.last, classes, true),
+        head: Fc::with_init(
+            &(p / "classifier"),
+            "1",
+            s.last,
+            classes,
+            linear_init(classes),
+        ),
     }
 }
 

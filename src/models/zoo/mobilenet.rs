@@ -2,9 +2,11 @@
 //! MobileNetV3 (Howard et al. 2019: squeeze-and-excitation, hard-swish), with torchvision's
 //! state-dict keys.
 
-use super::super::blocks::{Act, BnCfg, ConvBnAct, Geometry, SqueezeExcitation, make_divisible};
-use super::super::layers::{Bn, Conv, Ctx, Fc, global_avg_pool};
-use super::super::{Network, Part};
+use crate::models::blocks::{
+    Act, BnCfg, ConvBnAct, Geometry, SqueezeExcitation, make_divisible, normal,
+};
+use crate::models::layers::{Bn, Conv, Ctx, Fc, global_avg_pool};
+use crate::models::{Network, Part};
 use tch::{Tensor, nn};
 
 const PT: BnCfg = BnCfg::PYTORCH;
@@ -120,7 +122,7 @@ pub fn mobilenet_v2(p: &nn::Path, in_ch: i64, classes: i64) -> MobileNetV2 {
         stem,
         rows,
         last,
-        head: Fc::new(&(p / "classifier"), "1", 1280, classes, true),
+        head: Fc::with_init(&(p / "classifier"), "1", 1280, classes, normal(0.01)),
     }
 }
 
@@ -299,8 +301,8 @@ pub fn mobilenet_v3(p: &nn::Path, in_ch: i64, classes: i64, large: bool) -> Mobi
         stem,
         blocks,
         last,
-        fc: Fc::new(&c, "0", 6 * last_in, hidden, true),
-        head: Fc::new(&c, "3", hidden, classes, true),
+        fc: Fc::with_init(&c, "0", 6 * last_in, hidden, normal(0.01)),
+        head: Fc::with_init(&c, "3", hidden, classes, normal(0.01)),
     }
 }
 

@@ -12,6 +12,7 @@ pub use efficientnet::{EfficientNet, efficientnet};
 pub use mobilenet::{MobileNetV2, MobileNetV3, mobilenet_v2, mobilenet_v3};
 pub use regnet::{RegNet, regnet_y_800mf};
 
+use super::blocks::normal;
 use super::layers::{Bn, Conv, Ctx, Fc, global_avg_pool, max_pool};
 use super::{Network, Part};
 use tch::{Tensor, nn};
@@ -59,9 +60,9 @@ pub fn vgg16_bn(p: &nn::Path, in_ch: i64, classes: i64) -> Vgg {
     Vgg {
         stages,
         pools,
-        fc1: Fc::new(&c, "0", 512 * 7 * 7, 4096, true),
-        fc2: Fc::new(&c, "3", 4096, 4096, true),
-        head: Fc::new(&c, "6", 4096, classes, true),
+        fc1: Fc::with_init(&c, "0", 512 * 7 * 7, 4096, normal(0.01)),
+        fc2: Fc::with_init(&c, "3", 4096, 4096, normal(0.01)),
+        head: Fc::with_init(&c, "6", 4096, classes, normal(0.01)),
     }
 }
 

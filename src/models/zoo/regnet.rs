@@ -2,9 +2,9 @@
 //! with grouped 3x3 convolutions and squeeze-and-excitation, widths from a quantised linear
 //! rule, with torchvision's state-dict keys.
 
-use super::super::blocks::{Act, BnCfg, ConvBnAct, Geometry, SqueezeExcitation};
-use super::super::layers::{Ctx, Fc, global_avg_pool};
-use super::super::{Network, Part};
+use crate::models::blocks::{Act, BnCfg, ConvBnAct, Geometry, SqueezeExcitation, normal};
+use crate::models::layers::{Ctx, Fc, global_avg_pool};
+use crate::models::{Network, Part};
 use tch::{Tensor, nn};
 
 /// RegNetY-800MF's stages as torchvision's `BlockParams.from_init_params(depth=14, w_0=56,
@@ -79,6 +79,8 @@ pub struct RegNet {
     head: Fc,
 }
 
+/// Builds RegNetY-800MF for `in_ch`-channel images and `classes` classes. Its squeeze-and-
+/// excitation biases start at 0 (torchvision leaves them at PyTorch's uniform default).
 pub fn regnet_y_800mf(p: &nn::Path, in_ch: i64, classes: i64) -> RegNet {
     let stem_g = Geometry::new(3, 2, 1);
     let stem = ConvBnAct::new(
@@ -106,7 +108,7 @@ pub fn regnet_y_800mf(p: &nn::Path, in_ch: i64, classes: i64) -> RegNet {
     RegNet {
         stem,
         stages,
-        head: Fc::new(p, "fc", cin, classes, true),
+        head: Fc::with_init(p, "fc", cin, classes, normal(0.01)),
     }
 }
 
