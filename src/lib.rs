@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod models;
 pub mod optim;
 pub mod pickle;
+pub mod predict;
 pub mod probe;
 pub mod report;
 pub mod train;

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Lowest first. Kept equal to the `layers:` line of docs/ARCHITECTURE.md.
-const LAYERS: [&str; 22] = [
+const LAYERS: [&str; 23] = [
     "util",
     "pickle",
     "metrics",
@@ -27,6 +27,7 @@ const LAYERS: [&str; 22] = [
     "contrastive",
     "probe",
     "finetune",
+    "predict",
     "experiment",
     "bench",
     "cli",

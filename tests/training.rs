@@ -190,6 +190,86 @@ fn convkit(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `convkit predict` over a folder: sub-folders walked, a broken file listed in its row and not
+/// fatal, the same probabilities whatever the batch size, CSV rows in the JSON's order.
+fn predict_over_a_folder(run: &str, out: &Path) {
+    let dir = out.join("to-label");
+    std::fs::create_dir_all(dir.join("more")).unwrap();
+    for (i, rgb) in [[220u8, 30, 30], [30, 200, 40], [20, 20, 230]]
+        .iter()
+        .enumerate()
+    {
+        let name = if i == 2 {
+            "more/c.png"
+        } else {
+            ["a.png", "b.jpg"][i]
+        };
+        image::RgbImage::from_fn(36, 28, |x, y| {
+            image::Rgb([rgb[0], rgb[1].wrapping_add((x * y) as u8), rgb[2]])
+        })
+        .save(dir.join(name))
+        .unwrap();
+    }
+    std::fs::write(dir.join("broken.jpg"), b"not a jpeg").unwrap();
+    std::fs::write(dir.join("notes.txt"), b"skipped").unwrap();
+    let dir_s = dir.to_str().unwrap();
+    let json = |batch: &str| {
+        let (ok, stdout, err) = convkit(&["predict", run, dir_s, "--json", "--batch", batch]);
+        assert!(ok, "{err}");
+        assert!(
+            err.contains("1 unreadable") && err.contains("broken.jpg"),
+            "{err}"
+        );
+        serde_json::from_str::<Vec<serde_json::Value>>(&stdout).unwrap()
+    };
+    let one = json("1");
+    let all = json("64");
+    let names: Vec<&str> = one.iter().map(|r| r["image"].as_str().unwrap()).collect();
+    let expected: Vec<String> = ["a.png", "b.jpg", "broken.jpg", "more/c.png"]
+        .iter()
+        .map(|n| dir.join(n).display().to_string())
+        .collect();
+    assert_eq!(names, expected);
+    assert!(one[2]["error"].as_str().unwrap().contains("cannot decode"));
+    for (a, b) in one.iter().zip(&all).filter(|(a, _)| a["top"].is_array()) {
+        for (x, y) in a["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(b["top"].as_array().unwrap())
+        {
+            assert_eq!(x[0], y[0]);
+            assert!((x[1].as_f64().unwrap() - y[1].as_f64().unwrap()).abs() < 1e-5);
+        }
+    }
+    let csv = out.join("labels.csv");
+    let (ok, _, err) = convkit(&[
+        "predict",
+        run,
+        dir_s,
+        "--top",
+        "2",
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "image,class_1,probability_1,class_2,probability_2,error"
+    );
+    assert_eq!(lines.len(), 5);
+    let first: Vec<&str> = lines[1].split(',').collect();
+    assert_eq!(first[0], expected[0]);
+    assert_eq!(first[1], all[0]["top"][0][0].as_str().unwrap());
+    assert!(
+        lines[3].starts_with(&format!("{},,,,,", expected[2])),
+        "{}",
+        lines[3]
+    );
+}
+
 #[test]
 fn command_line_train_eval_predict_summary() {
     let out = common::temp_dir("train-cli");
@@ -247,6 +327,7 @@ fn command_line_train_eval_predict_summary() {
         !ok && err.contains("bad.jpg") && err.contains("cannot decode"),
         "{err}"
     );
+    predict_over_a_folder(run_s, &out);
     let (ok, stdout, _) = convkit(&["summary", "resnet18", "--classes", "1000"]);
     assert!(ok && stdout.contains("parameters: 11,689,512"), "{stdout}");
     let (ok, _, err) = convkit(&["train", "--config", "no-such-recipe"]);

@@ -2,17 +2,18 @@
 
 use crate::config::Config;
 use crate::data::Split;
-use crate::data::folder::{self, load_image};
+use crate::data::folder;
 use crate::data::loader::DeviceSplit;
 use crate::metrics;
+use crate::predict;
 use crate::train;
 use crate::train::TrainedRun;
-use crate::train::evaluate::predict_logits;
+use crate::util::progress;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
-use tch::Kind;
+use std::time::Instant;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -131,74 +132,97 @@ fn eval_data(cfg: &Config, image_size: i64) -> Result<(String, Vec<String>, Spli
 pub struct PredictArgs {
     /// A run folder or a checkpoint file
     checkpoint: PathBuf,
-    /// Image files (jpg, png)
+    /// Image files and folders (walked with their sub-folders, like the data loader)
     #[arg(required = true)]
     images: Vec<PathBuf>,
-    #[arg(long, default_value_t = 3)]
-    top_k: usize,
-    /// Print JSON instead of text
+    /// Classes reported per image, most probable first
+    #[arg(long, visible_alias = "top-k", default_value_t = 3)]
+    top: usize,
+    /// Images per forward pass
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Also write one row per image to this CSV file (image, class_1, probability_1, ..., error)
+    #[arg(long, conflicts_with = "json")]
+    csv: Option<PathBuf>,
+    /// Print JSON (one object per image: image, top [[class, probability], ...] or error)
     #[arg(long)]
     json: bool,
     #[arg(long, default_value = "auto")]
     device: String,
 }
 
-#[derive(Serialize)]
-struct Prediction {
-    image: String,
-    top: Vec<(String, f64)>,
-}
-
 pub fn predict(a: PredictArgs) -> Result<()> {
     crate::train::parallel::refuse_launch("convkit predict")?;
+    if a.batch == 0 || a.top == 0 {
+        anyhow::bail!("--batch and --top must be at least 1");
+    }
     let device = train::parse_device(&a.device)?;
-    let ck = TrainedRun::open(&a.checkpoint)?;
-    let model = ck.model(device)?;
-    let aug = ck.normaliser(device);
-    let size = ck.image_size() as u32;
-    let channels = ck.in_channels();
-    let mut out = Vec::new();
-    for path in &a.images {
-        let mut img = load_image(path, size)?;
-        if channels == 1 {
-            img = img
-                .to_kind(Kind::Float)
-                .mean_dim(3, true, Kind::Float)
-                .round()
-                .to_kind(Kind::Uint8);
-        }
-        let logits = predict_logits(
-            &model,
-            &aug.eval_batch(&img.to_device(device)),
-            Default::default(),
-            false,
+    let run = TrainedRun::open(&a.checkpoint)?;
+    let inputs = predict::collect_inputs(&a.images)?;
+    if let Some(note) = inputs.skipped.describe() {
+        eprintln!("predict: {note}");
+    }
+    let predictor = predict::Predictor::new(&run, device)?;
+    let n = inputs.files.len();
+    let bar = progress::steps_bar(n as u64, "predict".into(), progress::wanted());
+    let start = Instant::now();
+    let opts = predict::Options {
+        batch: a.batch,
+        top_k: a.top,
+    };
+    let rows = predictor.predict(&inputs.files, opts, |done| bar.inc(done as u64));
+    bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    let failed: Vec<&predict::Prediction> = rows.iter().filter(|r| r.error.is_some()).collect();
+    if failed.len() == n {
+        anyhow::bail!(
+            "none of the {n} images could be read; the first: {}: {}",
+            failed[0].image,
+            failed[0].error.as_deref().unwrap_or("")
         );
-        let probs = logits.softmax(1, Kind::Float).squeeze_dim(0);
-        let k = a.top_k.min(ck.classes().len()) as i64;
-        let (p, i) = probs.topk(k, 0, true, true);
-        let p = Vec::<f64>::try_from(p.to_kind(Kind::Double).to_device(tch::Device::Cpu))?;
-        let i = Vec::<i64>::try_from(i.to_device(tch::Device::Cpu))?;
-        let top = i
-            .iter()
-            .zip(p)
-            .map(|(&c, p)| (ck.classes()[c as usize].clone(), p))
-            .collect();
-        out.push(Prediction {
-            image: path.display().to_string(),
-            top,
-        });
+    }
+    if let Some(path) = &a.csv {
+        predict::write_csv(path, &rows, a.top.min(run.classes().len()))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    } else {
-        for p in &out {
-            let items: Vec<String> = p
-                .top
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if a.csv.is_none() {
+        print_rows(&rows);
+    }
+    for r in &failed {
+        eprintln!(
+            "unreadable: {}: {}",
+            r.image,
+            r.error.as_deref().unwrap_or("")
+        );
+    }
+    eprintln!(
+        "predict: {} images classified in {} ({:.1} images/s){}{}",
+        n - failed.len(),
+        crate::util::fmt_seconds(seconds),
+        n as f64 / seconds.max(1e-9),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!("; {} unreadable, listed above", failed.len())
+        },
+        a.csv
+            .as_ref()
+            .map(|p| format!("; {}", p.display()))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn print_rows(rows: &[predict::Prediction]) {
+    for p in rows {
+        if let Some(top) = &p.top {
+            let items: Vec<String> = top
                 .iter()
                 .map(|(c, v)| format!("{c} {:.1}%", 100.0 * v))
                 .collect();
             println!("{}: {}", p.image, items.join(", "));
         }
     }
-    Ok(())
 }

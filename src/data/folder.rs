@@ -125,7 +125,7 @@ fn entries(dir: &Path, skipped: &mut Skipped) -> Result<Vec<(PathBuf, bool)>> {
 
 /// Every image file under `dir`, in sub-folders too, sorted. Links are followed and each real
 /// folder is read once, so a link back to a parent cannot loop.
-fn walk_images(dir: &Path, skipped: &mut Skipped) -> Result<Vec<PathBuf>> {
+pub fn walk_images(dir: &Path, skipped: &mut Skipped) -> Result<Vec<PathBuf>> {
     walk_images_upto(dir, skipped, usize::MAX)
 }
 
