@@ -32,6 +32,12 @@ if ! "$py" -c "import torchvision,sys; sys.exit(0 if torchvision.__version__.sta
   echo "setup: installing torchvision==0.26.0 from PyPI into .venv (for the tests' fixtures)" >&2
   "$py" -m pip install --quiet --disable-pip-version-check --no-deps "torchvision==0.26.0"
 fi
+# onnxruntime and safetensors: the export tests run convkit's ONNX files in a second runtime and
+# load its safetensors files with the safetensors package into torchvision's models.
+if ! "$py" -c "import onnxruntime, safetensors" 2>/dev/null; then
+  echo "setup: installing onnxruntime and safetensors from PyPI into .venv (for the export tests)" >&2
+  "$py" -m pip install --quiet --disable-pip-version-check onnxruntime safetensors
+fi
 # NCCL for data-parallel training on GPUs: ProcessGroupNCCL.hpp needs CUDA headers that the
 # CUDA runtime wheel lacks (crt/, cccl/); build.rs compiles the NCCL part when they are there.
 cuda="$("$py" -c 'import torch;print(torch.version.cuda or "")')"

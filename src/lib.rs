@@ -15,6 +15,7 @@ pub mod data;
 pub mod dist;
 pub mod error;
 pub mod experiment;
+pub mod export;
 pub mod finetune;
 pub mod inspect;
 pub mod metrics;

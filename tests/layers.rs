@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Lowest first. Kept equal to the `layers:` line of docs/ARCHITECTURE.md.
-const LAYERS: [&str; 23] = [
+const LAYERS: [&str; 24] = [
     "util",
     "pickle",
     "metrics",
@@ -28,6 +28,7 @@ const LAYERS: [&str; 23] = [
     "probe",
     "finetune",
     "predict",
+    "export",
     "experiment",
     "bench",
     "cli",

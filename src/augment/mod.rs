@@ -284,7 +284,13 @@ impl Augmenter {
 
     /// u8 NHWC -> normalised float NCHW, without augmentation (evaluation).
     pub fn eval_batch(&self, images: &Tensor) -> Tensor {
-        self.resized(self.normalise(&to_float_nchw(images)))
+        self.network_input(&to_float_nchw(images))
+    }
+
+    /// Float NCHW images in [0, 1] as the network takes them in evaluation: normalised, and
+    /// resized when `resize` is set (what exported models compute first).
+    pub fn network_input(&self, x: &Tensor) -> Tensor {
+        self.resized(self.normalise(x))
     }
 
     fn resized(&self, x: Tensor) -> Tensor {

@@ -1,6 +1,7 @@
 //! The command line: argument structures and a thin layer over the library.
 
 mod experiment;
+mod export;
 mod inspect;
 mod predict;
 mod tools;
@@ -59,6 +60,8 @@ enum Command {
     Eval(predict::EvalArgs),
     /// Classify image files with a checkpoint
     Predict(predict::PredictArgs),
+    /// Export a run for other runtimes: ONNX, TorchScript or safetensors with torchvision's names
+    Export(export::ExportArgs),
     /// Layer-by-layer output shapes, parameters and FLOPs of a model
     Summary(tools::SummaryArgs),
     /// Download data sets or decode a source into the cache
@@ -85,6 +88,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Inspect(a) => inspect::inspect(a),
         Command::Eval(a) => predict::eval(a),
         Command::Predict(a) => predict::predict(a),
+        Command::Export(a) => export::export(a),
         Command::Summary(a) => tools::summary(a),
         Command::Data(a) => tools::data(a),
         Command::Bench(a) => tools::bench(a),

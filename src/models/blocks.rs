@@ -3,42 +3,10 @@
 //! torchvision's `ops.SqueezeExcitation`), stochastic depth (Huang et al. 2016, `ops.
 //! StochasticDepth` in "row" mode) and LayerNorm over channels (ConvNeXt's `LayerNorm2d`).
 
-use super::layers::{Bn, Conv, Ctx, LayerInfo};
+use super::layers::{Bn, Conv, Ctx, LayerInfo, Op, mean_hw_keepdim, mul};
 use tch::{Tensor, nn};
 
-/// An activation function, as the blocks name them.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Act {
-    Relu,
-    /// min(max(x, 0), 6): MobileNetV2.
-    Relu6,
-    /// x * relu6(x + 3) / 6: MobileNetV3 (Howard et al. 2019).
-    HardSwish,
-    /// x * sigmoid(x) (also called swish): EfficientNet.
-    Silu,
-    /// relu6(x + 3) / 6: MobileNetV3's squeeze-and-excitation gate.
-    HardSigmoid,
-    Sigmoid,
-    /// The exact (erf) GELU: ConvNeXt.
-    Gelu,
-    None,
-}
-
-impl Act {
-    /// The activation of `x`, elementwise.
-    pub fn apply(self, x: Tensor) -> Tensor {
-        match self {
-            Act::Relu => x.relu(),
-            Act::Relu6 => x.relu6(),
-            Act::HardSwish => x.hardswish(),
-            Act::Silu => x.silu(),
-            Act::HardSigmoid => x.hardsigmoid(),
-            Act::Sigmoid => x.sigmoid(),
-            Act::Gelu => x.gelu("none"),
-            Act::None => x,
-        }
-    }
-}
+pub use super::layers::Act;
 
 /// BatchNorm settings in PyTorch's convention (`momentum` is the weight of a new batch
 /// statistic): each family keeps its own.
@@ -110,7 +78,7 @@ impl ConvBnAct {
     /// `[B, cin, H, W]` -> `[B, cout, H / stride, W / stride]`.
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
         let y = self.bn.forward(&self.conv.forward(x, ctx), ctx);
-        self.act.apply(y)
+        self.act.apply(y, ctx)
     }
 }
 
@@ -136,9 +104,10 @@ impl SqueezeExcitation {
         }
     }
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
-        let s = x.mean_dim([2i64, 3].as_slice(), true, x.kind());
-        let s = self.act.apply(self.fc1.forward(&s, ctx));
-        x * self.gate.apply(self.fc2.forward(&s, ctx))
+        let s = self
+            .act
+            .apply(self.fc1.forward(&mean_hw_keepdim(x, ctx), ctx), ctx);
+        mul(x, &self.gate.apply(self.fc2.forward(&s, ctx), ctx), ctx)
     }
 }
 
@@ -216,6 +185,15 @@ impl LayerNorm {
         } else {
             norm(&x.permute([0, 2, 3, 1])).permute([0, 3, 1, 2])
         };
+        if ctx.is_recording() {
+            let op = Op::LayerNorm {
+                weight: self.weight.shallow_clone(),
+                bias: self.bias.shallow_clone(),
+                eps: self.eps,
+                channels: !self.channels_last,
+            };
+            ctx.op(op, &[x], &y);
+        }
         ctx.record(|| LayerInfo {
             name: self.name.clone(),
             kind: "layernorm",

@@ -1,7 +1,7 @@
 //! Plain convolutional networks: the chapter's conv-BN-ReLU-pool stack, the benchmark net
 //! "Net8", and an airbench-style fast net.
 
-use super::layers::{Bn, Conv, Ctx, Fc, global_avg_pool, global_max_pool, max_pool};
+use super::layers::{Act, Bn, Conv, Ctx, Fc, add, global_avg_pool, global_max_pool, max_pool};
 use super::{Network, Part};
 use tch::{Tensor, nn};
 
@@ -39,7 +39,7 @@ impl Network for PlainCnn {
         let mut x = x.shallow_clone();
         for (i, (conv, bn)) in self.stages.iter().enumerate() {
             let name = format!("features.{i}");
-            x = bn.forward(&conv.forward(&x, ctx), ctx).relu();
+            x = Act::Relu.apply(bn.forward(&conv.forward(&x, ctx), ctx), ctx);
             x = max_pool(&x, 2, 2, 0, &format!("{name}.pool"), ctx);
             ctx.stage(&name, &x);
         }
@@ -68,7 +68,7 @@ impl ConvBn {
         )
     }
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
-        self.1.forward(&self.0.forward(x, ctx), ctx).relu()
+        Act::Relu.apply(self.1.forward(&self.0.forward(x, ctx), ctx), ctx)
     }
 }
 
@@ -111,7 +111,7 @@ impl Network for Net8 {
             // The block's second BN output joins the shortcut before its ReLU.
             let y = r1.forward(&x, ctx);
             let y = r2.1.forward(&r2.0.forward(&y, ctx), ctx);
-            x = (y + &x).relu();
+            x = Act::Relu.apply(add(&y, &x, ctx), ctx);
             ctx.stage(&format!("stages.{i}"), &x);
         }
         global_avg_pool(&x, ctx)
@@ -165,14 +165,14 @@ pub fn airnet(p: &nn::Path, in_ch: i64, classes: i64, widths: &[i64]) -> AirNet 
 
 impl Network for AirNet {
     fn features(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
-        let mut x = self.whiten.forward(x, ctx).gelu("none");
+        let mut x = Act::Gelu.apply(self.whiten.forward(x, ctx), ctx);
         ctx.stage("stem", &x);
         for (i, (c1, b1, c2, b2)) in self.groups.iter().enumerate() {
             let name = format!("groups.{i}");
             x = c1.forward(&x, ctx);
             x = max_pool(&x, 2, 2, 0, &format!("{name}.pool"), ctx);
-            x = b1.forward(&x, ctx).gelu("none");
-            x = b2.forward(&c2.forward(&x, ctx), ctx).gelu("none");
+            x = Act::Gelu.apply(b1.forward(&x, ctx), ctx);
+            x = Act::Gelu.apply(b2.forward(&c2.forward(&x, ctx), ctx), ctx);
             ctx.stage(&name, &x);
         }
         global_max_pool(&x, ctx)

@@ -33,6 +33,121 @@ pub struct Ctx {
     pub bn_sync: Option<std::rc::Rc<BnSync>>,
     trace: Option<RefCell<Vec<LayerInfo>>>,
     stages: Option<RefCell<Vec<(String, Tensor)>>>,
+    ops: Option<RefCell<Vec<Recorded>>>,
+}
+
+/// What one recorded operation computes (eval mode), with its parameters: enough to write it
+/// in another runtime's terms (ONNX). Shapes are PyTorch's.
+#[derive(Debug)]
+pub enum Op {
+    /// `weight` `[out, in / groups, k, k]`, square `stride` and `padding`.
+    Conv {
+        weight: Tensor,
+        bias: Option<Tensor>,
+        stride: i64,
+        padding: i64,
+        groups: i64,
+    },
+    /// Evaluation-mode BatchNorm over dimension 1.
+    BatchNorm {
+        weight: Tensor,
+        bias: Tensor,
+        mean: Tensor,
+        var: Tensor,
+        eps: f64,
+    },
+    /// `y = (x W^T + b) * scale` over the last dimension; `weight` `[out, in]`.
+    Linear {
+        weight: Tensor,
+        bias: Option<Tensor>,
+        scale: f64,
+    },
+    /// LayerNorm over dimension 1 (`channels`) or over the last dimension.
+    LayerNorm {
+        weight: Tensor,
+        bias: Tensor,
+        eps: f64,
+        channels: bool,
+    },
+    Act(Act),
+    Add,
+    Mul,
+    Concat {
+        axis: i64,
+    },
+    /// Mean over dimensions 2 and 3.
+    MeanHw {
+        keepdim: bool,
+    },
+    /// Maximum over dimensions 2 and 3.
+    MaxHw {
+        keepdim: bool,
+    },
+    MaxPool {
+        kernel: i64,
+        stride: i64,
+        padding: i64,
+    },
+    AvgPool {
+        kernel: i64,
+        stride: i64,
+    },
+    /// Adaptive average pooling to `size` x `size`.
+    AdaptiveAvgPool {
+        size: i64,
+    },
+    /// Flattens dimensions 1.. into one.
+    Flatten,
+    Permute(Vec<i64>),
+    /// Every second row and column, and `extra` zero channels split around the input's
+    /// (the parameter-free shortcut of He et al.'s CIFAR ResNets, option A).
+    SubsamplePadChannels {
+        extra: i64,
+    },
+}
+
+/// An operation of a forward pass with the tensors it read and the one it made.
+#[derive(Debug)]
+pub struct Recorded {
+    pub op: Op,
+    pub inputs: Vec<Tensor>,
+    pub output: Tensor,
+}
+
+/// An activation function, as the layers name them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Act {
+    Relu,
+    /// min(max(x, 0), 6): MobileNetV2.
+    Relu6,
+    /// x * relu6(x + 3) / 6: MobileNetV3 (Howard et al. 2019).
+    HardSwish,
+    /// x * sigmoid(x) (also called swish): EfficientNet.
+    Silu,
+    /// relu6(x + 3) / 6: MobileNetV3's squeeze-and-excitation gate.
+    HardSigmoid,
+    Sigmoid,
+    /// The exact (erf) GELU: ConvNeXt, airbench.
+    Gelu,
+    None,
+}
+
+impl Act {
+    /// The activation of `x`, elementwise.
+    pub fn apply(self, x: Tensor, ctx: &Ctx) -> Tensor {
+        let y = match self {
+            Act::Relu => x.relu(),
+            Act::Relu6 => x.relu6(),
+            Act::HardSwish => x.hardswish(),
+            Act::Silu => x.silu(),
+            Act::HardSigmoid => x.hardsigmoid(),
+            Act::Sigmoid => x.sigmoid(),
+            Act::Gelu => x.gelu("none"),
+            Act::None => return x,
+        };
+        ctx.op(Op::Act(self), &[&x], &y);
+        y
+    }
 }
 
 impl Ctx {
@@ -87,6 +202,29 @@ impl Ctx {
     pub fn take_stages(&self) -> Vec<(String, Tensor)> {
         self.stages.as_ref().map(|t| t.take()).unwrap_or_default()
     }
+    /// Evaluation mode, recording every operation with its inputs and output (for export).
+    pub fn recording() -> Self {
+        Ctx {
+            ops: Some(RefCell::new(Vec::new())),
+            ..Default::default()
+        }
+    }
+    /// Records `op` when recording.
+    pub fn op(&self, op: Op, inputs: &[&Tensor], output: &Tensor) {
+        if let Some(ops) = &self.ops {
+            ops.borrow_mut().push(Recorded {
+                op,
+                inputs: inputs.iter().map(|t| t.shallow_clone()).collect(),
+                output: output.shallow_clone(),
+            });
+        }
+    }
+    pub fn is_recording(&self) -> bool {
+        self.ops.is_some()
+    }
+    pub fn take_ops(&self) -> Vec<Recorded> {
+        self.ops.as_ref().map(|t| t.take()).unwrap_or_default()
+    }
 }
 
 fn numel(shape: &[i64]) -> i64 {
@@ -101,6 +239,7 @@ pub struct Conv {
     pub kernel: i64,
     pub stride: i64,
     pub padding: i64,
+    pub groups: i64,
 }
 
 impl Conv {
@@ -199,11 +338,22 @@ impl Conv {
             kernel,
             stride,
             padding,
+            groups,
         }
     }
 
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
         let y = self.inner.forward(x);
+        if ctx.is_recording() {
+            let op = Op::Conv {
+                weight: self.inner.ws.shallow_clone(),
+                bias: self.inner.bs.as_ref().map(Tensor::shallow_clone),
+                stride: self.stride,
+                padding: self.padding,
+                groups: self.groups,
+            };
+            ctx.op(op, &[x], &y);
+        }
         ctx.record(|| {
             let (ins, outs) = (x.size(), y.size());
             let params = self.inner.ws.numel() as i64
@@ -261,6 +411,26 @@ impl Bn {
             (Some(sync), true) => self.forward_synced(x, sync),
             _ => self.inner.forward_t(x, train),
         };
+        if ctx.is_recording() {
+            let op = Op::BatchNorm {
+                weight: self
+                    .inner
+                    .ws
+                    .as_ref()
+                    .expect("affine BatchNorm")
+                    .shallow_clone(),
+                bias: self
+                    .inner
+                    .bs
+                    .as_ref()
+                    .expect("affine BatchNorm")
+                    .shallow_clone(),
+                mean: self.inner.running_mean.shallow_clone(),
+                var: self.inner.running_var.shallow_clone(),
+                eps: self.eps,
+            };
+            ctx.op(op, &[x], &y);
+        }
         ctx.record(|| LayerInfo {
             name: self.name.clone(),
             kind: "batchnorm",
@@ -379,6 +549,14 @@ impl Fc {
         if self.scale != 1.0 {
             y *= self.scale;
         }
+        if ctx.is_recording() {
+            let op = Op::Linear {
+                weight: self.inner.ws.shallow_clone(),
+                bias: self.inner.bs.as_ref().map(Tensor::shallow_clone),
+                scale: self.scale,
+            };
+            ctx.op(op, &[x], &y);
+        }
         ctx.record(|| {
             let w = self.inner.ws.size();
             LayerInfo {
@@ -400,6 +578,12 @@ impl Fc {
 /// Max pooling, recorded for the summary.
 pub fn max_pool(x: &Tensor, k: i64, s: i64, pad: i64, name: &str, ctx: &Ctx) -> Tensor {
     let y = x.max_pool2d([k, k], [s, s], [pad, pad], [1, 1], false);
+    let op = Op::MaxPool {
+        kernel: k,
+        stride: s,
+        padding: pad,
+    };
+    ctx.op(op, &[x], &y);
     ctx.record(|| LayerInfo {
         name: name.to_string(),
         kind: "maxpool",
@@ -415,12 +599,14 @@ pub fn max_pool(x: &Tensor, k: i64, s: i64, pad: i64, name: &str, ctx: &Ctx) -> 
 /// Global average pooling to a `[B, C]` feature vector.
 pub fn global_avg_pool(x: &Tensor, ctx: &Ctx) -> Tensor {
     let y = x.mean_dim([2i64, 3].as_slice(), false, x.kind());
+    ctx.op(Op::MeanHw { keepdim: false }, &[x], &y);
     record_pool(y, "avgpool", ctx)
 }
 
 /// Global max pooling to a `[B, C]` feature vector.
 pub fn global_max_pool(x: &Tensor, ctx: &Ctx) -> Tensor {
     let y = x.amax([2i64, 3].as_slice(), false);
+    ctx.op(Op::MaxHw { keepdim: false }, &[x], &y);
     record_pool(y, "maxpool", ctx)
 }
 
@@ -434,5 +620,68 @@ fn record_pool(y: Tensor, name: &str, ctx: &Ctx) -> Tensor {
         dense_params: None,
         window: None,
     });
+    y
+}
+
+/// `a + b` (broadcasting), recorded.
+pub fn add(a: &Tensor, b: &Tensor, ctx: &Ctx) -> Tensor {
+    let y = a + b;
+    ctx.op(Op::Add, &[a, b], &y);
+    y
+}
+
+/// `a * b` (broadcasting), recorded.
+pub fn mul(a: &Tensor, b: &Tensor, ctx: &Ctx) -> Tensor {
+    let y = a * b;
+    ctx.op(Op::Mul, &[a, b], &y);
+    y
+}
+
+/// The tensors joined along `axis`, recorded.
+pub fn cat(xs: &[&Tensor], axis: i64, ctx: &Ctx) -> Tensor {
+    let y = Tensor::cat(xs, axis);
+    ctx.op(Op::Concat { axis }, xs, &y);
+    y
+}
+
+/// The mean over the spatial dimensions, kept as 1 x 1 (squeeze-and-excitation), recorded.
+pub fn mean_hw_keepdim(x: &Tensor, ctx: &Ctx) -> Tensor {
+    let y = x.mean_dim([2i64, 3].as_slice(), true, x.kind());
+    ctx.op(Op::MeanHw { keepdim: true }, &[x], &y);
+    y
+}
+
+/// `k` x `k` average pooling with stride `s`, no padding, recorded.
+pub fn avg_pool(x: &Tensor, k: i64, s: i64, ctx: &Ctx) -> Tensor {
+    let y = x.avg_pool2d([k, k], [s, s], [0, 0], false, true, None::<i64>);
+    ctx.op(
+        Op::AvgPool {
+            kernel: k,
+            stride: s,
+        },
+        &[x],
+        &y,
+    );
+    y
+}
+
+/// Adaptive average pooling to `size` x `size` (VGG's 7 x 7), recorded.
+pub fn adaptive_avg_pool(x: &Tensor, size: i64, ctx: &Ctx) -> Tensor {
+    let y = x.adaptive_avg_pool2d([size, size]);
+    ctx.op(Op::AdaptiveAvgPool { size }, &[x], &y);
+    y
+}
+
+/// Dimensions 1.. flattened into one, recorded.
+pub fn flatten(x: &Tensor, ctx: &Ctx) -> Tensor {
+    let y = x.flatten(1, -1);
+    ctx.op(Op::Flatten, &[x], &y);
+    y
+}
+
+/// The dimensions reordered, recorded.
+pub fn permute(x: &Tensor, dims: &[i64], ctx: &Ctx) -> Tensor {
+    let y = x.permute(dims);
+    ctx.op(Op::Permute(dims.to_vec()), &[x], &y);
     y
 }

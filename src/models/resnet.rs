@@ -2,7 +2,7 @@
 //! `layer2.0.downsample.0`, `fc`), so torchvision and timm state dicts load without renaming;
 //! and the CIFAR ResNets of He et al. 2016, section 4.2, with and without shortcuts.
 
-use super::layers::{Bn, Conv, Ctx, Fc, global_avg_pool, max_pool};
+use super::layers::{Act, Bn, Conv, Ctx, Fc, Op, add, global_avg_pool, max_pool};
 use super::{Network, Part, Stem};
 use tch::{Tensor, nn};
 
@@ -28,7 +28,9 @@ impl Shortcut {
             Shortcut::PadChannels { extra } => {
                 let sub = x.slice(2, 0, None, 2).slice(3, 0, None, 2);
                 let half = extra / 2;
-                Some(sub.constant_pad_nd([0, 0, 0, 0, half, extra - half]))
+                let y = sub.constant_pad_nd([0, 0, 0, 0, half, extra - half]);
+                ctx.op(Op::SubsamplePadChannels { extra: *extra }, &[x], &y);
+                Some(y)
             }
             Shortcut::Projection(p) => Some(p.1.forward(&p.0.forward(x, ctx), ctx)),
         }
@@ -67,7 +69,7 @@ impl Block {
                 bn2,
                 shortcut,
             } => {
-                let y = bn1.forward(&conv1.forward(x, ctx), ctx).relu();
+                let y = Act::Relu.apply(bn1.forward(&conv1.forward(x, ctx), ctx), ctx);
                 (bn2.forward(&conv2.forward(&y, ctx), ctx), shortcut)
             }
             Block::Bottleneck {
@@ -79,14 +81,14 @@ impl Block {
                 bn3,
                 shortcut,
             } => {
-                let y = bn1.forward(&conv1.forward(x, ctx), ctx).relu();
-                let y = bn2.forward(&conv2.forward(&y, ctx), ctx).relu();
+                let y = Act::Relu.apply(bn1.forward(&conv1.forward(x, ctx), ctx), ctx);
+                let y = Act::Relu.apply(bn2.forward(&conv2.forward(&y, ctx), ctx), ctx);
                 (bn3.forward(&conv3.forward(&y, ctx), ctx), shortcut)
             }
         };
         match shortcut.apply(x, ctx) {
-            Some(s) => (out + s).relu(),
-            None => out.relu(),
+            Some(s) => Act::Relu.apply(add(&out, &s, ctx), ctx),
+            None => Act::Relu.apply(out, ctx),
         }
     }
 }
@@ -149,7 +151,7 @@ pub struct ResNet {
 
 impl Network for ResNet {
     fn features(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
-        let mut x = self.bn1.forward(&self.conv1.forward(x, ctx), ctx).relu();
+        let mut x = Act::Relu.apply(self.bn1.forward(&self.conv1.forward(x, ctx), ctx), ctx);
         if self.stem_pool {
             x = max_pool(&x, 3, 2, 1, "maxpool", ctx);
         }

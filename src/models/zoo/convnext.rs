@@ -3,7 +3,7 @@
 //! depth, with torchvision's state-dict keys.
 
 use crate::models::blocks::{Act, LayerNorm, layer_scale, stochastic_depth};
-use crate::models::layers::{Conv, Ctx, Fc, global_avg_pool};
+use crate::models::layers::{Conv, Ctx, Fc, add, global_avg_pool, mul, permute};
 use crate::models::{Network, Part};
 use tch::{Tensor, nn};
 
@@ -63,11 +63,15 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
-        let y = self.depthwise.forward(x, ctx).permute([0, 2, 3, 1]);
+        let y = permute(&self.depthwise.forward(x, ctx), &[0, 2, 3, 1], ctx);
         let y = self.norm.forward(&y, ctx);
-        let y = Act::Gelu.apply(self.fc1.forward(&y, ctx));
-        let y = self.fc2.forward(&y, ctx).permute([0, 3, 1, 2]);
-        stochastic_depth(&self.scale * y, self.drop, ctx) + x
+        let y = Act::Gelu.apply(self.fc1.forward(&y, ctx), ctx);
+        let y = permute(&self.fc2.forward(&y, ctx), &[0, 3, 1, 2], ctx);
+        add(
+            &stochastic_depth(mul(&self.scale, &y, ctx), self.drop, ctx),
+            x,
+            ctx,
+        )
     }
 }
 

@@ -5,7 +5,7 @@
 use crate::models::blocks::{
     Act, BnCfg, ConvBnAct, Geometry, SqueezeExcitation, make_divisible, stochastic_depth,
 };
-use crate::models::layers::{Ctx, Fc, global_avg_pool};
+use crate::models::layers::{Ctx, Fc, add, global_avg_pool};
 use crate::models::{Network, Part};
 use tch::{Tensor, nn};
 
@@ -155,7 +155,7 @@ impl Block {
             };
         }
         if self.residual {
-            stochastic_depth(y, self.drop, ctx) + x
+            add(&stochastic_depth(y, self.drop, ctx), x, ctx)
         } else {
             y
         }

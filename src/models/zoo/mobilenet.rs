@@ -5,7 +5,7 @@
 use crate::models::blocks::{
     Act, BnCfg, ConvBnAct, Geometry, SqueezeExcitation, make_divisible, normal,
 };
-use crate::models::layers::{Bn, Conv, Ctx, Fc, global_avg_pool};
+use crate::models::layers::{Bn, Conv, Ctx, Fc, add, global_avg_pool};
 use crate::models::{Network, Part};
 use tch::{Tensor, nn};
 
@@ -65,7 +65,7 @@ impl InvertedResidual {
             .project
             .1
             .forward(&self.project.0.forward(&y, ctx), ctx);
-        if self.residual { y + x } else { y }
+        if self.residual { add(&y, x, ctx) } else { y }
     }
 }
 
@@ -186,7 +186,7 @@ impl V3Block {
             y = se.forward(&y, ctx);
         }
         y = self.project.forward(&y, ctx);
-        if self.residual { y + x } else { y }
+        if self.residual { add(&y, x, ctx) } else { y }
     }
 }
 
@@ -317,7 +317,9 @@ impl Network for MobileNetV3 {
         x = self.last.forward(&x, ctx);
         ctx.stage("conv_last", &x);
         let x = global_avg_pool(&x, ctx);
-        self.fc.forward(&x, ctx).hardswish().dropout(0.2, ctx.train)
+        Act::HardSwish
+            .apply(self.fc.forward(&x, ctx), ctx)
+            .dropout(0.2, ctx.train)
     }
     fn classifier(&self) -> &Fc {
         &self.head

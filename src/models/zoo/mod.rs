@@ -13,7 +13,9 @@ pub use mobilenet::{MobileNetV2, MobileNetV3, mobilenet_v2, mobilenet_v3};
 pub use regnet::{RegNet, regnet_y_800mf};
 
 use super::blocks::normal;
-use super::layers::{Bn, Conv, Ctx, Fc, global_avg_pool, max_pool};
+use super::layers::{
+    Act, Bn, Conv, Ctx, Fc, adaptive_avg_pool, avg_pool, cat, flatten, global_avg_pool, max_pool,
+};
 use super::{Network, Part};
 use tch::{Tensor, nn};
 
@@ -71,14 +73,18 @@ impl Network for Vgg {
         let mut x = x.shallow_clone();
         for (i, (stage, pool)) in self.stages.iter().zip(&self.pools).enumerate() {
             for (conv, bn) in stage {
-                x = bn.forward(&conv.forward(&x, ctx), ctx).relu();
+                x = Act::Relu.apply(bn.forward(&conv.forward(&x, ctx), ctx), ctx);
             }
             x = max_pool(&x, 2, 2, 0, &format!("features.{pool}"), ctx);
             ctx.stage(&format!("stage{}", i + 1), &x);
         }
-        let x = x.adaptive_avg_pool2d([7, 7]).flatten(1, -1);
-        let x = self.fc1.forward(&x, ctx).relu().dropout(0.5, ctx.train);
-        self.fc2.forward(&x, ctx).relu().dropout(0.5, ctx.train)
+        let x = flatten(&adaptive_avg_pool(&x, 7, ctx), ctx);
+        let x = Act::Relu
+            .apply(self.fc1.forward(&x, ctx), ctx)
+            .dropout(0.5, ctx.train);
+        Act::Relu
+            .apply(self.fc2.forward(&x, ctx), ctx)
+            .dropout(0.5, ctx.train)
     }
     fn classifier(&self) -> &Fc {
         &self.head
@@ -127,9 +133,13 @@ impl DenseLayer {
         }
     }
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
-        let y = self.conv1.forward(&self.norm1.forward(x, ctx).relu(), ctx);
-        let y = self.conv2.forward(&self.norm2.forward(&y, ctx).relu(), ctx);
-        Tensor::cat(&[x.shallow_clone(), y], 1)
+        let y = self
+            .conv1
+            .forward(&Act::Relu.apply(self.norm1.forward(x, ctx), ctx), ctx);
+        let y = self
+            .conv2
+            .forward(&Act::Relu.apply(self.norm2.forward(&y, ctx), ctx), ctx);
+        cat(&[x, &y], 1, ctx)
     }
 }
 
@@ -192,7 +202,7 @@ pub fn densenet121(p: &nn::Path, in_ch: i64, classes: i64) -> DenseNet {
 
 impl Network for DenseNet {
     fn features(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
-        let x = self.norm0.forward(&self.conv0.forward(x, ctx), ctx).relu();
+        let x = Act::Relu.apply(self.norm0.forward(&self.conv0.forward(x, ctx), ctx), ctx);
         let mut x = max_pool(&x, 3, 2, 1, "features.pool0", ctx);
         ctx.stage("stem", &x);
         for (i, block) in self.blocks.iter().enumerate() {
@@ -201,10 +211,12 @@ impl Network for DenseNet {
             }
             match self.transitions.get(i) {
                 Some(t) => {
-                    x = t.conv.forward(&t.norm.forward(&x, ctx).relu(), ctx);
-                    x = x.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>);
+                    x = t
+                        .conv
+                        .forward(&Act::Relu.apply(t.norm.forward(&x, ctx), ctx), ctx);
+                    x = avg_pool(&x, 2, 2, ctx);
                 }
-                None => x = self.norm5.forward(&x, ctx).relu(),
+                None => x = Act::Relu.apply(self.norm5.forward(&x, ctx), ctx),
             }
             ctx.stage(&format!("stage{}", i + 1), &x);
         }

@@ -3,7 +3,7 @@
 //! rule, with torchvision's state-dict keys.
 
 use crate::models::blocks::{Act, BnCfg, ConvBnAct, Geometry, SqueezeExcitation, normal};
-use crate::models::layers::{Ctx, Fc, global_avg_pool};
+use crate::models::layers::{Ctx, Fc, add, global_avg_pool};
 use crate::models::{Network, Part};
 use tch::{Tensor, nn};
 
@@ -66,7 +66,7 @@ impl Block {
             Some(p) => p.forward(x, ctx),
             None => x.shallow_clone(),
         };
-        (shortcut + y).relu()
+        Act::Relu.apply(add(&shortcut, &y, ctx), ctx)
     }
 }
 
