@@ -9,6 +9,10 @@
 #   zoo       feature extraction at 224 px, batch 16, of mobilenet_v3_large, efficientnet_b0
 #             and convnext_tiny against torchvision's own models (last linear layer removed),
 #             channels-last in both                          (target: >= 0.95x img/s each)
+#   predict   `convkit predict RUN FOLDER` over the 10,000 test images of $CIFAR10_JPEG against
+#             bench/predict_reference.py (the run's TorchScript export in PyTorch, a DataLoader
+#             with PIL decoding, 2 workers), same batch 64     (target: >= 0.95x img/s)
+#             RUN: $PREDICT_RUN, or a ResNet-20 trained for 1 epoch on 5,000 images first
 #   train     Net8 training, batch 128 (printed last as `ratio: X`)
 #   airbench  time to 80% test accuracy, cifar10-airbench-cpu recipe against
 #             bench/airbench_reference.py (airbench94 in PyTorch, same widths, batch, epochs),
@@ -62,6 +66,26 @@ if wanted zoo; then
     echo "median feature extraction ($m, 224 px, batch 16): convkit $mo img/s, pytorch $mt img/s"
     echo "$m features ratio (convkit / pytorch, target >= 0.95): $(ratio "$mo" "$mt")"
   done
+fi
+if wanted predict; then
+  jpeg="${CIFAR10_JPEG:-../shared/data/cifar10-jpeg}"
+  run="${PREDICT_RUN:-runs/compare-predict}"
+  if [ -z "${PREDICT_RUN:-}" ] && [ ! -d "$run/checkpoints" ]; then
+    "$ck" train --model resnet20 --data "$jpeg" --epochs 1 --train-limit 5000 --out "$run" > /dev/null
+  fi
+  "$ck" export "$run" --format torchscript --out runs/compare-cpu/predict-model.pt > /dev/null
+  ours=(); theirs=(); log=runs/compare-cpu
+  for i in $(seq "$rounds"); do
+    "$ck" predict "$run" "$jpeg/test" --batch 64 --csv "$log/predict-$i.csv" 2> "$log/predict-convkit-$i.txt"
+    ours+=("$(grep -o '([0-9.]* images/s)' "$log/predict-convkit-$i.txt" | tr -d '(' | awk '{print $1}')")
+    "$py" bench/predict_reference.py --model runs/compare-cpu/predict-model.pt --data "$jpeg/test" \
+      --batch 64 --threads "$threads" > "$log/predict-pytorch-$i.txt"
+    theirs+=("$(awk '$1=="predict:"{print $2}' "$log/predict-pytorch-$i.txt")")
+    echo "round $i predict: convkit ${ours[-1]}, pytorch ${theirs[-1]}"
+  done
+  mo=$(median "${ours[@]}"); mt=$(median "${theirs[@]}")
+  echo "median folder prediction (10,000 JPEGs, batch 64): convkit $mo img/s, pytorch $mt img/s"
+  echo "predict ratio (convkit / pytorch, target >= 0.95): $(ratio "$mo" "$mt")"
 fi
 if wanted pretrain; then
   compare pretrain "--pretrain --model resnet20 --batch 128 --steps 8 --warmup 2" \

@@ -270,6 +270,51 @@ fn predict_over_a_folder(run: &str, out: &Path) {
     );
 }
 
+/// `convkit export --format onnx` of a trained run, run by onnxruntime on image files as its
+/// sidecar describes (RGB / 255, normalisation inside), gives `convkit predict`'s
+/// probabilities.
+fn exported_onnx_predicts_like_convkit(run: &str, out: &Path) {
+    let onnx = out.join("model.onnx");
+    let (ok, stdout, err) = convkit(&["export", run, "--format", "onnx", "--out", onnx.to_str().unwrap()]);
+    assert!(ok && stdout.contains("normalised inside"), "{err}");
+    let images: Vec<String> = (0..3)
+        .map(|i| {
+            let p = out.join(format!("square{i}.png"));
+            image::RgbImage::from_fn(32, 32, |x, y| {
+                image::Rgb([(x * 8) as u8, (y * 8) as u8, (i * 90) as u8])
+            })
+            .save(&p)
+            .unwrap();
+            p.display().to_string()
+        })
+        .collect();
+    let mut args = vec!["predict", run, "--json", "--top", "10"];
+    args.extend(images.iter().map(String::as_str));
+    let (ok, stdout, err) = convkit(&args);
+    assert!(ok, "{err}");
+    let ours: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx_predict.py");
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let o = Command::new(py).arg(script).arg(&onnx).args(&images).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let theirs: Vec<Vec<f64>> = serde_json::from_slice(&o.stdout).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("model.onnx.json")).unwrap()).unwrap();
+    let classes: Vec<&str> = meta["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    for (row, probs) in ours.iter().zip(&theirs) {
+        for pair in row["top"].as_array().unwrap() {
+            let c = classes.iter().position(|n| *n == pair[0]).unwrap();
+            let p = pair[1].as_f64().unwrap();
+            assert!((p - probs[c]).abs() < 1e-4, "{}: {p} vs {}", pair[0], probs[c]);
+        }
+    }
+}
+
 #[test]
 fn command_line_train_eval_predict_summary() {
     let out = common::temp_dir("train-cli");
@@ -328,6 +373,7 @@ fn command_line_train_eval_predict_summary() {
         "{err}"
     );
     predict_over_a_folder(run_s, &out);
+    exported_onnx_predicts_like_convkit(run_s, &out);
     let (ok, stdout, _) = convkit(&["summary", "resnet18", "--classes", "1000"]);
     assert!(ok && stdout.contains("parameters: 11,689,512"), "{stdout}");
     let (ok, _, err) = convkit(&["train", "--config", "no-such-recipe"]);
