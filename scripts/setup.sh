@@ -34,9 +34,9 @@ if ! "$py" -c "import torchvision,sys; sys.exit(0 if torchvision.__version__.sta
 fi
 # onnxruntime and safetensors: the export tests run convkit's ONNX files in a second runtime and
 # load its safetensors files with the safetensors package into torchvision's models.
-if ! "$py" -c "import onnxruntime, safetensors" 2>/dev/null; then
-  echo "setup: installing onnxruntime and safetensors from PyPI into .venv (for the export tests)" >&2
-  "$py" -m pip install --quiet --disable-pip-version-check onnxruntime safetensors
+if ! "$py" -c "import onnxruntime, safetensors, sys; sys.exit(0 if (onnxruntime.__version__, safetensors.__version__) == ('1.32.0', '0.8.0') else 1)" 2>/dev/null; then
+  echo "setup: installing onnxruntime 1.32.0 and safetensors 0.8.0 from PyPI into .venv (for the export tests)" >&2
+  "$py" -m pip install --quiet --disable-pip-version-check "onnxruntime==1.32.0" "safetensors==0.8.0"
 fi
 # NCCL for data-parallel training on GPUs: ProcessGroupNCCL.hpp needs CUDA headers that the
 # CUDA runtime wheel lacks (crt/, cccl/); build.rs compiles the NCCL part when they are there.

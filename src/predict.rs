@@ -60,7 +60,12 @@ pub struct Prediction {
     pub error: Option<String>,
 }
 
-/// How to predict: images per forward pass and classes reported per image.
+/// The most images decoded and classified at once: a batch of 4,096 images at 224 px holds
+/// 600 MB of pixels before the network's activations.
+pub const MAX_BATCH: usize = 4096;
+
+/// How to predict: images per forward pass (at most [`MAX_BATCH`]) and classes reported per
+/// image.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     pub batch: usize,
@@ -75,6 +80,8 @@ pub struct Predictor<'a> {
 }
 
 impl<'a> Predictor<'a> {
+    /// The run's classifier on `device`.
+    ///
     /// # Errors
     /// The run's model cannot be built or its weights loaded.
     pub fn new(run: &'a TrainedRun, device: Device) -> Result<Self> {
@@ -91,7 +98,7 @@ impl<'a> Predictor<'a> {
         mut done: impl FnMut(usize),
     ) -> Vec<Prediction> {
         let mut out = Vec::with_capacity(files.len());
-        for chunk in files.chunks(opts.batch.max(1)) {
+        for chunk in files.chunks(opts.batch.clamp(1, MAX_BATCH)) {
             out.extend(self.predict_batch(chunk, opts.top_k));
             done(chunk.len());
         }
@@ -137,7 +144,7 @@ impl<'a> Predictor<'a> {
     /// The `k` most probable classes of each u8 image `[N, H, W, 3]`.
     fn top_classes(&self, images: &Tensor, k: usize) -> Vec<Vec<(String, f64)>> {
         let images = if self.run.in_channels() == 1 {
-            to_gray(images)
+            crate::augment::to_grey(images)
         } else {
             images.shallow_clone()
         };
@@ -174,16 +181,6 @@ fn reason(path: &Path, e: crate::data::DataError) -> String {
     let text = e.to_string();
     let name = format!("{}: ", path.display());
     text.strip_prefix(&name).unwrap_or(&text).to_string()
-}
-
-/// Grey images `[N, H, W, 1]` as the mean of the colour channels, rounded (what a
-/// one-channel run was trained on).
-fn to_gray(images: &Tensor) -> Tensor {
-    images
-        .to_kind(Kind::Float)
-        .mean_dim(3, true, Kind::Float)
-        .round()
-        .to_kind(Kind::Uint8)
 }
 
 /// Writes predictions as CSV: `image,class_1,probability_1,...,class_k,probability_k,error`,

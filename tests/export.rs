@@ -1,11 +1,12 @@
 //! Exports checked in a second runtime: every registry model written as ONNX (run by
-//! onnxruntime), TorchScript (run by `torch.jit.load` in the pip torch) and, for torchvision's
+//! onnxruntime), TorchScript (run by `torch.jit.load` in the pip torch and loaded by libtorch
+//! in C++ through tch) and, for torchvision's
 //! models, safetensors (loaded strictly into torchvision's own model), each compared with
 //! convkit's logits on the same batch (tests/fixtures/run_exports.py).
 
 mod common;
 
-use convkit::export::{self, onnx::Preprocess};
+use convkit::export::{self, Preprocess};
 use convkit::models::{self, InputStats, ModelSpec, REGISTRY};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -49,6 +50,11 @@ fn check(dir: &Path, model: &models::Model, pre: &Preprocess, side: i64, torchvi
     );
     Tensor::write_safetensors(&[("input", &x)], file("-input.safetensors")).unwrap();
     let expected = tch::no_grad(|| export::forward_from_unit_range(model, pre, &x));
+    // libtorch in C++ (tch's CModule) loads the TorchScript file too.
+    let module = tch::CModule::load(file(".pt")).unwrap();
+    let from_cpp = tch::no_grad(|| module.forward_ts(&[&x])).unwrap();
+    let err = relative_error(&from_cpp, &expected);
+    assert!(err < 1e-5, "{name} in libtorch C++: relative error {err}");
     let args = [common::fixture("run_exports.py"), dir.into(), name.into()];
     common::python(&args);
     let out = convkit::weights::read(&file("-out.safetensors")).unwrap();

@@ -275,7 +275,14 @@ fn predict_over_a_folder(run: &str, out: &Path) {
 /// probabilities.
 fn exported_onnx_predicts_like_convkit(run: &str, out: &Path) {
     let onnx = out.join("model.onnx");
-    let (ok, stdout, err) = convkit(&["export", run, "--format", "onnx", "--out", onnx.to_str().unwrap()]);
+    let (ok, stdout, err) = convkit(&[
+        "export",
+        run,
+        "--format",
+        "onnx",
+        "--out",
+        onnx.to_str().unwrap(),
+    ]);
     assert!(ok && stdout.contains("normalised inside"), "{err}");
     let images: Vec<String> = (0..3)
         .map(|i| {
@@ -295,7 +302,12 @@ fn exported_onnx_predicts_like_convkit(run: &str, out: &Path) {
     let ours: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx_predict.py");
     let py = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    let o = Command::new(py).arg(script).arg(&onnx).args(&images).output().unwrap();
+    let o = Command::new(py)
+        .arg(script)
+        .arg(&onnx)
+        .args(&images)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let theirs: Vec<Vec<f64>> = serde_json::from_slice(&o.stdout).unwrap();
     let meta: serde_json::Value =
@@ -310,7 +322,12 @@ fn exported_onnx_predicts_like_convkit(run: &str, out: &Path) {
         for pair in row["top"].as_array().unwrap() {
             let c = classes.iter().position(|n| *n == pair[0]).unwrap();
             let p = pair[1].as_f64().unwrap();
-            assert!((p - probs[c]).abs() < 1e-4, "{}: {p} vs {}", pair[0], probs[c]);
+            assert!(
+                (p - probs[c]).abs() < 1e-4,
+                "{}: {p} vs {}",
+                pair[0],
+                probs[c]
+            );
         }
     }
 }

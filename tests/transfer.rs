@@ -87,6 +87,35 @@ fn frozen_groups_stay_put_and_batchnorm_follows_train_bn() {
     }
 }
 
+/// `finetune` keeps the groups the user froze frozen through both phases of
+/// head-then-unfreeze, and refuses the flags where a strategy decides itself.
+#[test]
+fn finetune_honours_freeze_or_refuses_it() {
+    let before = model_tensors(pretrained());
+    let w = weights_arg();
+    let out = common::temp_dir("transfer-finetune-freeze");
+    let cfg = small_config(200, 2, &[&w, "transfer.freeze_to=2"]);
+    finetune::run(cfg, Strategy::HeadThenUnfreeze, &out, &Default::default()).unwrap();
+    let after = model_tensors(&out);
+    let same = |n: &str| get(&before, n).equal(get(&after, n));
+    assert!(same("conv1.weight") && same("layer1.2.conv2.weight"));
+    assert!(!same("layer2.0.conv1.weight"));
+    for strategy in [
+        Strategy::Partial(1),
+        Strategy::LinearProbe,
+        Strategy::Scratch,
+    ] {
+        let cfg = small_config(200, 2, &[&w, "transfer.freeze=[\"stem\"]"]);
+        let err = finetune::run(cfg, strategy, &out.join("x"), &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--freeze") && err.contains(&strategy.to_string()),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn discriminative_rates_spread_like_fastai_and_timm() {
     let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12);

@@ -423,6 +423,16 @@ impl Augmenter {
     }
 }
 
+/// u8 colour images `[N, H, W, 3]` as grey `[N, H, W, 1]`: the rounded mean of the channels,
+/// which is what a one-channel run sees of a colour file.
+pub fn to_grey(images: &Tensor) -> Tensor {
+    images
+        .to_kind(Kind::Float)
+        .mean_dim(3, true, Kind::Float)
+        .round()
+        .to_kind(Kind::Uint8)
+}
+
 /// u8 NHWC -> float NCHW in [0, 1]. The permute keeps channels-last memory, which convolutions
 /// handle as well as or better than NCHW.
 pub fn to_float_nchw(images: &Tensor) -> Tensor {

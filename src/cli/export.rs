@@ -4,7 +4,26 @@ use crate::export::{self, Format};
 use crate::train::TrainedRun;
 use anyhow::Result;
 use clap::Args;
+use clap::ValueEnum;
 use std::path::PathBuf;
+
+/// `--format`'s values, as the command line spells them.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Onnx,
+    Torchscript,
+    Safetensors,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Onnx => Format::Onnx,
+            FormatArg::Torchscript => Format::Torchscript,
+            FormatArg::Safetensors => Format::Safetensors,
+        }
+    }
+}
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
@@ -13,7 +32,7 @@ pub struct ExportArgs {
     /// onnx (opset 17, normalisation inside, dynamic batch), torchscript (for torch.jit.load
     /// and libtorch; normalisation inside) or safetensors (torchvision's state-dict names)
     #[arg(long, value_enum)]
-    format: Format,
+    format: FormatArg,
     /// The file to write; `<FILE>.json` beside it states the input and the classes
     #[arg(long)]
     out: PathBuf,
@@ -22,7 +41,7 @@ pub struct ExportArgs {
 pub fn export(a: ExportArgs) -> Result<()> {
     crate::train::parallel::refuse_launch("convkit export")?;
     let run = TrainedRun::open(&a.run)?;
-    let s = export::export(&run, a.format, &a.out)?;
+    let s = export::export(&run, a.format.into(), &a.out)?;
     let i = &s.input;
     println!(
         "{}: {} ({} classes), input [N, {}, {}, {}] {}{}",

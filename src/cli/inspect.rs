@@ -126,11 +126,7 @@ fn file_tag(name: &str) -> String {
 fn model_input(run: &TrainedRun, path: &Path) -> Result<(Tensor, Tensor)> {
     let mut img = load_image(path, run.image_size() as u32)?;
     if run.in_channels() == 1 {
-        img = img
-            .to_kind(Kind::Float)
-            .mean_dim(3, true, Kind::Float)
-            .round()
-            .to_kind(Kind::Uint8);
+        img = crate::augment::to_grey(&img);
     }
     let x = run.normaliser(Device::Cpu).eval_batch(&img);
     Ok((img, x))

@@ -142,7 +142,7 @@ pub struct PredictArgs {
     #[arg(long, default_value_t = 64)]
     batch: usize,
     /// Also write one row per image to this CSV file (image, class_1, probability_1, ..., error)
-    #[arg(long, conflicts_with = "json")]
+    #[arg(long)]
     csv: Option<PathBuf>,
     /// Print JSON (one object per image: image, top [[class, probability], ...] or error)
     #[arg(long)]
@@ -153,16 +153,25 @@ pub struct PredictArgs {
 
 pub fn predict(a: PredictArgs) -> Result<()> {
     crate::train::parallel::refuse_launch("convkit predict")?;
-    if a.batch == 0 || a.top == 0 {
-        anyhow::bail!("--batch and --top must be at least 1");
+    if !(1..=predict::MAX_BATCH).contains(&a.batch) || a.top == 0 {
+        anyhow::bail!(
+            "--batch must be 1 to {} and --top at least 1",
+            predict::MAX_BATCH
+        );
+    }
+    let csv_dir = a.csv.as_deref().and_then(std::path::Path::parent);
+    if let Some(dir) = csv_dir.filter(|d| !d.as_os_str().is_empty()) {
+        // Found before the images are classified, not after.
+        crate::util::create_dir(dir)
+            .with_context(|| format!("--csv {}", a.csv.as_ref().unwrap().display()))?;
     }
     let device = train::parse_device(&a.device)?;
     let run = TrainedRun::open(&a.checkpoint)?;
+    let predictor = predict::Predictor::new(&run, device)?;
     let inputs = predict::collect_inputs(&a.images)?;
     if let Some(note) = inputs.skipped.describe() {
         eprintln!("predict: {note}");
     }
-    let predictor = predict::Predictor::new(&run, device)?;
     let n = inputs.files.len();
     let bar = progress::steps_bar(n as u64, "predict".into(), progress::wanted());
     let start = Instant::now();
@@ -182,8 +191,15 @@ pub fn predict(a: PredictArgs) -> Result<()> {
         );
     }
     if let Some(path) = &a.csv {
-        predict::write_csv(path, &rows, a.top.min(run.classes().len()))
-            .with_context(|| format!("writing {}", path.display()))?;
+        let k = a.top.min(run.classes().len());
+        if let Err(e) = predict::write_csv(path, &rows, k) {
+            // The predictions are not lost: they go to the terminal instead.
+            print_rows(&rows);
+            anyhow::bail!(
+                "writing {}: {e} (the predictions are printed above)",
+                path.display()
+            );
+        }
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -198,8 +214,8 @@ pub fn predict(a: PredictArgs) -> Result<()> {
         );
     }
     eprintln!(
-        "predict: {} images classified in {} ({:.1} images/s){}{}",
-        n - failed.len(),
+        "predict: {} classified in {} ({:.1} images/s){}{}",
+        crate::util::plural(n - failed.len(), "image"),
         crate::util::fmt_seconds(seconds),
         n as f64 / seconds.max(1e-9),
         if failed.is_empty() {

@@ -520,13 +520,7 @@ pub fn detect_format(path: &Path) -> Result<Format> {
     ))
 }
 
-/// `1 folder`, `2 folders`.
-fn plural(n: usize, what: &str) -> String {
-    match n {
-        1 => format!("1 {what}"),
-        _ => format!("{n} {what}s"),
-    }
-}
+use crate::util::plural;
 
 /// What a folder holds, for an error: `2 folders (a, b) holding 5 .gz files, 1 .txt file`.
 fn describe_contents(dir: &Path) -> String {

@@ -6,6 +6,7 @@
 pub mod onnx;
 mod onnx_proto;
 
+use crate::augment::Augmenter;
 use crate::error::{Error, Result};
 use crate::models::{Ctx, Model};
 use crate::train::TrainedRun;
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 /// The file formats `convkit export` writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// ONNX (opset 17), normalisation inside, dynamic batch.
@@ -25,10 +26,41 @@ pub enum Format {
     Safetensors,
 }
 
+/// What an exported graph does to its input before the network: `(x - mean) / std` per
+/// channel, then a bilinear resize to `resize` x `resize` (PyTorch's `align_corners = False`)
+/// when set: the run's evaluation preprocessing.
+#[derive(Debug, Clone)]
+pub struct Preprocess {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+    pub resize: Option<i64>,
+}
+
+impl Preprocess {
+    /// The run's normalisation and `transfer.resize`.
+    pub fn of(run: &TrainedRun) -> Self {
+        Preprocess {
+            mean: run.checkpoint.meta.mean.clone(),
+            std: run.checkpoint.meta.std.clone(),
+            resize: run.config.transfer.resize,
+        }
+    }
+
+    /// The same computation as convkit's evaluation, on the CPU; its tensors exist before any
+    /// tracing starts (the tracer would record tensors made from host data as zeros).
+    fn augmenter(&self) -> Augmenter {
+        let mut aug = Augmenter::new(vec![], &self.mean, &self.std, Device::Cpu);
+        aug.resize = self.resize;
+        aug
+    }
+}
+
 /// What an exported model expects and returns, written beside it as `<file>.json`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Sidecar {
+    /// The file's format.
     pub format: Format,
+    /// The exported file.
     pub file: String,
     /// The registry model (torchvision's name where it is one).
     pub model: String,
@@ -39,27 +71,30 @@ pub struct Sidecar {
     pub output: String,
     /// The run or checkpoint it came from.
     pub source: String,
+    /// The convkit version that wrote it.
     pub convkit: String,
 }
 
 /// The input of an exported model.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct InputSpec {
-    /// `[N, C, H, W]` with N free.
+    /// `[N, C, H, W]` with N free (-1).
     pub shape: [i64; 4],
     pub dtype: String,
-    /// What the pixel values are.
+    /// What the values are and how they are made from an image.
     pub values: String,
     /// Per-channel mean and standard deviation of the normalisation `(x - mean) / std`.
     pub mean: Vec<f64>,
     pub std: Vec<f64>,
     /// Whether the exported model normalises (and resizes) its input itself.
     pub normalisation_inside: bool,
-    /// A side the model upsamples its input to inside (the run's `transfer.resize`).
+    /// The side images were brought to in training (shorter side resized, centre crop).
+    pub image_side: i64,
+    /// A side the normalised images are upsampled to before the network (the run's
+    /// `transfer.resize`): inside the graph for ONNX and TorchScript, the caller's job for
+    /// safetensors, whose `shape` is then the network's input.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub resized_inside_to: Option<i64>,
-    /// How images were brought to H x W in training: shorter side resized, centre crop.
-    pub preprocessing: String,
+    pub resize: Option<i64>,
 }
 
 /// Exports the run's model to `out` in `format`, and its sidecar to `<out>.json`.
@@ -70,14 +105,35 @@ pub struct InputSpec {
 pub fn export(run: &TrainedRun, format: Format, out: &Path) -> Result<Sidecar> {
     let model = run.model(Device::Cpu)?;
     let sidecar = sidecar(run, &model, format, out);
-    match format {
-        Format::Torchscript => write_torchscript(run, &model, out)?,
-        Format::Safetensors => write_safetensors(&model, out)?,
-        Format::Onnx => write_onnx(run, &model, &sidecar, out)?,
+    // An older sidecar must not describe the new file if writing either one fails.
+    let json_path = sidecar_path(out);
+    if json_path.exists() {
+        std::fs::remove_file(&json_path).map_err(|e| crate::util::named(&json_path, e))?;
     }
-    let json = serde_json::to_vec_pretty(&sidecar).expect("a sidecar serialises");
-    crate::util::atomic_write_bytes(&sidecar_path(out), &json)?;
+    let pre = Preprocess::of(run);
+    let side = run.image_size();
+    match format {
+        Format::Torchscript => write_torchscript_model(&model, &pre, side, out)?,
+        Format::Safetensors => write_safetensors(&model, out)?,
+        Format::Onnx => {
+            let metadata = [
+                ("classes", json(&sidecar.classes)),
+                ("mean", json(&sidecar.input.mean)),
+                ("std", json(&sidecar.input.std)),
+                ("input", sidecar.input.values.clone()),
+                ("model", sidecar.model.clone()),
+            ];
+            onnx::write_model(&model, &pre, side, &metadata, out)?
+        }
+    }
+    let text = serde_json::to_vec_pretty(&sidecar).expect("a sidecar serialises");
+    crate::util::atomic_write_bytes(&json_path, &text)?;
     Ok(sidecar)
+}
+
+/// Plain data (strings, numbers) as JSON text.
+fn json<T: Serialize + ?Sized>(v: &T) -> String {
+    serde_json::to_string(v).expect("strings and numbers serialise")
 }
 
 /// `<out>.json`: beside the file, named after it whole, so two formats never share one.
@@ -92,26 +148,34 @@ fn sidecar(run: &TrainedRun, model: &Model, format: Format, out: &Path) -> Sidec
     let meta = &run.checkpoint.meta;
     let inside = format != Format::Safetensors;
     let resize = run.config.transfer.resize;
+    // convkit decodes JPEGs with the `image` crate, whose pixels can differ from PIL's
+    // (libjpeg-turbo) by a few levels; PNG and other lossless files decode identically.
+    let grey = "grey = round(mean of R, G, B) for 1 channel; as 8-bit images, decoded by \
+                convkit with the image crate, whose JPEG pixels can differ from PIL's by a \
+                few levels";
+    let (values, net_side) = if inside {
+        (format!("RGB in [0, 1] ({grey}), NCHW"), side)
+    } else {
+        let then = resize.map_or(String::new(), |r| {
+            format!(", then bilinearly resized to {r}x{r} (align_corners false)")
+        });
+        let values = format!("(x - mean) / std of RGB in [0, 1] ({grey}), NCHW{then}");
+        (values, resize.unwrap_or(side))
+    };
     Sidecar {
         format,
         file: out.display().to_string(),
         model: model.spec.name.clone(),
         classes: run.classes().to_vec(),
         input: InputSpec {
-            shape: [-1, run.in_channels(), side, side],
+            shape: [-1, run.in_channels(), net_side, net_side],
             dtype: "float32".into(),
-            values: if inside {
-                "RGB (grey for 1 channel) in [0, 1], NCHW".into()
-            } else {
-                "(x - mean) / std of RGB in [0, 1], NCHW".into()
-            },
+            values,
             mean: meta.mean.clone(),
             std: meta.std.clone(),
             normalisation_inside: inside,
-            resized_inside_to: resize.filter(|_| inside),
-            preprocessing: format!(
-                "shorter side resized to {side} (bilinear), centre crop {side}x{side}"
-            ),
+            image_side: side,
+            resize,
         },
         output: format!("[N, {}] logits", run.classes().len()),
         source: run.path().display().to_string(),
@@ -119,51 +183,21 @@ fn sidecar(run: &TrainedRun, model: &Model, format: Format, out: &Path) -> Sidec
     }
 }
 
-/// The computation every exported graph holds: `[N, C, H, W]` floats in [0, 1] normalised
-/// (and resized, if the run trained so) as evaluation does, then the network's logits.
-pub fn forward_from_unit_range(model: &Model, pre: &onnx::Preprocess, x: &Tensor) -> Tensor {
-    let (mean, std) = statistics(pre);
-    normalised_forward(model, pre, (&mean, &std), x)
+/// The computation every exported graph holds: `[N, C, H, W]` floats in [0, 1] preprocessed as
+/// evaluation does, then the network's `[N, classes]` logits.
+pub fn forward_from_unit_range(model: &Model, pre: &Preprocess, x: &Tensor) -> Tensor {
+    model.forward(&pre.augmenter().network_input(x), &Ctx::eval())
 }
 
-/// The normalisation's mean and standard deviation as `[1, C, 1, 1]` tensors.
-fn statistics(pre: &onnx::Preprocess) -> (Tensor, Tensor) {
-    let c = pre.mean.len() as i64;
-    let stat = |v: &[f64]| {
-        Tensor::from_slice(v)
-            .to_kind(Kind::Float)
-            .reshape([1, c, 1, 1])
-    };
-    (stat(&pre.mean), stat(&pre.std))
-}
-
-/// [`forward_from_unit_range`] with the statistics made beforehand (the tracer records
-/// tensors made from host data as zeros of their shape, so they must exist before it starts).
-fn normalised_forward(
-    model: &Model,
-    pre: &onnx::Preprocess,
-    (mean, std): (&Tensor, &Tensor),
-    x: &Tensor,
-) -> Tensor {
-    let mut y = (x - mean) / std;
-    if let Some(s) = pre.resize {
-        y = y.upsample_bilinear2d([s, s], false, None::<f64>, None::<f64>);
-    }
-    model.forward(&y, &Ctx::eval())
-}
-
-fn write_torchscript(run: &TrainedRun, model: &Model, out: &Path) -> Result<()> {
-    write_torchscript_model(model, &preprocess(run), run.image_size(), out)
-}
-
-/// Traces `model` behind `pre` on `side` x `side` inputs with libtorch's tracer and saves the
-/// TorchScript module (its `forward` takes `[N, C, side, side]` floats in [0, 1]) atomically.
+/// Traces `model` (on the CPU) behind `pre` on `side` x `side` inputs with libtorch's tracer
+/// and saves the TorchScript module, whose `forward` takes `[N, C, side, side]` floats in
+/// [0, 1], atomically.
 ///
 /// # Errors
 /// Tracing or writing fails.
 pub fn write_torchscript_model(
     model: &Model,
-    pre: &onnx::Preprocess,
+    pre: &Preprocess,
     side: i64,
     out: &Path,
 ) -> Result<()> {
@@ -172,26 +206,20 @@ pub fn write_torchscript_model(
         [2, model.spec.in_channels, side, side],
         (Kind::Float, Device::Cpu),
     );
-    let (mean, std) = statistics(pre);
+    let aug = pre.augmenter();
     // The tracer stores the weights as constants, which it refuses for tensors that require
     // gradients (and so does the loader of a saved module: it is saved before the flags come
-    // back); it reports libtorch errors as panics, turned into an error here.
+    // back).
     without_gradients(model, || {
-        let traced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let traced = crate::util::catch_quietly(|| {
             tch::CModule::create_by_tracing("convkit", "forward", &[x], &mut |inputs| {
-                vec![normalised_forward(model, pre, (&mean, &std), &inputs[0])]
+                vec![model.forward(&aug.network_input(&inputs[0]), &Ctx::eval())]
             })
-        }));
+        });
         let module = match traced {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => return Err(tracing_failed(model, &e.to_string())),
-            Err(panic) => {
-                let text = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .unwrap_or_else(|| "libtorch error".into());
-                return Err(tracing_failed(model, &text));
-            }
+            Err(panic) => return Err(tracing_failed(model, &panic)),
         };
         crate::util::atomic_write(out, |tmp| {
             module
@@ -229,7 +257,9 @@ fn without_gradients<T>(model: &Model, f: impl FnOnce() -> T) -> T {
 }
 
 /// The model's state dict under torchvision's names (the variables' own), with the
-/// `num_batches_tracked` counters `load_state_dict` expects beside each BatchNorm, contiguous;
+/// `num_batches_tracked` counters `load_state_dict` expects beside each BatchNorm (0: convkit
+/// uses a fixed momentum, and PyTorch reads the counter only when `momentum` is None),
+/// contiguous;
 /// variables a training objective added (a projection head) are left out.
 pub fn state_dict(model: &Model) -> Vec<(String, Tensor)> {
     let mut out: Vec<(String, Tensor)> = model
@@ -242,10 +272,7 @@ pub fn state_dict(model: &Model) -> Vec<(String, Tensor)> {
     let counters: Vec<(String, Tensor)> = out
         .iter()
         .filter_map(|(name, _)| name.strip_suffix(".running_mean"))
-        .map(|bn| {
-            let zero = Tensor::from(0i64);
-            (format!("{bn}.num_batches_tracked"), zero)
-        })
+        .map(|bn| (format!("{bn}.num_batches_tracked"), Tensor::from(0i64)))
         .collect();
     out.extend(counters);
     out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -262,33 +289,4 @@ pub fn write_safetensors(model: &Model, out: &Path) -> Result<()> {
         Tensor::write_safetensors(&tensors, tmp).map_err(|e| std::io::Error::other(e.to_string()))
     })?;
     Ok(())
-}
-
-/// What a run's exported graph does before the network: the run's normalisation and resize.
-pub fn preprocess(run: &TrainedRun) -> onnx::Preprocess {
-    onnx::Preprocess {
-        mean: run.checkpoint.meta.mean.clone(),
-        std: run.checkpoint.meta.std.clone(),
-        resize: run.config.transfer.resize,
-    }
-}
-
-fn write_onnx(run: &TrainedRun, model: &Model, sidecar: &Sidecar, out: &Path) -> Result<()> {
-    let metadata = [
-        (
-            "classes",
-            serde_json::to_string(&sidecar.classes).expect("strings"),
-        ),
-        (
-            "mean",
-            serde_json::to_string(&sidecar.input.mean).expect("numbers"),
-        ),
-        (
-            "std",
-            serde_json::to_string(&sidecar.input.std).expect("numbers"),
-        ),
-        ("input", sidecar.input.values.clone()),
-        ("model", sidecar.model.clone()),
-    ];
-    onnx::write_model(model, &preprocess(run), run.image_size(), &metadata, out)
 }

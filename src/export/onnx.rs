@@ -4,6 +4,7 @@
 //! [0, 1], normalises them (and resizes, if the run trained so) itself, and returns logits; the
 //! batch dimension is free.
 
+use super::Preprocess;
 use super::onnx_proto::*;
 use crate::error::{Error, Result};
 use crate::models::layers::{Act, Op, Recorded};
@@ -18,15 +19,6 @@ use tch::{Device, Kind, Tensor};
 pub const OPSET: i64 = 17;
 /// The IR version that goes with opset 17.
 const IR_VERSION: i64 = 8;
-
-/// What the graph does to its input before the network: `(x - mean) / std`, then a bilinear
-/// resize to `resize` x `resize` when set.
-#[derive(Debug, Clone)]
-pub struct Preprocess {
-    pub mean: Vec<f64>,
-    pub std: Vec<f64>,
-    pub resize: Option<i64>,
-}
 
 /// A tensor's identity while converting: where its data starts and how it is laid out. Two
 /// live tensors with the same key hold the same values (a view with other sizes or strides
@@ -50,7 +42,7 @@ struct Graph {
 fn int(name: &str, i: i64) -> AttributeProto {
     AttributeProto {
         name: name.into(),
-        i,
+        i: Some(i),
         r#type: attribute_type::INT,
         ..Default::default()
     }
@@ -77,7 +69,7 @@ fn string(name: &str, v: &str) -> AttributeProto {
 fn float(name: &str, f: f64) -> AttributeProto {
     AttributeProto {
         name: name.into(),
-        f: f as f32,
+        f: Some(f as f32),
         r#type: attribute_type::FLOAT,
         ..Default::default()
     }
@@ -150,7 +142,7 @@ impl Graph {
         Err(Error::Invalid(format!(
             "ONNX export: an input of {} was made by an operation the export does not know \
              (a model's forward pass must record every operation)",
-            op_name(op)
+            op.name()
         )))
     }
 
@@ -201,72 +193,25 @@ impl Graph {
                 stride,
                 padding,
                 groups,
-            } => {
-                let w = self.constant("conv_w", weight);
-                let mut inputs = vec![x.to_string(), w];
-                if let Some(b) = bias {
-                    inputs.push(self.constant("conv_b", b));
-                }
-                let k = weight.size();
-                let p = *padding;
-                let attrs = vec![
-                    ints("kernel_shape", &k[2..]),
-                    ints("strides", &[*stride, *stride]),
-                    ints("pads", &[p, p, p, p]),
-                    int("group", *groups),
-                ];
-                let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-                self.node("Conv", &refs, attrs)
-            }
+            } => self.conv(x, weight, bias.as_ref(), (*stride, *padding, *groups)),
             Op::BatchNorm {
                 weight,
                 bias,
                 mean,
                 var,
                 eps,
-            } => {
-                let names = [
-                    self.constant("bn_w", weight),
-                    self.constant("bn_b", bias),
-                    self.constant("bn_mean", mean),
-                    self.constant("bn_var", var),
-                ];
-                let inputs = [x, &names[0], &names[1], &names[2], &names[3]];
-                self.node("BatchNormalization", &inputs, vec![float("epsilon", *eps)])
-            }
+            } => self.batch_norm(x, [weight, bias, mean, var], *eps),
             Op::Linear {
                 weight,
                 bias,
                 scale,
-            } => {
-                let wt = self.constant("fc_w", &weight.tr());
-                let mut y = self.node("MatMul", &[x, &wt], vec![]);
-                if let Some(b) = bias {
-                    let b = self.constant("fc_b", b);
-                    y = self.node("Add", &[&y, &b], vec![]);
-                }
-                if *scale != 1.0 {
-                    let s = self.scalar(*scale);
-                    y = self.node("Mul", &[&y, &s], vec![]);
-                }
-                y
-            }
+            } => self.linear(x, weight, bias.as_ref(), *scale),
             Op::LayerNorm {
                 weight,
                 bias,
                 eps,
                 channels,
-            } => {
-                let (w, b) = (self.constant("ln_w", weight), self.constant("ln_b", bias));
-                let attrs = || vec![int("axis", -1), float("epsilon", *eps)];
-                if *channels {
-                    let t = self.node("Transpose", &[x], vec![ints("perm", &[0, 2, 3, 1])]);
-                    let n = self.node("LayerNormalization", &[&t, &w, &b], attrs());
-                    self.node("Transpose", &[&n], vec![ints("perm", &[0, 3, 1, 2])])
-                } else {
-                    self.node("LayerNormalization", &[x, &w, &b], attrs())
-                }
-            }
+            } => self.layer_norm(x, (weight, bias), *eps, *channels),
             Op::Act(a) => self.activation(*a, x),
             Op::Add => self.node("Add", &[x, &xs[1]], vec![]),
             Op::Mul => self.node("Mul", &[x, &xs[1]], vec![]),
@@ -318,6 +263,75 @@ impl Graph {
                 self.node("Pad", &[&s, &pads], vec![])
             }
         })
+    }
+
+    /// `Conv` with square kernel, (stride, padding, groups).
+    fn conv(
+        &mut self,
+        x: &str,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        geometry: (i64, i64, i64),
+    ) -> String {
+        let (stride, p, groups) = geometry;
+        let mut inputs = vec![x.to_string(), self.constant("conv_w", w)];
+        if let Some(b) = b {
+            inputs.push(self.constant("conv_b", b));
+        }
+        let attrs = vec![
+            ints("kernel_shape", &w.size()[2..]),
+            ints("strides", &[stride, stride]),
+            ints("pads", &[p, p, p, p]),
+            int("group", groups),
+        ];
+        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        self.node("Conv", &refs, attrs)
+    }
+
+    /// Evaluation-mode `BatchNormalization` from [weight, bias, running mean, running var].
+    fn batch_norm(&mut self, x: &str, params: [&Tensor; 4], eps: f64) -> String {
+        let hints = ["bn_w", "bn_b", "bn_mean", "bn_var"];
+        let names: Vec<String> = hints
+            .iter()
+            .zip(params)
+            .map(|(h, t)| self.constant(h, t))
+            .collect();
+        let inputs = [x, &names[0], &names[1], &names[2], &names[3]];
+        self.node("BatchNormalization", &inputs, vec![float("epsilon", eps)])
+    }
+
+    /// `(x W^T + b) * scale` as MatMul, Add and Mul: valid for any number of leading
+    /// dimensions (ConvNeXt applies its linear layers at every position).
+    fn linear(&mut self, x: &str, w: &Tensor, b: Option<&Tensor>, scale: f64) -> String {
+        let wt = self.constant("fc_w", &w.tr());
+        let mut y = self.node("MatMul", &[x, &wt], vec![]);
+        if let Some(b) = b {
+            let b = self.constant("fc_b", b);
+            y = self.node("Add", &[&y, &b], vec![]);
+        }
+        if scale != 1.0 {
+            let s = self.scalar(scale);
+            y = self.node("Mul", &[&y, &s], vec![]);
+        }
+        y
+    }
+
+    /// `LayerNormalization` over the last axis; over channels (NCHW) between two Transposes.
+    fn layer_norm(
+        &mut self,
+        x: &str,
+        (w, b): (&Tensor, &Tensor),
+        eps: f64,
+        channels: bool,
+    ) -> String {
+        let (w, b) = (self.constant("ln_w", w), self.constant("ln_b", b));
+        let attrs = vec![int("axis", -1), float("epsilon", eps)];
+        if !channels {
+            return self.node("LayerNormalization", &[x, &w, &b], attrs);
+        }
+        let t = self.node("Transpose", &[x], vec![ints("perm", &[0, 2, 3, 1])]);
+        let n = self.node("LayerNormalization", &[&t, &w, &b], attrs);
+        self.node("Transpose", &[&n], vec![ints("perm", &[0, 3, 1, 2])])
     }
 
     /// Adaptive average pooling of an `H` x `W` input to `size` x `size` as what it is, a fixed
@@ -373,14 +387,6 @@ impl Graph {
     }
 }
 
-fn op_name(op: &Op) -> String {
-    let text = format!("{op:?}");
-    text.split([' ', '(', '{'])
-        .next()
-        .unwrap_or("an operation")
-        .to_string()
-}
-
 fn value_info(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
     let dim = dims
         .iter()
@@ -434,12 +440,16 @@ pub fn model_proto(
     let ctx = Ctx::recording();
     let logits = tch::no_grad(|| model.forward(&x, &ctx));
     let ops = ctx.take_ops();
-    let mut last = String::new();
     for r in &ops {
-        last = g.convert(r)?;
-        g.names.insert(key(&r.output), last.clone());
+        let name = g.convert(r)?;
+        g.names.insert(key(&r.output), name);
     }
-    let out = g.names.get(&key(&logits)).cloned().unwrap_or(last);
+    let out = g.names.get(&key(&logits)).cloned().ok_or_else(|| {
+        Error::Invalid(format!(
+            "ONNX export: the logits of {} come from an operation that was not recorded",
+            model.spec.name
+        ))
+    })?;
     g.nodes.push(NodeProto {
         input: vec![out],
         output: vec!["logits".into()],

@@ -75,10 +75,12 @@ pub mod attribute_type {
 pub struct AttributeProto {
     #[prost(string, tag = "1")]
     pub name: String,
-    #[prost(float, tag = "2")]
-    pub f: f32,
-    #[prost(int64, tag = "3")]
-    pub i: i64,
+    // Optional, as in onnx.proto (proto2): a zero (`keepdims = 0`, `axis = 0`) must still be
+    // written, or readers that check presence take the operator's default instead.
+    #[prost(float, optional, tag = "2")]
+    pub f: Option<f32>,
+    #[prost(int64, optional, tag = "3")]
+    pub i: Option<i64>,
     #[prost(bytes = "vec", tag = "4")]
     pub s: Vec<u8>,
     #[prost(int64, repeated, tag = "8")]

@@ -97,6 +97,21 @@ fn group_names(cfg: &Config) -> Result<Vec<String>> {
         .collect())
 }
 
+/// `--freeze` and `--freeze-to` shape `full` and `head-then-unfreeze` (those groups stay
+/// frozen throughout); the other strategies decide what trains themselves, so the flags would
+/// be ignored: refused instead.
+fn check_freezing(cfg: &Config, strategy: Strategy) -> Result<()> {
+    let asked = !cfg.transfer.freeze.is_empty() || cfg.transfer.freeze_to.is_some();
+    let honoured = matches!(strategy, Strategy::Full | Strategy::HeadThenUnfreeze);
+    if asked && !honoured {
+        return Err(Error::Invalid(format!(
+            "strategy {strategy} decides which groups train itself; --freeze and --freeze-to \
+             (transfer.freeze, transfer.freeze_to) apply to full and head-then-unfreeze"
+        )));
+    }
+    Ok(())
+}
+
 fn require_weights(cfg: &Config, strategy: Strategy) -> Result<()> {
     match (&cfg.transfer.weights, strategy) {
         (None, s) if s != Strategy::Scratch => Err(Error::Invalid(format!(
@@ -114,6 +129,7 @@ pub fn run(
     opts: &FinetuneOptions,
 ) -> Result<FinetuneSummary> {
     require_weights(&cfg, strategy)?;
+    check_freezing(&cfg, strategy)?;
     let start = Instant::now();
     let groups = group_names(&cfg)?;
     let mut summary = match strategy {
@@ -126,11 +142,8 @@ pub fn run(
             };
             from_train(train::run(cfg, out, &opts.run)?, strategy)
         }
-        Strategy::Full => {
-            cfg.transfer.freeze.clear();
-            cfg.transfer.freeze_to = None;
-            from_train(train::run(cfg, out, &opts.run)?, strategy)
-        }
+        // The groups the user froze (`--freeze`, `--freeze-to`) stay frozen.
+        Strategy::Full => from_train(train::run(cfg, out, &opts.run)?, strategy),
         Strategy::Partial(k) => {
             let stages = groups.len().saturating_sub(1);
             if k > stages {
@@ -205,8 +218,7 @@ fn head_then_unfreeze(
     if all.transfer.lr_mult <= 1.0 && all.transfer.layer_decay.is_none() {
         all.transfer.lr_mult = 100.0;
     }
-    all.transfer.freeze.clear();
-    all.transfer.freeze_to = None;
+    // Phase 2 unfreezes what the user did not freeze (fastai's `freeze_to`).
     all.transfer.weights = Some(RunDir::new(&head_out).checkpoint().display().to_string());
     let mut s = from_train(train::run(all, out, &opts.run)?, Strategy::HeadThenUnfreeze);
     s.epochs = total;

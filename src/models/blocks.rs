@@ -3,6 +3,7 @@
 //! torchvision's `ops.SqueezeExcitation`), stochastic depth (Huang et al. 2016, `ops.
 //! StochasticDepth` in "row" mode) and LayerNorm over channels (ConvNeXt's `LayerNorm2d`).
 
+use super::Part;
 use super::layers::{Bn, Conv, Ctx, LayerInfo, Op, mean_hw_keepdim, mul};
 use tch::{Tensor, nn};
 
@@ -146,7 +147,7 @@ pub fn stochastic_depth(x: Tensor, p: f64, ctx: &Ctx) -> Tensor {
 }
 
 /// LayerNorm over the channels of an NCHW tensor at every position (ConvNeXt's `LayerNorm2d`;
-/// with `channels_last` false) or over the last dimension of an NHWC tensor (ConvNeXt's block
+/// with `over_last` false) or over the last dimension of an NHWC tensor (ConvNeXt's block
 /// norm, `nn.LayerNorm`); weight 1, bias 0 at first.
 #[derive(Debug)]
 pub struct LayerNorm {
@@ -154,7 +155,7 @@ pub struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
     eps: f64,
-    channels_last: bool,
+    over_last: bool,
 }
 
 impl LayerNorm {
@@ -166,21 +167,21 @@ impl LayerNorm {
     pub fn over_last(p: &nn::Path, name: &str, c: i64, eps: f64) -> Self {
         Self::new(p, name, c, eps, true)
     }
-    fn new(p: &nn::Path, name: &str, c: i64, eps: f64, channels_last: bool) -> Self {
+    fn new(p: &nn::Path, name: &str, c: i64, eps: f64, over_last: bool) -> Self {
         let q = p / name;
         LayerNorm {
             name: p.path(name),
             weight: q.var("weight", &[c], nn::Init::Const(1.0)),
             bias: q.var("bias", &[c], nn::Init::Const(0.0)),
             eps,
-            channels_last,
+            over_last,
         }
     }
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
         let c = self.weight.size()[0];
         let norm =
             |t: &Tensor| t.layer_norm([c], Some(&self.weight), Some(&self.bias), self.eps, true);
-        let y = if self.channels_last {
+        let y = if self.over_last {
             norm(x)
         } else {
             norm(&x.permute([0, 2, 3, 1])).permute([0, 3, 1, 2])
@@ -190,7 +191,7 @@ impl LayerNorm {
                 weight: self.weight.shallow_clone(),
                 bias: self.bias.shallow_clone(),
                 eps: self.eps,
-                channels: !self.channels_last,
+                channels: !self.over_last,
             };
             ctx.op(op, &[x], &y);
         }
@@ -220,6 +221,34 @@ pub fn normal(std: f64) -> nn::Init {
 /// CaiT's LayerScale), `init` at first (1e-6 in ConvNeXt).
 pub fn layer_scale(p: &nn::Path, name: &str, c: i64, init: f64) -> Tensor {
     p.var(name, &[c, 1, 1], nn::Init::Const(init))
+}
+
+/// Runs the blocks of each stage in order, reporting each stage's output to `ctx` as
+/// `{name}{i}` from 1 (`stage1`, `block2`): the body of the staged families.
+pub fn run_stages<B>(
+    stages: &[Vec<B>],
+    mut x: Tensor,
+    name: &str,
+    ctx: &Ctx,
+    forward: impl Fn(&B, &Tensor, &Ctx) -> Tensor,
+) -> Tensor {
+    for (i, stage) in stages.iter().enumerate() {
+        for block in stage {
+            x = forward(block, &x, ctx);
+        }
+        ctx.stage(&format!("{name}{}", i + 1), &x);
+    }
+    x
+}
+
+/// One part per stage, `{name}{i}` owning `{module}{i}` (`stage1` owns `features.1`).
+pub fn stage_parts(count: usize, name: &str, module: impl Fn(usize) -> String) -> Vec<Part> {
+    (1..=count)
+        .map(|i| Part {
+            name: format!("{name}{i}"),
+            prefixes: vec![module(i)],
+        })
+        .collect()
 }
 
 #[cfg(test)]

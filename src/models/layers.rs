@@ -69,9 +69,13 @@ pub enum Op {
         eps: f64,
         channels: bool,
     },
+    /// An activation, elementwise.
     Act(Act),
+    /// Elementwise sum of two tensors, broadcasting.
     Add,
+    /// Elementwise product of two tensors, broadcasting (`[B, C, H, W] * [B, C, 1, 1]`).
     Mul,
+    /// The inputs joined along `axis`.
     Concat {
         axis: i64,
     },
@@ -104,6 +108,30 @@ pub enum Op {
     SubsamplePadChannels {
         extra: i64,
     },
+}
+
+impl Op {
+    /// The operation's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Conv { .. } => "convolution",
+            Op::BatchNorm { .. } => "BatchNorm",
+            Op::Linear { .. } => "linear layer",
+            Op::LayerNorm { .. } => "LayerNorm",
+            Op::Act(_) => "activation",
+            Op::Add => "addition",
+            Op::Mul => "multiplication",
+            Op::Concat { .. } => "concatenation",
+            Op::MeanHw { .. } => "spatial mean",
+            Op::MaxHw { .. } => "spatial maximum",
+            Op::MaxPool { .. } => "max pooling",
+            Op::AvgPool { .. } => "average pooling",
+            Op::AdaptiveAvgPool { .. } => "adaptive average pooling",
+            Op::Flatten => "flatten",
+            Op::Permute(_) => "permutation",
+            Op::SubsamplePadChannels { .. } => "subsampling shortcut",
+        }
+    }
 }
 
 /// An operation of a forward pass with the tensors it read and the one it made.
@@ -209,7 +237,10 @@ impl Ctx {
             ..Default::default()
         }
     }
-    /// Records `op` when recording.
+    /// Records `op` when recording. The export finds each input among earlier outputs by its
+    /// data pointer, sizes and strides, so two rules hold for forward passes: no tensor is
+    /// changed in place after it was recorded, and an operation that returns its input as it
+    /// is (dropout and stochastic depth in evaluation) need not be recorded.
     pub fn op(&self, op: Op, inputs: &[&Tensor], output: &Tensor) {
         if let Some(ops) = &self.ops {
             ops.borrow_mut().push(Recorded {
@@ -219,9 +250,11 @@ impl Ctx {
             });
         }
     }
+    /// Whether operations are being recorded ([`Ctx::recording`]).
     pub fn is_recording(&self) -> bool {
         self.ops.is_some()
     }
+    /// The operations recorded so far, in order, leaving none.
     pub fn take_ops(&self) -> Vec<Recorded> {
         self.ops.as_ref().map(|t| t.take()).unwrap_or_default()
     }

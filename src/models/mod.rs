@@ -551,13 +551,8 @@ impl Model {
         );
         // tch reports a libtorch error as a panic; it is caught here, quietly, and becomes
         // the error below.
-        let hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
-        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            tch::no_grad(|| self.forward(&x, &Ctx::eval()))
-        }))
-        .is_ok();
-        std::panic::set_hook(hook);
+        let ok =
+            crate::util::catch_quietly(|| tch::no_grad(|| self.forward(&x, &Ctx::eval()))).is_ok();
         if ok {
             return Ok(());
         }

@@ -2,6 +2,7 @@
 //! `layer2.0.downsample.0`, `fc`), so torchvision and timm state dicts load without renaming;
 //! and the CIFAR ResNets of He et al. 2016, section 4.2, with and without shortcuts.
 
+use super::blocks::run_stages;
 use super::layers::{Act, Bn, Conv, Ctx, Fc, Op, add, global_avg_pool, max_pool};
 use super::{Network, Part, Stem};
 use tch::{Tensor, nn};
@@ -156,12 +157,7 @@ impl Network for ResNet {
             x = max_pool(&x, 3, 2, 1, "maxpool", ctx);
         }
         ctx.stage("stem", &x);
-        for (i, layer) in self.layers.iter().enumerate() {
-            for block in layer {
-                x = block.forward(&x, ctx);
-            }
-            ctx.stage(&format!("layer{}", i + 1), &x);
-        }
+        let x = run_stages(&self.layers, x, "layer", ctx, Block::forward);
         global_avg_pool(&x, ctx)
     }
     fn classifier(&self) -> &Fc {

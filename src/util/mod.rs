@@ -247,6 +247,30 @@ pub fn read_json<T: for<'de> serde::Deserialize<'de>>(path: &Path) -> Option<T> 
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
+/// Runs `f`, turning a panic into `Err(message)` without printing it: tch reports libtorch
+/// errors as panics, which callers turn into errors that name what failed.
+pub fn catch_quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    out.map_err(|panic| {
+        panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "libtorch error".into())
+    })
+}
+
+/// `1 folder`, `2 folders`.
+pub fn plural(n: usize, what: &str) -> String {
+    match n {
+        1 => format!("1 {what}"),
+        _ => format!("{n} {what}s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -3,7 +3,8 @@
 //! with torchvision's state-dict keys and stochastic depth.
 
 use crate::models::blocks::{
-    Act, BnCfg, ConvBnAct, Geometry, SqueezeExcitation, make_divisible, stochastic_depth,
+    Act, BnCfg, ConvBnAct, Geometry, SqueezeExcitation, make_divisible, run_stages, stage_parts,
+    stochastic_depth,
 };
 use crate::models::layers::{Ctx, Fc, add, global_avg_pool};
 use crate::models::{Network, Part};
@@ -305,15 +306,10 @@ pub fn efficientnet(p: &nn::Path, in_ch: i64, classes: i64, v: Variant) -> Effic
 
 impl Network for EfficientNet {
     fn features(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
-        let mut x = self.stem.forward(x, ctx);
+        let x = self.stem.forward(x, ctx);
         ctx.stage("stem", &x);
-        for (i, stage) in self.stages.iter().enumerate() {
-            for block in stage {
-                x = block.forward(&x, ctx);
-            }
-            ctx.stage(&format!("stage{}", i + 1), &x);
-        }
-        x = self.last.forward(&x, ctx);
+        let x = run_stages(&self.stages, x, "stage", ctx, Block::forward);
+        let x = self.last.forward(&x, ctx);
         ctx.stage("conv_last", &x);
         global_avg_pool(&x, ctx).dropout(self.dropout, ctx.train)
     }
@@ -323,12 +319,9 @@ impl Network for EfficientNet {
     /// The stem, each stage (`stage1` = `features.1`, ...), the last 1x1 convolution, the head.
     fn parts(&self) -> Vec<Part> {
         let mut parts = vec![Part::new("stem", &["features.0"])];
-        for i in 1..=self.stages.len() {
-            parts.push(Part {
-                name: format!("stage{i}"),
-                prefixes: vec![format!("features.{i}")],
-            });
-        }
+        parts.extend(stage_parts(self.stages.len(), "stage", |i| {
+            format!("features.{i}")
+        }));
         parts.push(Part {
             name: "conv_last".into(),
             prefixes: vec![format!("features.{}", self.stages.len() + 1)],

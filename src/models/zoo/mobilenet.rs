@@ -3,7 +3,7 @@
 //! state-dict keys.
 
 use crate::models::blocks::{
-    Act, BnCfg, ConvBnAct, Geometry, SqueezeExcitation, make_divisible, normal,
+    Act, BnCfg, ConvBnAct, Geometry, SqueezeExcitation, make_divisible, normal, run_stages,
 };
 use crate::models::layers::{Bn, Conv, Ctx, Fc, add, global_avg_pool};
 use crate::models::{Network, Part};
@@ -128,15 +128,10 @@ pub fn mobilenet_v2(p: &nn::Path, in_ch: i64, classes: i64) -> MobileNetV2 {
 
 impl Network for MobileNetV2 {
     fn features(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
-        let mut x = self.stem.forward(x, ctx);
+        let x = self.stem.forward(x, ctx);
         ctx.stage("stem", &x);
-        for (i, row) in self.rows.iter().enumerate() {
-            for block in row {
-                x = block.forward(&x, ctx);
-            }
-            ctx.stage(&format!("stage{}", i + 1), &x);
-        }
-        x = self.last.forward(&x, ctx);
+        let x = run_stages(&self.rows, x, "stage", ctx, InvertedResidual::forward);
+        let x = self.last.forward(&x, ctx);
         ctx.stage("conv_last", &x);
         global_avg_pool(&x, ctx).dropout(0.2, ctx.train)
     }

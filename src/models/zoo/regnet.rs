@@ -2,7 +2,9 @@
 //! with grouped 3x3 convolutions and squeeze-and-excitation, widths from a quantised linear
 //! rule, with torchvision's state-dict keys.
 
-use crate::models::blocks::{Act, BnCfg, ConvBnAct, Geometry, SqueezeExcitation, normal};
+use crate::models::blocks::{
+    Act, BnCfg, ConvBnAct, Geometry, SqueezeExcitation, normal, run_stages, stage_parts,
+};
 use crate::models::layers::{Ctx, Fc, add, global_avg_pool};
 use crate::models::{Network, Part};
 use tch::{Tensor, nn};
@@ -114,14 +116,9 @@ pub fn regnet_y_800mf(p: &nn::Path, in_ch: i64, classes: i64) -> RegNet {
 
 impl Network for RegNet {
     fn features(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
-        let mut x = self.stem.forward(x, ctx);
+        let x = self.stem.forward(x, ctx);
         ctx.stage("stem", &x);
-        for (i, stage) in self.stages.iter().enumerate() {
-            for block in stage {
-                x = block.forward(&x, ctx);
-            }
-            ctx.stage(&format!("block{}", i + 1), &x);
-        }
+        let x = run_stages(&self.stages, x, "block", ctx, Block::forward);
         global_avg_pool(&x, ctx)
     }
     fn classifier(&self) -> &Fc {
@@ -131,12 +128,9 @@ impl Network for RegNet {
     /// the head.
     fn parts(&self) -> Vec<Part> {
         let mut parts = vec![Part::new("stem", &["stem"])];
-        for i in 1..=self.stages.len() {
-            parts.push(Part {
-                name: format!("block{i}"),
-                prefixes: vec![format!("trunk_output.block{i}")],
-            });
-        }
+        parts.extend(stage_parts(self.stages.len(), "block", |i| {
+            format!("trunk_output.block{i}")
+        }));
         parts.push(Part::new("head", &["fc"]));
         parts
     }
