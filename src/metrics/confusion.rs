@@ -27,6 +27,17 @@ impl Confusion {
         let correct: i64 = (0..self.counts.len()).map(|i| self.counts[i][i]).sum();
         correct as f64 / self.total().max(1) as f64
     }
+    /// The class every image was predicted as, when there was only one answer for two or more
+    /// images of a problem with two or more classes (an evaluation that collapsed).
+    pub fn single_prediction(&self) -> Option<usize> {
+        let classes = self.counts.len();
+        let column = |c: usize| self.counts.iter().map(|row| row[c]).sum::<i64>();
+        let total = self.total();
+        if classes < 2 || total < 2 {
+            return None;
+        }
+        (0..classes).find(|&c| column(c) == total)
+    }
     /// Recall of each class: correct / images of that class (NaN-free: 0 for an absent class).
     pub fn per_class_accuracy(&self) -> Vec<f64> {
         self.counts
@@ -56,4 +67,21 @@ pub fn topk_hits(logits: &Tensor, labels: &Tensor, k: i64) -> Tensor {
     top.eq_tensor(&labels.unsqueeze(1))
         .any_dim(1, false)
         .sum(Kind::Int64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Confusion;
+
+    #[test]
+    fn one_answer_for_every_image_is_found() {
+        let mut c = Confusion::new(3);
+        c.add(&[0, 1, 2, 2], &[1, 1, 1, 1]);
+        assert_eq!(c.single_prediction(), Some(1));
+        c.add(&[0], &[0]);
+        assert_eq!(c.single_prediction(), None);
+        let mut one = Confusion::new(3);
+        one.add(&[2], &[2]);
+        assert_eq!(one.single_prediction(), None, "one image is not a pattern");
+    }
 }

@@ -1150,7 +1150,33 @@ pub fn run(cfg: Config, out: &Path, opts: &RunOptions) -> Result<TrainSummary> {
         )?;
     }
     print_summary(&summary, out);
+    if let Some(eval) = trainer.last_eval.as_ref().and_then(|e| e.detail.as_ref()) {
+        let train_accuracy = trainer.history.last().and_then(|m| m.train_accuracy);
+        warn_if_collapsed(&eval.confusion, &trainer.data.classes, train_accuracy);
+    }
     Ok(summary)
+}
+
+/// Says so when every test image got the same class: the accuracy alone (1 / classes for
+/// balanced data) reads like a model that learnt nothing, while the training accuracy often
+/// says otherwise.
+fn warn_if_collapsed(confusion: &metrics::Confusion, classes: &[String], train: Option<f64>) {
+    let Some(c) = confusion.single_prediction() else {
+        return;
+    };
+    eprintln!(
+        "note: all {} test images were predicted as '{}'{}: \
+         the network gives one answer in evaluation mode. With BatchNorm this happens when its \
+         running statistics do not describe evaluation-mode activations (few training steps, \
+         a small momentum such as MobileNetV3's 0.01, random weights); more steps or \
+         pretrained weights help. torchvision's models behave the same in PyTorch.",
+        confusion.total(),
+        classes.get(c).map_or("?", String::as_str),
+        train.map_or(String::new(), |a| format!(
+            " (final training accuracy {:.1}%)",
+            100.0 * a
+        ))
+    );
 }
 
 /// Under torchrun's `--max-restarts`, a restarted attempt continues the run from its last
