@@ -58,7 +58,7 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Evaluate a run or checkpoint on its test data (or on --data)
     Eval(predict::EvalArgs),
-    /// Classify image files with a checkpoint
+    /// Classify image files and whole folders with a run: top-k per image, CSV or JSON
     Predict(predict::PredictArgs),
     /// Export a run for other runtimes: ONNX, TorchScript or safetensors with torchvision's names
     Export(export::ExportArgs),
