@@ -191,6 +191,17 @@ fn stem(spec: &ModelSpec) -> Stem {
     spec.stem.unwrap_or(Stem::Imagenet)
 }
 
+/// A torchvision ResNet of shape `arch` for the spec's channels, classes and stem.
+fn torchvision_resnet(p: &nn::Path, s: &ModelSpec, arch: resnet::Arch) -> Box<dyn Network> {
+    Box::new(resnet::torchvision_arch(
+        p,
+        arch,
+        s.in_channels,
+        s.classes,
+        stem(s),
+    ))
+}
+
 /// Every model convkit builds by name, in `convkit list` order.
 pub const REGISTRY: [Entry; 25] = [
     Entry {
@@ -208,75 +219,35 @@ pub const REGISTRY: [Entry; 25] = [
         description: "torchvision ResNet-18 (stem imagenet|cifar)",
         input_size: 224,
         normalisation: InputStats::Imagenet,
-        build: |p, s| {
-            Box::new(resnet::torchvision(
-                p,
-                18,
-                s.in_channels,
-                s.classes,
-                stem(s),
-            ))
-        },
+        build: |p, s| torchvision_resnet(p, s, resnet::Arch::depth(18)),
     },
     Entry {
         name: "resnet34",
         description: "torchvision ResNet-34 (stem imagenet|cifar)",
         input_size: 224,
         normalisation: InputStats::Imagenet,
-        build: |p, s| {
-            Box::new(resnet::torchvision(
-                p,
-                34,
-                s.in_channels,
-                s.classes,
-                stem(s),
-            ))
-        },
+        build: |p, s| torchvision_resnet(p, s, resnet::Arch::depth(34)),
     },
     Entry {
         name: "resnet50",
         description: "torchvision ResNet-50, bottleneck v1.5 (stem imagenet|cifar)",
         input_size: 224,
         normalisation: InputStats::Imagenet,
-        build: |p, s| {
-            Box::new(resnet::torchvision(
-                p,
-                50,
-                s.in_channels,
-                s.classes,
-                stem(s),
-            ))
-        },
+        build: |p, s| torchvision_resnet(p, s, resnet::Arch::depth(50)),
     },
     Entry {
         name: "resnet101",
         description: "torchvision ResNet-101 (44.5M parameters at 1000 classes)",
         input_size: 224,
         normalisation: InputStats::Imagenet,
-        build: |p, s| {
-            Box::new(resnet::torchvision(
-                p,
-                101,
-                s.in_channels,
-                s.classes,
-                stem(s),
-            ))
-        },
+        build: |p, s| torchvision_resnet(p, s, resnet::Arch::depth(101)),
     },
     Entry {
         name: "resnet152",
         description: "torchvision ResNet-152 (60.2M parameters at 1000 classes)",
         input_size: 224,
         normalisation: InputStats::Imagenet,
-        build: |p, s| {
-            Box::new(resnet::torchvision(
-                p,
-                152,
-                s.in_channels,
-                s.classes,
-                stem(s),
-            ))
-        },
+        build: |p, s| torchvision_resnet(p, s, resnet::Arch::depth(152)),
     },
     Entry {
         name: "resnext50_32x4d",
@@ -289,13 +260,7 @@ pub const REGISTRY: [Entry; 25] = [
                 base_width: 4,
                 ..resnet::Arch::depth(50)
             };
-            Box::new(resnet::torchvision_arch(
-                p,
-                arch,
-                s.in_channels,
-                s.classes,
-                stem(s),
-            ))
+            torchvision_resnet(p, s, arch)
         },
     },
     Entry {
@@ -308,13 +273,7 @@ pub const REGISTRY: [Entry; 25] = [
                 base_width: 128,
                 ..resnet::Arch::depth(50)
             };
-            Box::new(resnet::torchvision_arch(
-                p,
-                arch,
-                s.in_channels,
-                s.classes,
-                stem(s),
-            ))
+            torchvision_resnet(p, s, arch)
         },
     },
     Entry {

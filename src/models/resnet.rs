@@ -201,11 +201,6 @@ impl Arch {
     }
 }
 
-/// torchvision's resnet18/34 (basic blocks) and resnet50 (bottlenecks).
-pub fn torchvision(p: &nn::Path, depth: usize, in_ch: i64, classes: i64, stem: Stem) -> ResNet {
-    torchvision_arch(p, Arch::depth(depth), in_ch, classes, stem)
-}
-
 /// Any torchvision ResNet: resnet18 to resnet152, resnext50_32x4d (groups 32, width 4),
 /// wide_resnet50_2 (base width 128), with torchvision's state-dict keys.
 pub fn torchvision_arch(p: &nn::Path, arch: Arch, in_ch: i64, classes: i64, stem: Stem) -> ResNet {
