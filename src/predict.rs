@@ -3,6 +3,7 @@
 //! decoded in parallel a batch at a time and classified in batches on the chosen device;
 //! a file that does not decode is reported in its row, never fatal.
 
+use crate::augment::Augmenter;
 use crate::data::folder::{self, Skipped};
 use crate::error::{Error, Result};
 use crate::models::Model;
@@ -76,6 +77,8 @@ pub struct Options {
 pub struct Predictor<'a> {
     run: &'a TrainedRun,
     model: Model,
+    /// The run's evaluation normalisation (and resize), made once.
+    normaliser: Augmenter,
     device: Device,
 }
 
@@ -86,7 +89,13 @@ impl<'a> Predictor<'a> {
     /// The run's model cannot be built or its weights loaded.
     pub fn new(run: &'a TrainedRun, device: Device) -> Result<Self> {
         let model = run.model(device)?;
-        Ok(Predictor { run, model, device })
+        let normaliser = run.normaliser(device);
+        Ok(Predictor {
+            run,
+            model,
+            normaliser,
+            device,
+        })
     }
 
     /// Classifies `files` in batches of `opts.batch`, calling `done(n)` after each batch of
@@ -148,10 +157,7 @@ impl<'a> Predictor<'a> {
         } else {
             images.shallow_clone()
         };
-        let x = self
-            .run
-            .normaliser(self.device)
-            .eval_batch(&images.to_device(self.device));
+        let x = self.normaliser.eval_batch(&images.to_device(self.device));
         let logits = predict_logits(&self.model, &x, Default::default(), false);
         let classes = self.run.classes();
         let k = k.clamp(1, classes.len()) as i64;
