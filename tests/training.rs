@@ -332,6 +332,49 @@ fn exported_onnx_predicts_like_convkit(run: &str, out: &Path) {
     }
 }
 
+/// Bad settings and paths of `predict`, `export` and `summary` end in one error line that
+/// names them, never a panic.
+fn bad_predict_export_and_summary_input_is_named(run: &str, out: &Path) {
+    let img = out.join("red.png");
+    let img_s = img.to_str().unwrap();
+    let empty = out.join("no-images");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("notes.txt"), b"text").unwrap();
+    let under_a_file = img.join("model.onnx");
+    let cases: [(&[&str], &str); 6] = [
+        (&["predict", run, img_s, "--batch", "0"], "--batch"),
+        (&["predict", run, img_s, "--batch", "5000"], "--batch"),
+        (&["predict", run, empty.to_str().unwrap()], "no images"),
+        (
+            &[
+                "export",
+                run,
+                "--format",
+                "onnx",
+                "--out",
+                under_a_file.to_str().unwrap(),
+            ],
+            "red.png",
+        ),
+        (
+            &["summary", "convnext_tiny", "--input", "3x16x16"],
+            "too small",
+        ),
+        (
+            &["summary", "resnet18", "--input", "3x5000x5000"],
+            "--input",
+        ),
+    ];
+    for (args, named) in cases {
+        let (ok, _, err) = convkit(args);
+        assert!(!ok && err.contains(named), "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 #[test]
 fn command_line_train_eval_predict_summary() {
     let out = common::temp_dir("train-cli");
@@ -391,6 +434,7 @@ fn command_line_train_eval_predict_summary() {
     );
     predict_over_a_folder(run_s, &out);
     exported_onnx_predicts_like_convkit(run_s, &out);
+    bad_predict_export_and_summary_input_is_named(run_s, &out);
     let (ok, stdout, _) = convkit(&["summary", "resnet18", "--classes", "1000"]);
     assert!(ok && stdout.contains("parameters: 11,689,512"), "{stdout}");
     let (ok, _, err) = convkit(&["train", "--config", "no-such-recipe"]);
